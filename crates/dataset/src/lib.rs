@@ -1,0 +1,30 @@
+//! Datasets and samplers for the data-parallel examples, tests and benchmarks.
+//!
+//! - [`RandomDataset`]: the PyTorch tutorial's `RandomDataset`, rows of standard-normal `f32`,
+//!   seeded so that a run is reproducible, with [`RowBatcher`] to stack rows into a tensor.
+//! - [`SyntheticClassification`]: Gaussian clusters a small MLP can learn, with a held-out split.
+//! - [`ShardedSampler`]: the rows each rank reads, by PyTorch `DistributedSampler`'s rules.
+//!
+//! ```
+//! use burn::backend::NdArray;
+//! use burn::data::dataloader::DataLoaderBuilder;
+//! use dp_dataset::{RandomDataset, RowBatcher};
+//!
+//! let loader = DataLoaderBuilder::<NdArray, _, _>::new(RowBatcher)
+//!     .batch_size(30)
+//!     .shuffle(42)
+//!     .build(RandomDataset::new(5, 100, 42));
+//! let sizes: Vec<[usize; 2]> = loader.iter().map(|batch| batch.dims()).collect();
+//! assert_eq!(sizes, [[30, 5], [30, 5], [30, 5], [10, 5]]);
+//! ```
+
+mod random;
+mod sampler;
+mod synthetic;
+
+pub use random::{RandomDataset, RowBatcher};
+pub use sampler::{SamplerError, ShardedSampler};
+pub use synthetic::{
+    ClassificationBatch, ClassificationBatcher, ClassificationItem, SyntheticClassification,
+    SyntheticConfig, batch_of,
+};

@@ -1,0 +1,133 @@
+//! `ShardedSampler`: which rows of a dataset each rank reads, by `DistributedSampler`'s rules.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+/// Why a sampler cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SamplerError {
+    /// No replica at all.
+    #[error("a sampler needs at least one replica")]
+    NoReplicas,
+    /// The rank is not one of the replicas.
+    #[error(
+        "rank {rank} is out of range for {num_replicas} replicas (ranks are 0..{num_replicas})"
+    )]
+    RankOutOfRange {
+        /// The rank asked for.
+        rank: usize,
+        /// The number of replicas.
+        num_replicas: usize,
+    },
+}
+
+/// The indices one rank reads in one epoch, PyTorch's `DistributedSampler` rules:
+///
+/// - with `shuffle`, the whole index list is permuted by `seed + epoch` (the same on every rank,
+///   so ranks never overlap); call [`set_epoch`](ShardedSampler::set_epoch) each epoch for a new
+///   order;
+/// - without `drop_last`, the list is padded by repeating its start until it divides evenly, so
+///   every rank gets `ceil(len / replicas)` indices; with `drop_last`, the tail is dropped and
+///   every rank gets `floor(len / replicas)`;
+/// - rank `r` takes every `replicas`-th index starting at `r`.
+///
+/// Every rank gets the same count, so that ranks take the same number of steps and never wait
+/// for one another.
+///
+/// ```
+/// use dp_dataset::ShardedSampler;
+///
+/// let rank0 = ShardedSampler::new(10, 4, 0).unwrap().with_shuffle(false);
+/// assert_eq!(rank0.indices(), [0, 4, 8]);
+/// let rank3 = ShardedSampler::new(10, 4, 3).unwrap().with_shuffle(false);
+/// assert_eq!(rank3.indices(), [3, 7, 1]); // padded with index 1
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardedSampler {
+    len: usize,
+    num_replicas: usize,
+    rank: usize,
+    shuffle: bool,
+    seed: u64,
+    drop_last: bool,
+    epoch: u64,
+}
+
+impl ShardedSampler {
+    /// A sampler over `len` rows for `rank` of `num_replicas`, shuffled with seed 0, padded.
+    pub fn new(len: usize, num_replicas: usize, rank: usize) -> Result<Self, SamplerError> {
+        if num_replicas == 0 {
+            return Err(SamplerError::NoReplicas);
+        }
+        if rank >= num_replicas {
+            return Err(SamplerError::RankOutOfRange { rank, num_replicas });
+        }
+        Ok(Self {
+            len,
+            num_replicas,
+            rank,
+            shuffle: true,
+            seed: 0,
+            drop_last: false,
+            epoch: 0,
+        })
+    }
+
+    /// Shuffles (the default) or keeps the dataset order.
+    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
+    }
+
+    /// The seed of the shuffle; must be the same on every rank.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Drops the tail instead of padding.
+    pub fn with_drop_last(mut self, drop_last: bool) -> Self {
+        self.drop_last = drop_last;
+        self
+    }
+
+    /// Sets the epoch, which changes the shuffled order.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// Indices every rank reads in one epoch.
+    pub fn num_samples(&self) -> usize {
+        if self.drop_last {
+            self.len / self.num_replicas
+        } else {
+            self.len.div_ceil(self.num_replicas)
+        }
+    }
+
+    /// This rank's indices for the current epoch.
+    pub fn indices(&self) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..self.len).collect();
+        if self.shuffle {
+            all.shuffle(&mut StdRng::seed_from_u64(
+                self.seed.wrapping_add(self.epoch),
+            ));
+        }
+        let total = self.num_samples() * self.num_replicas;
+        if total > all.len() && !all.is_empty() {
+            let padding: Vec<usize> = all
+                .iter()
+                .copied()
+                .cycle()
+                .take(total - all.len())
+                .collect();
+            all.extend(padding);
+        }
+        all.truncate(total);
+        all.into_iter()
+            .skip(self.rank)
+            .step_by(self.num_replicas)
+            .collect()
+    }
+}

@@ -1,0 +1,211 @@
+//! `DataParallel`: split the input, run the replicas, gather the outputs.
+
+use crate::parallel_apply::parallel_apply;
+use crate::replicas::{Replicas, place_on};
+use crate::split::{Chunk, SplitPolicy, checked_sizes};
+use crate::{DataParallelError, Gather, Result, Scatter};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use std::convert::Infallible;
+
+/// Runs a module over several devices: each call splits its input along `dim`, runs one replica
+/// per part concurrently, and concatenates the outputs on the output device.
+///
+/// - **Scatter**: by a [`SplitPolicy`], [`Chunk`] (PyTorch's rule) unless told otherwise. Parts
+///   go to the first devices of the list; there can be fewer parts than devices.
+/// - **Replicate**: replica 0 is the module itself, on the first device; the others are copies
+///   made the first time their device is used and kept until [`module_mut`] or [`set_module`]
+///   changes the module.
+/// - **Apply**: replica 0 runs on the caller's thread, every other replica on its own thread.
+/// - **Gather**: outputs are concatenated along `dim` in replica order, on the output device
+///   (the first device unless [`with_output_device`] says otherwise).
+///
+/// Replicas are meant for inference and evaluation: they are detached from the wrapped module's
+/// autodiff graph.
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::nn::LinearConfig;
+/// use burn::tensor::{Distribution, Tensor};
+/// use burn_data_parallel::DataParallel;
+///
+/// let device = Default::default();
+/// let model = LinearConfig::new(5, 2).init::<NdArray>(&device);
+/// // On the CPU, the same device repeated gives one replica per thread.
+/// let mut dp = DataParallel::new(model, vec![device; 4])?;
+///
+/// let input = Tensor::<NdArray, 2>::random([30, 5], Distribution::Normal(0.0, 1.0), &device);
+/// let output = dp.forward(input.clone(), |model, x| model.forward(x))?;
+///
+/// assert_eq!(output.dims(), [30, 2]); // from parts of 8, 8, 8 and 6 rows
+/// let plain = dp.module().forward(input);
+/// output.into_data().assert_approx_eq::<f32>(&plain.into_data(), Default::default());
+/// # Ok::<(), burn_data_parallel::DataParallelError>(())
+/// ```
+///
+/// [`module_mut`]: DataParallel::module_mut
+/// [`set_module`]: DataParallel::set_module
+/// [`with_output_device`]: DataParallel::with_output_device
+#[derive(Debug)]
+pub struct DataParallel<B: Backend, M> {
+    module: M,
+    devices: Vec<B::Device>,
+    output_device: B::Device,
+    dim: usize,
+    policy: Box<dyn SplitPolicy>,
+    replicas: Replicas<M>,
+    /// False after the module was handed out mutably: it must be put back on the first device
+    /// (and its parameters materialized) before it is copied again.
+    placed: bool,
+}
+
+impl<B: Backend, M: Module<B>> DataParallel<B, M> {
+    /// Wraps `module` for `devices`, splitting along dimension 0 by the [`Chunk`] rule and
+    /// gathering on `devices[0]`.
+    ///
+    /// The module is moved to `devices[0]` if it is not there. No copy is made yet: each device
+    /// receives its replica the first time a call uses it.
+    pub fn new(module: M, devices: Vec<B::Device>) -> Result<Self> {
+        let first = devices.first().ok_or(DataParallelError::NoDevices)?.clone();
+        Ok(Self {
+            module: place_on(module, &first),
+            output_device: first,
+            devices,
+            dim: 0,
+            policy: Box::new(Chunk),
+            replicas: Replicas::default(),
+            placed: true,
+        })
+    }
+
+    /// Gathers the outputs on `device` instead of the first device. Any device works, including
+    /// one that runs no replica (PyTorch refuses the CPU here).
+    pub fn with_output_device(mut self, device: B::Device) -> Self {
+        self.output_device = device;
+        self
+    }
+
+    /// Splits inputs and concatenates outputs along `dim` instead of 0.
+    pub fn with_dim(mut self, dim: usize) -> Self {
+        self.dim = dim;
+        self
+    }
+
+    /// Decides the rows per device by `policy` instead of [`Chunk`].
+    pub fn with_split_policy(mut self, policy: impl SplitPolicy + 'static) -> Self {
+        self.policy = Box::new(policy);
+        self
+    }
+
+    /// The devices, in replica order.
+    pub fn devices(&self) -> &[B::Device] {
+        &self.devices
+    }
+
+    /// Where outputs are gathered.
+    pub fn output_device(&self) -> &B::Device {
+        &self.output_device
+    }
+
+    /// The dimension inputs are split along and outputs concatenated along.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The wrapped module (also replica 0).
+    pub fn module(&self) -> &M {
+        &self.module
+    }
+
+    /// The wrapped module, to change it: the replicas are dropped and made again, from the
+    /// changed module, on the next call.
+    pub fn module_mut(&mut self) -> &mut M {
+        self.replicas.invalidate();
+        self.placed = false;
+        &mut self.module
+    }
+
+    /// Replaces the wrapped module (after an optimizer step, a checkpoint load...); the replicas
+    /// are made again on the next call.
+    pub fn set_module(&mut self, module: M) {
+        *self.module_mut() = module;
+    }
+
+    /// Unwraps the module.
+    pub fn into_inner(self) -> M {
+        self.module
+    }
+
+    /// How many replicas have been copied since creation: at most one per extra device until
+    /// the module changes, however many calls were made.
+    pub fn replica_builds(&self) -> usize {
+        self.replicas.builds()
+    }
+
+    /// Runs `f(replica, part)` on every part of `input` and gathers the outputs.
+    ///
+    /// A replica that panics is reported as [`DataParallelError::ReplicaPanicked`], after every
+    /// other replica has finished.
+    pub fn forward<I, O, F>(&mut self, input: I, f: F) -> Result<O>
+    where
+        M: Sync,
+        I: Scatter<B>,
+        O: Gather<B>,
+        F: Fn(&M, I) -> O + Sync,
+    {
+        self.try_forward(input, |replica, part| Ok::<_, Infallible>(f(replica, part)))
+    }
+
+    /// Like [`forward`](DataParallel::forward), for a function that can fail: the error of the
+    /// lowest failing replica is returned as [`DataParallelError::ReplicaFailed`].
+    pub fn try_forward<I, O, E, F>(&mut self, input: I, f: F) -> Result<O>
+    where
+        M: Sync,
+        I: Scatter<B>,
+        O: Gather<B>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: Fn(&M, I) -> Result<O, E> + Sync,
+    {
+        let outputs = self.try_map(input, f)?;
+        O::gather(outputs, self.dim, &self.output_device)
+    }
+
+    /// Runs `f(replica, part)` on every part of `input`, and returns the outputs in replica
+    /// order without merging them: for per-replica results such as losses or gradients.
+    ///
+    /// Fails like [`try_forward`](DataParallel::try_forward), except that nothing is gathered.
+    pub fn try_map<I, O, E, F>(&mut self, input: I, f: F) -> Result<Vec<O>>
+    where
+        M: Sync,
+        I: Scatter<B>,
+        O: Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: Fn(&M, I) -> Result<O, E> + Sync,
+    {
+        let dim = self.dim;
+        let rows = input
+            .rows(dim)?
+            .ok_or(DataParallelError::NothingToSplit { dim })?;
+        if rows == 0 {
+            return Err(DataParallelError::EmptyInput { dim });
+        }
+        let sizes = checked_sizes(self.policy.as_ref(), rows, self.devices.len())?;
+
+        if !self.placed {
+            self.module = place_on(self.module.clone(), &self.devices[0]);
+            self.placed = true;
+        }
+        let replicas = self
+            .replicas
+            .ensure::<B>(&self.module, &self.devices, sizes.len());
+
+        let parts = input.scatter(dim, &sizes, &self.devices);
+        if parts.len() != sizes.len() {
+            return Err(DataParallelError::ScatterCount {
+                expected: sizes.len(),
+                found: parts.len(),
+            });
+        }
+        parallel_apply(replicas, parts, &self.devices, &f)
+    }
+}

@@ -1,0 +1,159 @@
+//! The one error type of the crate.
+
+/// Why a data-parallel call failed.
+///
+/// Every failure is returned, never a panic: a replica that panics is caught on its thread and
+/// reported here once every thread has finished, and the [`DataParallel`](crate::DataParallel)
+/// stays usable for the next call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataParallelError {
+    /// The device list was empty.
+    #[error("no devices given: data parallelism needs at least one device")]
+    NoDevices,
+
+    /// The input has zero rows along the split dimension.
+    #[error("the input has 0 rows along dimension {dim}: there is nothing to split")]
+    EmptyInput {
+        /// The split dimension.
+        dim: usize,
+    },
+
+    /// The input holds no tensor to split: only values given whole to every replica.
+    #[error(
+        "the input holds no tensor to split along dimension {dim}, only values given whole \
+         to every replica"
+    )]
+    NothingToSplit {
+        /// The split dimension.
+        dim: usize,
+    },
+
+    /// A tensor has no dimension `dim`.
+    #[error("cannot split along dimension {dim}: a tensor of the input has rank {rank}")]
+    DimOutOfRange {
+        /// The split dimension.
+        dim: usize,
+        /// The rank of the offending tensor.
+        rank: usize,
+    },
+
+    /// Two tensors of the input disagree on their size along the split dimension.
+    ///
+    /// PyTorch silently drops the extra rows in this case; this crate refuses.
+    #[error(
+        "the input's tensors disagree along dimension {dim}: one has {expected} rows, another \
+         {found} (nothing is truncated: give every split tensor the same size, or wrap the odd \
+         one in `Whole`)"
+    )]
+    RowMismatch {
+        /// The split dimension.
+        dim: usize,
+        /// Rows of the first tensor met.
+        expected: usize,
+        /// Rows of the tensor that disagrees.
+        found: usize,
+    },
+
+    /// A split policy returned sizes that do not cover the rows exactly.
+    #[error(
+        "split policy {policy} gave sizes {sizes:?} for {rows} rows on {devices} devices; \
+         sizes must be non-zero, at most one per device, and sum to the rows"
+    )]
+    InvalidSplit {
+        /// The policy's `Debug` form.
+        policy: String,
+        /// Rows to split.
+        rows: usize,
+        /// Devices available.
+        devices: usize,
+        /// What the policy returned.
+        sizes: Vec<usize>,
+    },
+
+    /// A replica panicked. The lowest replica index that failed is reported.
+    #[error("replica {replica} on device {device} panicked: {message}")]
+    ReplicaPanicked {
+        /// Index of the replica (and of its device in the device list).
+        replica: usize,
+        /// The device, in its `Debug` form.
+        device: String,
+        /// The panic message.
+        message: String,
+    },
+
+    /// A replica's function returned an error. The lowest replica index that failed is reported.
+    #[error("replica {replica} on device {device} failed: {source}")]
+    ReplicaFailed {
+        /// Index of the replica (and of its device in the device list).
+        replica: usize,
+        /// The device, in its `Debug` form.
+        device: String,
+        /// The error the replica returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The replicas' outputs cannot be concatenated: their shapes differ outside the gather
+    /// dimension, or the gather dimension does not exist.
+    #[error(
+        "cannot gather along dimension {dim}: replica {replica} returned shape {found:?}, \
+         replica 0 returned {expected:?}"
+    )]
+    GatherShapeMismatch {
+        /// The gather dimension.
+        dim: usize,
+        /// The replica whose output disagrees.
+        replica: usize,
+        /// Shape of replica 0's output.
+        expected: Vec<usize>,
+        /// Shape of the disagreeing output.
+        found: Vec<usize>,
+    },
+
+    /// [`Gather::gather`](crate::Gather::gather) was given no part at all.
+    #[error("nothing to gather: no replica output was given")]
+    NothingToGather,
+
+    /// A [`Scatter`](crate::Scatter) implementation returned the wrong number of parts.
+    #[error("scatter produced {found} parts for {expected} replicas")]
+    ScatterCount {
+        /// Parts asked for (one per replica).
+        expected: usize,
+        /// Parts returned.
+        found: usize,
+    },
+
+    /// A replica's loss was NaN or infinite: the step was not taken and the module is unchanged.
+    #[error(
+        "step {step}: replica {replica} computed a non-finite loss ({loss}); no step was taken"
+    )]
+    NonFiniteLoss {
+        /// Optimizer steps taken before this one (0 for the first).
+        step: usize,
+        /// The replica whose loss is not finite.
+        replica: usize,
+        /// The loss it computed.
+        loss: f64,
+    },
+
+    /// An optimizer step was asked for with no gradient accumulated since the last one.
+    #[error("no gradient accumulated since the last optimizer step")]
+    NothingAccumulated,
+
+    /// The replicas returned lists of different lengths.
+    #[error(
+        "cannot gather: replica {replica} returned {found} items, replica 0 returned {expected}"
+    )]
+    GatherLengthMismatch {
+        /// The replica whose output disagrees.
+        replica: usize,
+        /// Items in replica 0's output.
+        expected: usize,
+        /// Items in the disagreeing output.
+        found: usize,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = DataParallelError> = std::result::Result<T, E>;

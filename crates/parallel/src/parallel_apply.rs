@@ -1,0 +1,165 @@
+//! Runs one replica per device at the same time, and reports how each one ended.
+//!
+//! Replica 0 runs on the caller's thread (no thread at all with one device); every other replica
+//! runs on a scoped OS thread of its own. A panic is caught on the thread where it happens, and
+//! no result is returned before every thread has finished, so a failing replica never leaves a
+//! thread behind or a caller waiting forever.
+
+use crate::{DataParallelError, Result};
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt::Debug;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which replica the current thread is running, as seen from inside a model's `forward`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    /// Index of the replica, which is also the index of its device in the device list.
+    pub index: usize,
+    /// The replica's device, in its `Debug` form.
+    pub device: String,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<ReplicaInfo>> = const { RefCell::new(None) };
+}
+
+/// The replica being run on this thread, or `None` outside of a data-parallel call.
+///
+/// Lets a model (or an observer it calls) tell which replica it runs in without any change to
+/// its signature.
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::nn::LinearConfig;
+/// use burn::tensor::Tensor;
+/// use burn_data_parallel::{DataParallel, current_replica};
+/// use std::sync::Mutex;
+///
+/// let device = Default::default();
+/// let linear = LinearConfig::new(3, 1).init::<NdArray>(&device);
+/// let mut dp = DataParallel::new(linear, vec![device; 2]).unwrap();
+/// let seen = Mutex::new(Vec::new());
+/// let x = Tensor::<NdArray, 2>::ones([4, 3], &device);
+/// dp.forward(x, |m, x| {
+///     seen.lock().unwrap().push(current_replica().unwrap().index);
+///     m.forward(x)
+/// })
+/// .unwrap();
+/// let mut seen = seen.into_inner().unwrap();
+/// seen.sort();
+/// assert_eq!(seen, [0, 1]);
+/// assert_eq!(current_replica(), None);
+/// ```
+pub fn current_replica() -> Option<ReplicaInfo> {
+    CURRENT.with(|current| current.borrow().clone())
+}
+
+/// How one replica ended.
+enum Outcome<O> {
+    Done(O),
+    Failed(BoxError),
+    Panicked(String),
+}
+
+/// Runs `f(replicas[i], inputs[i])` for every `i` concurrently; `devices[i]` names replica `i`.
+///
+/// Returns the outputs in replica order, or the error of the lowest failing replica.
+pub(crate) fn parallel_apply<M, I, O, E, F, D>(
+    replicas: Vec<&M>,
+    inputs: Vec<I>,
+    devices: &[D],
+    f: &F,
+) -> Result<Vec<O>>
+where
+    M: Sync,
+    I: Send,
+    O: Send,
+    E: Into<BoxError>,
+    F: Fn(&M, I) -> Result<O, E> + Sync,
+    D: Debug,
+{
+    let outcomes: Vec<Outcome<O>> = std::thread::scope(|scope| {
+        let mut jobs = replicas.into_iter().zip(inputs).enumerate();
+        let first = jobs.next();
+        let spawned: Vec<_> = jobs
+            .map(|(index, (replica, input))| {
+                let info = replica_info(index, devices);
+                std::thread::Builder::new()
+                    .name(format!("replica-{index}"))
+                    .spawn_scoped(scope, move || run_replica(info, replica, input, f))
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(spawned.len() + 1);
+        if let Some((index, (replica, input))) = first {
+            outcomes.push(run_replica(replica_info(index, devices), replica, input, f));
+        }
+        for handle in spawned {
+            outcomes.push(match handle {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|payload| Outcome::Panicked(panic_message(payload.as_ref()))),
+                Err(spawn_error) => Outcome::Failed(Box::new(spawn_error)),
+            });
+        }
+        outcomes
+    });
+
+    outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(replica, outcome)| match outcome {
+            Outcome::Done(output) => Ok(output),
+            Outcome::Failed(source) => Err(DataParallelError::ReplicaFailed {
+                replica,
+                device: device_name(replica, devices),
+                source,
+            }),
+            Outcome::Panicked(message) => Err(DataParallelError::ReplicaPanicked {
+                replica,
+                device: device_name(replica, devices),
+                message,
+            }),
+        })
+        .collect()
+}
+
+fn run_replica<M, I, O, E, F>(info: ReplicaInfo, replica: &M, input: I, f: &F) -> Outcome<O>
+where
+    E: Into<BoxError>,
+    F: Fn(&M, I) -> Result<O, E>,
+{
+    let previous = CURRENT.with(|current| current.replace(Some(info)));
+    // Tensors are not `UnwindSafe`; nothing observes the replica's state after a panic except
+    // the error message, and the replica itself is never mutated.
+    let result = catch_unwind(AssertUnwindSafe(|| f(replica, input)));
+    CURRENT.with(|current| current.replace(previous));
+    match result {
+        Ok(Ok(output)) => Outcome::Done(output),
+        Ok(Err(error)) => Outcome::Failed(error.into()),
+        Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+    }
+}
+
+fn replica_info<D: Debug>(index: usize, devices: &[D]) -> ReplicaInfo {
+    ReplicaInfo {
+        index,
+        device: device_name(index, devices),
+    }
+}
+
+fn device_name<D: Debug>(index: usize, devices: &[D]) -> String {
+    devices
+        .get(index)
+        .map_or_else(|| "?".to_owned(), |device| format!("{device:?}"))
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic with a non-string payload)".to_owned())
+}

@@ -1,0 +1,165 @@
+//! Split policies: how many rows each device receives.
+//!
+//! The default, [`Chunk`], is PyTorch's rule (`torch.chunk`), which users of `DataParallel`
+//! rely on: chunks of `ceil(rows / devices)` rows, the last one smaller, so there may be fewer
+//! chunks than devices (5 rows on 4 devices give 2, 2, 1). [`Balanced`] spreads the remainder
+//! instead (5 on 4 give 2, 1, 1, 1), which keeps every device busy.
+
+use std::fmt::Debug;
+
+/// Decides the number of rows given to each device.
+///
+/// The returned sizes go to the first devices of the list, in order. They must be non-zero, at
+/// most one per device, and sum to `rows`; [`DataParallel`](crate::DataParallel) checks this and
+/// returns [`InvalidSplit`](crate::DataParallelError::InvalidSplit) otherwise.
+pub trait SplitPolicy: Debug + Send + Sync {
+    /// Rows for each of the first devices, for `rows` rows over `devices` devices (both > 0).
+    fn sizes(&self, rows: usize, devices: usize) -> Vec<usize>;
+}
+
+/// PyTorch's `torch.chunk` rule, the default.
+///
+/// ```
+/// use burn_data_parallel::{Chunk, SplitPolicy};
+/// assert_eq!(Chunk.sizes(30, 4), [8, 8, 8, 6]);
+/// assert_eq!(Chunk.sizes(5, 4), [2, 2, 1]); // only 3 devices are used
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chunk;
+
+impl SplitPolicy for Chunk {
+    fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
+        chunk_sizes(rows, devices)
+    }
+}
+
+/// As even as possible: sizes differ by at most one, and `min(rows, devices)` devices are used.
+///
+/// ```
+/// use burn_data_parallel::{Balanced, SplitPolicy};
+/// assert_eq!(Balanced.sizes(5, 4), [2, 1, 1, 1]);
+/// assert_eq!(Balanced.sizes(30, 4), [8, 8, 7, 7]);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Balanced;
+
+impl SplitPolicy for Balanced {
+    fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
+        let parts = devices.min(rows);
+        (0..parts)
+            .map(|i| rows / parts + usize::from(i < rows % parts))
+            .collect()
+    }
+}
+
+/// The chunk sizes `torch.chunk(rows, devices)` produces, without its empty chunks.
+///
+/// 0 rows give no chunk at all (PyTorch gives `devices` empty ones, which no replica can use).
+///
+/// ```
+/// use burn_data_parallel::chunk_sizes;
+/// assert_eq!(chunk_sizes(10, 4), [3, 3, 3, 1]);
+/// assert_eq!(chunk_sizes(2, 4), [1, 1]);
+/// assert!(chunk_sizes(0, 4).is_empty());
+/// ```
+pub fn chunk_sizes(rows: usize, devices: usize) -> Vec<usize> {
+    if rows == 0 || devices == 0 {
+        return Vec::new();
+    }
+    let chunk = rows.div_ceil(devices);
+    (0..rows)
+        .step_by(chunk)
+        .map(|start| chunk.min(rows - start))
+        .collect()
+}
+
+/// Checks a policy's answer, so that a faulty custom policy is an error rather than lost rows.
+pub(crate) fn checked_sizes(
+    policy: &dyn SplitPolicy,
+    rows: usize,
+    devices: usize,
+) -> crate::Result<Vec<usize>> {
+    let sizes = policy.sizes(rows, devices);
+    let valid = !sizes.is_empty()
+        && sizes.len() <= devices
+        && sizes.iter().all(|&s| s > 0)
+        && sizes.iter().sum::<usize>() == rows;
+    if valid {
+        Ok(sizes)
+    } else {
+        Err(crate::DataParallelError::InvalidSplit {
+            policy: format!("{policy:?}"),
+            rows,
+            devices,
+            sizes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `torch.chunk` sizes, checked against PyTorch 2.15 (see the reference table).
+    #[test]
+    fn chunk_rule_matches_torch_chunk() {
+        let table: &[(usize, usize, &[usize])] = &[
+            (30, 4, &[8, 8, 8, 6]),
+            (10, 4, &[3, 3, 3, 1]),
+            (5, 4, &[2, 2, 1]),
+            (2, 4, &[1, 1]),
+            (6, 4, &[2, 2, 2]),
+            (9, 4, &[3, 3, 3]),
+            (17, 8, &[3, 3, 3, 3, 3, 2]),
+            (65, 8, &[9, 9, 9, 9, 9, 9, 9, 2]),
+            (1, 4, &[1]),
+            (0, 4, &[]),
+            (7, 3, &[3, 3, 1]),
+            (8, 3, &[3, 3, 2]),
+            (4, 1, &[4]),
+        ];
+        for &(rows, devices, expected) in table {
+            assert_eq!(
+                chunk_sizes(rows, devices),
+                expected,
+                "{rows} rows on {devices}"
+            );
+        }
+    }
+
+    #[test]
+    fn balanced_spreads_the_remainder() {
+        assert_eq!(Balanced.sizes(65, 8), [9, 8, 8, 8, 8, 8, 8, 8]);
+        assert_eq!(Balanced.sizes(2, 4), [1, 1]);
+        assert_eq!(Balanced.sizes(12, 4), [3, 3, 3, 3]);
+    }
+
+    #[test]
+    fn every_policy_covers_the_rows_exactly() {
+        for rows in 1..100 {
+            for devices in 1..10 {
+                for policy in [&Chunk as &dyn SplitPolicy, &Balanced] {
+                    let sizes = checked_sizes(policy, rows, devices).unwrap();
+                    assert!(sizes.len() <= devices.min(rows));
+                }
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Lossy;
+    impl SplitPolicy for Lossy {
+        fn sizes(&self, rows: usize, _devices: usize) -> Vec<usize> {
+            vec![rows - 1]
+        }
+    }
+
+    #[test]
+    fn a_policy_that_loses_rows_is_refused() {
+        let err = checked_sizes(&Lossy, 10, 4).unwrap_err();
+        assert!(matches!(
+            err,
+            crate::DataParallelError::InvalidSplit { rows: 10, .. }
+        ));
+    }
+}

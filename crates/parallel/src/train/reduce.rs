@@ -1,0 +1,110 @@
+//! Gradient combination on the first device, weighted by rows.
+//!
+//! Each replica's loss is scaled before its backward pass (by its rows for a mean loss), so
+//! that summing the replicas' gradients gives the gradient of the summed loss over every row;
+//! dividing once by the rows of all accumulated micro-batches then gives exactly the
+//! full-batch mean gradient, however unevenly the rows were split. DDP's plain average of
+//! per-replica means is off whenever the parts differ in size.
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+
+/// Gradients summed since the last optimizer step, on one device.
+#[derive(Default)]
+pub(crate) struct GradientSum {
+    sum: GradientsParams,
+    rows: usize,
+    parts: usize,
+}
+
+impl GradientSum {
+    /// Rows of every micro-batch added since the last [`take`](Self::take).
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Adds `parts` (one per replica, in replica order) covering `rows` rows, on `device`.
+    pub(crate) fn add<B, M>(
+        &mut self,
+        module: &M,
+        parts: Vec<GradientsParams>,
+        rows: usize,
+        device: &B::Device,
+    ) where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+    {
+        self.parts += parts.len();
+        self.rows += rows;
+        module.visit(&mut Add::<B> {
+            sum: &mut self.sum,
+            parts,
+            device,
+        });
+    }
+
+    /// The sum times `scale`, leaving the accumulator empty; `None` if nothing was added.
+    pub(crate) fn take<B, M>(&mut self, module: &M, scale: f64) -> Option<GradientsParams>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+    {
+        let parts = std::mem::take(&mut self.parts);
+        self.rows = 0;
+        let mut sum = std::mem::take(&mut self.sum);
+        if parts == 0 {
+            return None;
+        }
+        if scale != 1.0 {
+            module.visit(&mut Scale::<B> {
+                grads: &mut sum,
+                scale,
+                _backend: std::marker::PhantomData,
+            });
+        }
+        Some(sum)
+    }
+}
+
+/// Adds every part's gradient of each parameter into the sum, moving it to `device`.
+struct Add<'a, B: AutodiffBackend> {
+    sum: &'a mut GradientsParams,
+    parts: Vec<GradientsParams>,
+    device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Add<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let mut total = self.sum.remove::<B::InnerBackend, D>(param.id);
+        for part in &mut self.parts {
+            // A parameter the loss did not reach has no gradient in that part.
+            if let Some(grad) = part.remove::<B::InnerBackend, D>(param.id) {
+                let grad = grad.to_device(self.device);
+                total = Some(match total {
+                    Some(total) => total + grad,
+                    None => grad,
+                });
+            }
+        }
+        if let Some(total) = total {
+            self.sum.register(param.id, total);
+        }
+    }
+}
+
+/// Multiplies every gradient by `scale`.
+struct Scale<'a, B> {
+    grads: &'a mut GradientsParams,
+    scale: f64,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register(param.id, grad.mul_scalar(self.scale));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! `DataParallelTrainer`: the data-parallel training step.
+
+use super::reduce::GradientSum;
+use crate::{DataParallel, DataParallelError, Result, Scatter, SplitPolicy};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+/// What the loss function returns for the rows it is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LossReduction {
+    /// The mean over the rows (the default, like Burn's and PyTorch's losses): the step equals
+    /// the single-device step on the mean over the whole global batch.
+    #[default]
+    Mean,
+    /// The sum over the rows: the step equals the single-device step on the sum over the whole
+    /// global batch.
+    Sum,
+}
+
+/// Time one replica spent on its part of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaTiming {
+    /// Index of the replica and of its device.
+    pub replica: usize,
+    /// The device, in its `Debug` form.
+    pub device: String,
+    /// Rows of its part.
+    pub rows: usize,
+    /// Forward and backward, on the replica's thread.
+    pub compute: Duration,
+}
+
+/// What one batch gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    /// The loss over the whole batch, as the single-device loss would be: the row-weighted mean
+    /// of the replicas' losses for [`LossReduction::Mean`], their sum for
+    /// [`LossReduction::Sum`].
+    pub loss: f64,
+    /// Rows in the batch.
+    pub rows: usize,
+    /// One entry per replica that ran, in replica order.
+    pub replicas: Vec<ReplicaTiming>,
+    /// Time to bring the gradients to the first device and add them up.
+    pub reduce: Duration,
+}
+
+/// What a replica hands back from its thread.
+struct ReplicaResult {
+    loss: f64,
+    rows: usize,
+    grads: Option<GradientsParams>,
+    compute: Duration,
+}
+
+/// Trains a module over several devices with the exact step of single-device training.
+///
+/// Each [`step`](Self::step) splits the global batch (inputs and targets together, by the same
+/// rule as [`DataParallel::forward`]), runs forward and backward on every replica concurrently,
+/// combines the gradients on the first device weighted by each part's share of the rows, and
+/// takes one optimizer step there; the replicas follow the new parameters on the next call.
+/// [`accumulate`](Self::accumulate) and [`apply`](Self::apply) split a step over several
+/// micro-batches, with the same result as one step on their union.
+///
+/// ```
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::nn::LinearConfig;
+/// use burn::optim::SgdConfig;
+/// use burn::tensor::{Distribution, Tensor};
+/// use burn_data_parallel::DataParallelTrainer;
+///
+/// type B = Autodiff<NdArray>;
+/// let device = Default::default();
+/// let model = LinearConfig::new(4, 1).init::<B>(&device);
+/// let mut trainer = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device; 3])?;
+///
+/// let x = Tensor::<B, 2>::random([10, 4], Distribution::Default, &device);
+/// let y = Tensor::<B, 2>::random([10, 1], Distribution::Default, &device);
+/// let stats = trainer.step(0.1, (x, y), |model, (x, y)| {
+///     (model.forward(x) - y).powi_scalar(2).mean()
+/// })?;
+/// assert_eq!(stats.rows, 10);
+/// assert_eq!(stats.replicas.len(), 3); // 4, 4 and 2 rows
+/// # Ok::<(), burn_data_parallel::DataParallelError>(())
+/// ```
+pub struct DataParallelTrainer<B: AutodiffBackend, M, O> {
+    parallel: DataParallel<B, M>,
+    optimizer: O,
+    reduction: LossReduction,
+    pending: GradientSum,
+    steps: usize,
+}
+
+impl<B, M, O> DataParallelTrainer<B, M, O>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Sync,
+    O: Optimizer<M, B>,
+{
+    /// Trains `module` with `optimizer` over `devices`; the module and the optimizer's state
+    /// live on the first device.
+    pub fn new(module: M, optimizer: O, devices: Vec<B::Device>) -> Result<Self> {
+        Ok(Self {
+            parallel: DataParallel::new(module, devices)?,
+            optimizer,
+            reduction: LossReduction::Mean,
+            pending: GradientSum::default(),
+            steps: 0,
+        })
+    }
+
+    /// Declares what the loss function returns (a mean over its rows unless told otherwise).
+    pub fn with_loss_reduction(mut self, reduction: LossReduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// Splits batches by `policy` instead of the `torch.chunk` rule. The step is the same
+    /// whatever the split.
+    pub fn with_split_policy(mut self, policy: impl SplitPolicy + 'static) -> Self {
+        self.parallel = self.parallel.with_split_policy(policy);
+        self
+    }
+
+    /// The module being trained, on the first device.
+    pub fn module(&self) -> &M {
+        self.parallel.module()
+    }
+
+    /// The optimizer, for its record (checkpoints).
+    pub fn optimizer(&self) -> &O {
+        &self.optimizer
+    }
+
+    /// The devices, in replica order.
+    pub fn devices(&self) -> &[B::Device] {
+        self.parallel.devices()
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Replaces the module and the optimizer (after loading a checkpoint); any accumulated
+    /// gradient is dropped.
+    pub fn set_state(&mut self, module: M, optimizer: O, steps: usize) {
+        self.parallel.set_module(module);
+        self.optimizer = optimizer;
+        self.steps = steps;
+        let _ = self.pending.take::<B, M>(self.parallel.module(), 1.0);
+    }
+
+    /// The module and the optimizer.
+    pub fn into_parts(self) -> (M, O) {
+        (self.parallel.into_inner(), self.optimizer)
+    }
+
+    /// One training step on `batch`: [`accumulate`](Self::accumulate), then
+    /// [`apply`](Self::apply) with learning rate `lr`.
+    pub fn step<I, F>(&mut self, lr: f64, batch: I, loss: F) -> Result<BatchStats>
+    where
+        I: Scatter<B>,
+        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+    {
+        let stats = self.accumulate(batch, loss)?;
+        self.apply(lr)?;
+        Ok(stats)
+    }
+
+    /// Runs forward and backward on every replica and adds the gradients to those accumulated
+    /// since the last [`apply`](Self::apply), without changing the module.
+    ///
+    /// `loss` returns a one-element tensor: the loss over the rows it is given, reduced as
+    /// [`with_loss_reduction`](Self::with_loss_reduction) says. If any replica's loss is not
+    /// finite, nothing of this batch is kept and [`DataParallelError::NonFiniteLoss`] is
+    /// returned.
+    pub fn accumulate<I, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
+    where
+        I: Scatter<B>,
+        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+    {
+        let dim = self.parallel.dim();
+        let reduction = self.reduction;
+        let results = self.parallel.try_map(batch, |replica, part: I| {
+            let start = Instant::now();
+            let rows = part.rows(dim).ok().flatten().unwrap_or(0);
+            let value = loss(replica, part);
+            let scalar: f64 = value.clone().into_scalar().elem();
+            let grads = scalar.is_finite().then(|| {
+                // Scaled so that the replicas' gradients add up to the gradient of the loss
+                // summed over every row (see `reduce`).
+                let weight = match reduction {
+                    LossReduction::Mean => rows as f64,
+                    LossReduction::Sum => 1.0,
+                };
+                GradientsParams::from_grads(value.mul_scalar(weight).backward(), replica)
+            });
+            Ok::<_, Infallible>(ReplicaResult {
+                loss: scalar,
+                rows,
+                grads,
+                compute: start.elapsed(),
+            })
+        })?;
+
+        let rows: usize = results.iter().map(|r| r.rows).sum();
+        let loss = match reduction {
+            LossReduction::Mean => {
+                results.iter().map(|r| r.loss * r.rows as f64).sum::<f64>() / rows.max(1) as f64
+            }
+            LossReduction::Sum => results.iter().map(|r| r.loss).sum(),
+        };
+        let devices = self.parallel.devices();
+        let replicas = results
+            .iter()
+            .enumerate()
+            .map(|(replica, r)| ReplicaTiming {
+                replica,
+                device: format!("{:?}", devices[replica]),
+                rows: r.rows,
+                compute: r.compute,
+            })
+            .collect();
+        let mut grads = Vec::with_capacity(results.len());
+        for (replica, result) in results.into_iter().enumerate() {
+            match result.grads {
+                Some(g) => grads.push(g),
+                None => {
+                    return Err(DataParallelError::NonFiniteLoss {
+                        step: self.steps,
+                        replica,
+                        loss: result.loss,
+                    });
+                }
+            }
+        }
+
+        let start = Instant::now();
+        let first = devices[0].clone();
+        self.pending
+            .add::<B, M>(self.parallel.module(), grads, rows, &first);
+        Ok(BatchStats {
+            loss,
+            rows,
+            replicas,
+            reduce: start.elapsed(),
+        })
+    }
+
+    /// One optimizer step with learning rate `lr` on everything accumulated since the last
+    /// one; the replicas receive the new parameters on the next call.
+    pub fn apply(&mut self, lr: f64) -> Result<()> {
+        let scale = match self.reduction {
+            LossReduction::Mean => 1.0 / self.pending.rows().max(1) as f64,
+            LossReduction::Sum => 1.0,
+        };
+        let grads = self
+            .pending
+            .take::<B, M>(self.parallel.module(), scale)
+            .ok_or(DataParallelError::NothingAccumulated)?;
+        let module = self.parallel.module().clone();
+        let module = self.optimizer.step(lr, module, grads);
+        // The copies on the other devices are made again from the new parameters on the next
+        // call. On the CPU a copy shares the parameters' memory, so this costs no data movement.
+        self.parallel.set_module(module);
+        self.steps += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! Replicas are made once per device, kept across calls, and made again after the module changes.
+
+mod common;
+
+use burn_data_parallel::DataParallel;
+use common::*;
+
+#[test]
+fn replicas_are_made_once_and_reused() {
+    let mut dp = DataParallel::new(linear(5, 2), cpus(4)).unwrap();
+    assert_eq!(dp.replica_builds(), 0, "no copy before the first call");
+    for _ in 0..5 {
+        dp.forward(normal([30, 5], 1), |m, x| m.forward(x)).unwrap();
+    }
+    // Replica 0 is the module itself: three copies for four devices, made once.
+    assert_eq!(dp.replica_builds(), 3);
+    // A small batch uses fewer devices and still makes no copy.
+    dp.forward(normal([5, 5], 2), |m, x| m.forward(x)).unwrap();
+    assert_eq!(dp.replica_builds(), 3);
+}
+
+#[test]
+fn copies_are_made_only_for_devices_that_are_used() {
+    let mut dp = DataParallel::new(linear(5, 2), cpus(4)).unwrap();
+    dp.forward(normal([2, 5], 1), |m, x| m.forward(x)).unwrap();
+    assert_eq!(dp.replica_builds(), 1);
+    dp.forward(normal([30, 5], 1), |m, x| m.forward(x)).unwrap();
+    assert_eq!(dp.replica_builds(), 3);
+}
+
+#[test]
+fn one_device_makes_no_copy() {
+    let mut dp = DataParallel::new(linear(5, 2), cpus(1)).unwrap();
+    dp.forward(normal([30, 5], 1), |m, x| m.forward(x)).unwrap();
+    assert_eq!(dp.replica_builds(), 0);
+}
+
+#[test]
+fn replicas_follow_a_changed_module() {
+    let mut dp = DataParallel::new(linear(5, 2), cpus(4)).unwrap();
+    let x = normal([30, 5], 7);
+    let before = dp.forward(x.clone(), |m, x| m.forward(x)).unwrap();
+
+    dp.set_module(with_scaled_weight(dp.module(), -2.0));
+    let after = dp.forward(x.clone(), |m, x| m.forward(x)).unwrap();
+    assert_eq!(dp.replica_builds(), 6, "every copy made again once");
+    // Every replica, not only replica 0, now computes with the new weights.
+    assert!(max_abs_diff(after.clone(), dp.module().forward(x.clone())) <= 1e-6);
+    assert!(max_abs_diff(after, before) > 1e-3);
+
+    // Changing the weights in place through `module_mut` refreshes them too.
+    let changed = with_scaled_weight(dp.module(), 3.0);
+    dp.module_mut().weight = changed.weight;
+    let out = dp.forward(x.clone(), |m, x| m.forward(x)).unwrap();
+    assert_eq!(dp.replica_builds(), 9);
+    assert!(max_abs_diff(out, dp.module().forward(x)) <= 1e-6);
+}

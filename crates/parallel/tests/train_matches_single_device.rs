@@ -1,0 +1,251 @@
+//! A data-parallel training step equals the single-device step on the same global batch.
+
+mod common;
+
+use burn::backend::Autodiff;
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::{Int, Tensor};
+use burn_data_parallel::{
+    Balanced, DataParallelError, DataParallelTrainer, LossReduction, SplitPolicy,
+};
+use common::{cpu, cpus, max_param_diff};
+use dp_model::{Mlp, MlpConfig};
+
+type AB = Autodiff<common::B>;
+type Batch = (Tensor<AB, 2>, Tensor<AB, 1, Int>);
+
+const PARAM_TOLERANCE: f32 = 1e-5;
+
+fn model(seed: u64) -> Mlp<AB> {
+    <AB as burn::tensor::backend::Backend>::seed(&cpu(), seed);
+    // `fork` creates the lazily initialised parameters, so clones share them.
+    MlpConfig::new(6, vec![16], 4)
+        .init::<AB>(&cpu())
+        .fork(&cpu())
+}
+
+/// A batch drawn from its own generator: the backend's global one is shared by every test
+/// thread, so two draws with the same seed could differ.
+fn batch(rows: usize, seed: u64) -> Batch {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..rows * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let y: Vec<i64> = (0..rows).map(|_| rng.random_range(0..4)).collect();
+    (
+        Tensor::from_data(burn::tensor::TensorData::new(x, [rows, 6]), &cpu()),
+        Tensor::from_data(burn::tensor::TensorData::new(y, [rows]), &cpu()),
+    )
+}
+
+fn mean_loss(m: &Mlp<AB>, (x, y): Batch) -> Tensor<AB, 1> {
+    m.loss(x, y)
+}
+
+fn sum_loss(m: &Mlp<AB>, (x, y): Batch) -> Tensor<AB, 1> {
+    let rows = x.dims()[0] as f64;
+    m.loss(x, y).mul_scalar(rows)
+}
+
+/// The reference: plain single-device training.
+fn single_step<O: Optimizer<Mlp<AB>, AB>>(
+    m: Mlp<AB>,
+    optim: &mut O,
+    lr: f64,
+    batch: Batch,
+    loss: fn(&Mlp<AB>, Batch) -> Tensor<AB, 1>,
+) -> (Mlp<AB>, f64) {
+    let l = loss(&m, batch);
+    let value = l.clone().into_scalar() as f64;
+    let grads = GradientsParams::from_grads(l.backward(), &m);
+    (optim.step(lr, m, grads), value)
+}
+
+fn check_one_step<O: Optimizer<Mlp<AB>, AB>>(make: impl Fn() -> O, name: &str) {
+    for devices in 1..=4 {
+        for rows in [30, 10, 5, 2] {
+            let start = model(1);
+            let (reference, ref_loss) =
+                single_step(start.clone(), &mut make(), 0.1, batch(rows, 2), mean_loss);
+            let mut trainer = DataParallelTrainer::new(start, make(), cpus(devices)).unwrap();
+            let stats = trainer.step(0.1, batch(rows, 2), mean_loss).unwrap();
+            let diff = max_param_diff(trainer.module(), &reference);
+            assert!(
+                diff <= PARAM_TOLERANCE,
+                "{name}: {rows} rows on {devices}: {diff}"
+            );
+            assert!(
+                (stats.loss - ref_loss).abs() <= 1e-5,
+                "{name}: loss {} vs {ref_loss}",
+                stats.loss
+            );
+            assert_eq!(stats.rows, rows);
+            let split: Vec<usize> = stats.replicas.iter().map(|r| r.rows).collect();
+            assert_eq!(split, burn_data_parallel::chunk_sizes(rows, devices));
+        }
+    }
+}
+
+#[test]
+fn one_sgd_step_equals_the_single_device_step() {
+    check_one_step(|| SgdConfig::new().init::<AB, Mlp<AB>>(), "sgd");
+}
+
+#[test]
+fn one_adam_step_equals_the_single_device_step() {
+    check_one_step(|| AdamConfig::new().init::<AB, Mlp<AB>>(), "adam");
+}
+
+#[test]
+fn the_step_does_not_depend_on_the_split_policy() {
+    let start = model(3);
+    let (reference, _) = single_step(
+        start.clone(),
+        &mut SgdConfig::new().init(),
+        0.5,
+        batch(5, 4),
+        mean_loss,
+    );
+    let mut trainer = DataParallelTrainer::new(start, SgdConfig::new().init(), cpus(4))
+        .unwrap()
+        .with_split_policy(Balanced);
+    let stats = trainer.step(0.5, batch(5, 4), mean_loss).unwrap();
+    assert_eq!(stats.replicas.len(), Balanced.sizes(5, 4).len());
+    assert!(max_param_diff(trainer.module(), &reference) <= PARAM_TOLERANCE);
+}
+
+#[test]
+fn a_summed_loss_gives_the_summed_step() {
+    let start = model(5);
+    let (reference, ref_loss) = single_step(
+        start.clone(),
+        &mut SgdConfig::new().init(),
+        0.01,
+        batch(30, 6),
+        sum_loss,
+    );
+    let mut trainer = DataParallelTrainer::new(start, SgdConfig::new().init(), cpus(4))
+        .unwrap()
+        .with_loss_reduction(LossReduction::Sum);
+    let stats = trainer.step(0.01, batch(30, 6), sum_loss).unwrap();
+    assert!(max_param_diff(trainer.module(), &reference) <= PARAM_TOLERANCE);
+    assert!((stats.loss - ref_loss).abs() <= 1e-3 * ref_loss.abs().max(1.0));
+}
+
+#[test]
+fn twenty_steps_follow_single_device_training() {
+    let mut reference = model(7);
+    let mut ref_optim = AdamConfig::new().init::<AB, Mlp<AB>>();
+    let mut trainer =
+        DataParallelTrainer::new(reference.clone(), AdamConfig::new().init(), cpus(3)).unwrap();
+    for step in 0..20 {
+        let rows = [30, 17, 4][step % 3];
+        let (next, ref_loss) = single_step(
+            reference,
+            &mut ref_optim,
+            0.01,
+            batch(rows, 100 + step as u64),
+            mean_loss,
+        );
+        reference = next;
+        let stats = trainer
+            .step(0.01, batch(rows, 100 + step as u64), mean_loss)
+            .unwrap();
+        assert!(
+            (stats.loss - ref_loss).abs() <= 1e-4,
+            "step {step}: {} vs {ref_loss}",
+            stats.loss
+        );
+    }
+    assert_eq!(trainer.steps(), 20);
+    assert!(max_param_diff(trainer.module(), &reference) <= 1e-4);
+}
+
+fn check_accumulation<O: Optimizer<Mlp<AB>, AB>>(make: impl Fn() -> O, name: &str) {
+    let micro = [batch(7, 11), batch(12, 12), batch(5, 13)];
+    let union = (
+        Tensor::cat(micro.iter().map(|b| b.0.clone()).collect(), 0),
+        Tensor::cat(micro.iter().map(|b| b.1.clone()).collect(), 0),
+    );
+    let start = model(9);
+    let (reference, _) = single_step(start.clone(), &mut make(), 0.05, union, mean_loss);
+    let mut trainer = DataParallelTrainer::new(start, make(), cpus(3)).unwrap();
+    for b in micro {
+        trainer.accumulate(b, mean_loss).unwrap();
+    }
+    assert_eq!(trainer.steps(), 0, "accumulating takes no step");
+    trainer.apply(0.05).unwrap();
+    let diff = max_param_diff(trainer.module(), &reference);
+    assert!(diff <= PARAM_TOLERANCE, "{name}: {diff}");
+}
+
+#[test]
+fn accumulating_micro_batches_equals_one_step_on_their_union() {
+    check_accumulation(|| SgdConfig::new().init::<AB, Mlp<AB>>(), "sgd");
+    check_accumulation(|| AdamConfig::new().init::<AB, Mlp<AB>>(), "adam");
+}
+
+#[test]
+fn inputs_and_targets_with_different_rows_are_refused() {
+    let mut trainer = DataParallelTrainer::new(model(1), SgdConfig::new().init(), cpus(2)).unwrap();
+    let (x, _) = batch(8, 1);
+    let (_, y) = batch(6, 1);
+    let err = trainer.step(0.1, (x, y), mean_loss).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataParallelError::RowMismatch {
+                expected: 8,
+                found: 6,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_batch_is_refused() {
+    let mut trainer = DataParallelTrainer::new(model(1), SgdConfig::new().init(), cpus(2)).unwrap();
+    let err = trainer.step(0.1, batch(0, 1), mean_loss).unwrap_err();
+    assert!(matches!(err, DataParallelError::EmptyInput { .. }), "{err}");
+}
+
+#[test]
+fn a_non_finite_loss_names_the_step_and_changes_nothing() {
+    let start = model(1);
+    let mut trainer =
+        DataParallelTrainer::new(start.clone(), SgdConfig::new().init(), cpus(3)).unwrap();
+    trainer.step(0.1, batch(9, 1), mean_loss).unwrap();
+    let after_one = trainer.module().clone();
+    let err = trainer
+        .step(0.1, batch(9, 2), |m, b| {
+            let l = mean_loss(m, b);
+            if burn_data_parallel::current_replica().unwrap().index == 2 {
+                l.mul_scalar(f64::NAN)
+            } else {
+                l
+            }
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataParallelError::NonFiniteLoss {
+                step: 1,
+                replica: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(max_param_diff(trainer.module(), &after_one), 0.0);
+    assert_eq!(trainer.steps(), 1);
+    // Nothing of the bad batch was kept: an apply now has nothing to apply.
+    assert!(matches!(
+        trainer.apply(0.1),
+        Err(DataParallelError::NothingAccumulated)
+    ));
+    trainer.step(0.1, batch(9, 3), mean_loss).unwrap();
+    assert_eq!(trainer.steps(), 2);
+}
