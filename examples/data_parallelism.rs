@@ -6,9 +6,12 @@
 //! cargo run --release --features cuda --bin data_parallelism         # every GPU
 //! ```
 
+#[path = "common/backend.rs"]
+mod backend;
+
 use anyhow::Context;
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn_data_parallel::{DataParallel, current_replica};
 use clap::Parser;
 use dp_dataset::{RandomDataset, RowBatcher};
@@ -44,36 +47,16 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let requested = args.devices.map(|n| n as usize);
+    backend::run_on_available(args.devices.map(|n| n as usize), Tutorial(args))
+}
 
-    #[cfg(feature = "cuda")]
-    {
-        let gpus = burn_data_parallel::cuda_devices();
-        if let Some(first) = gpus.first() {
-            let count = requested.unwrap_or(gpus.len());
-            let devices: Vec<_> = gpus.iter().cycle().take(count).cloned().collect();
-            let label = if count <= gpus.len() {
-                "GPUs".to_owned()
-            } else {
-                format!("replicas on {} GPUs", gpus.len())
-            };
-            println!("Using CUDA ({first:?} first).");
-            return run::<burn::backend::Cuda>(&args, devices, &label);
-        }
-        println!("No CUDA GPU available: running on the CPU instead.");
+struct Tutorial(Args);
+
+impl backend::Job for Tutorial {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
+        // The tutorial only runs forward: no autodiff graph.
+        run::<B::InnerBackend>(&self.0, devices, label)
     }
-    run_on_cpu(&args, requested.unwrap_or(1))
-}
-
-#[cfg(feature = "ndarray")]
-fn run_on_cpu(args: &Args, count: usize) -> anyhow::Result<()> {
-    use burn::backend::NdArray;
-    run::<NdArray>(args, vec![Default::default(); count], "CPU devices")
-}
-
-#[cfg(not(feature = "ndarray"))]
-fn run_on_cpu(_args: &Args, _count: usize) -> anyhow::Result<()> {
-    anyhow::bail!("no GPU to run on, and this build has no CPU backend (enable feature `ndarray`)")
 }
 
 /// The tutorial's script, on any backend.

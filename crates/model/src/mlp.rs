@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{ElementConversion, Int, Tensor};
 
 /// Sizes of an [`Mlp`]: `input_size -> hidden_sizes[0] -> ReLU -> ... -> num_classes`.
 ///
@@ -86,5 +86,3 @@ impl<B: Backend> Mlp<B> {
             .elem::<i64>() as usize
     }
 }
-
-use burn::tensor::ElementConversion;

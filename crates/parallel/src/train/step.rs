@@ -146,13 +146,11 @@ where
         self.steps
     }
 
-    /// Replaces the module and the optimizer (after loading a checkpoint); any accumulated
-    /// gradient is dropped.
-    pub fn set_state(&mut self, module: M, optimizer: O, steps: usize) {
-        self.parallel.set_module(module);
-        self.optimizer = optimizer;
+    /// Counts `steps` as already taken (when resuming from a checkpoint), so that errors name
+    /// the step of the whole run.
+    pub fn with_steps_taken(mut self, steps: usize) -> Self {
         self.steps = steps;
-        let _ = self.pending.take::<B, M>(self.parallel.module(), 1.0);
+        self
     }
 
     /// The module and the optimizer.

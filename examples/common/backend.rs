@@ -1,0 +1,44 @@
+//! Picks the backend and the devices, as the tutorial does with
+//! `cuda:0 if available else cpu`: every CUDA GPU when the `cuda` feature is on and a GPU is
+//! there, the CPU device (repeated `--devices` times) otherwise.
+
+use burn::tensor::backend::AutodiffBackend;
+
+/// A program to run on whichever backend was found.
+pub trait Job {
+    /// Runs on `devices` of backend `B`; `label` names them for messages ("CPU devices", ...).
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()>;
+}
+
+/// Runs `job` on the GPUs if there are any, else on the CPU, with `requested` devices
+/// (default: every GPU, or one CPU device).
+pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        let gpus = burn_data_parallel::cuda_devices();
+        if let Some(first) = gpus.first() {
+            let count = requested.unwrap_or(gpus.len());
+            let devices: Vec<_> = gpus.iter().cycle().take(count).cloned().collect();
+            let label = if count <= gpus.len() {
+                "GPUs".to_owned()
+            } else {
+                format!("replicas on {} GPUs", gpus.len())
+            };
+            println!("Using CUDA ({first:?} first).");
+            return job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(devices, &label);
+        }
+        println!("No CUDA GPU available: running on the CPU instead.");
+    }
+    run_on_cpu(requested.unwrap_or(1), job)
+}
+
+#[cfg(feature = "ndarray")]
+fn run_on_cpu<J: Job>(count: usize, job: J) -> anyhow::Result<()> {
+    use burn::backend::{Autodiff, NdArray};
+    job.run::<Autodiff<NdArray>>(vec![Default::default(); count], "CPU devices")
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn run_on_cpu<J: Job>(_count: usize, _job: J) -> anyhow::Result<()> {
+    anyhow::bail!("no GPU to run on, and this build has no CPU backend (enable feature `ndarray`)")
+}

@@ -1,0 +1,252 @@
+//! Data-parallel training of an MLP on synthetic data, over N devices.
+//!
+//! ```text
+//! cargo run --release --bin train -- --devices 2
+//! cargo run --release --bin train -- --resume --epochs 8     # continue a run
+//! ```
+
+#[path = "../common/backend.rs"]
+mod backend;
+mod checkpoint;
+mod config;
+mod report;
+
+use anyhow::Context;
+use burn::data::dataset::Dataset;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::AdamConfig;
+use burn::tensor::backend::AutodiffBackend;
+use burn_data_parallel::{DataParallel, DataParallelTrainer};
+use clap::Parser;
+use config::TrainConfig;
+use dp_dataset::{ClassificationItem, ShardedSampler, SyntheticClassification, batch_of};
+use dp_model::Mlp;
+use indicatif::{ProgressBar, ProgressStyle};
+use report::{EpochReport, RunReport};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Trains an MLP classifier on synthetic Gaussian clusters with data parallelism: each global
+/// batch is split across the devices, gradients are combined weighted by rows, and one Adam step
+/// is taken. Checkpoints each epoch; writes a JSON report at the end.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A JSON training config (see `TrainConfig`); the flags below override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Passes over the training data [default: 5].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Rows per global batch, split across the devices [default: 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Adam's learning rate [default: 0.005].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of the weights and the shuffling [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Devices: every GPU by default with CUDA; on the CPU, the CPU device repeated this many
+    /// times (default 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    devices: Option<u64>,
+    /// Folder for checkpoints and the report.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Continue from the latest checkpoint in --out, up to --epochs.
+    #[arg(long)]
+    resume: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::from_json_file(path)?,
+        None => TrainConfig::new(),
+    };
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs;
+    }
+    if let Some(batch_size) = args.batch_size {
+        config.batch_size = batch_size;
+    }
+    if let Some(lr) = args.lr {
+        config.lr = lr;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    config.validate()?;
+    let devices = args.devices.map(|n| n as usize);
+    backend::run_on_available(devices, Training { args, config })
+}
+
+struct Training {
+    args: Args,
+    config: TrainConfig,
+}
+
+impl backend::Job for Training {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
+        train::<B>(&self.args, self.config, devices, label)
+    }
+}
+
+fn train<B: AutodiffBackend>(
+    args: &Args,
+    config: TrainConfig,
+    devices: Vec<B::Device>,
+    label: &str,
+) -> anyhow::Result<()> {
+    let device = devices[0].clone();
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let data = SyntheticClassification::new(&config.data);
+
+    B::seed(&device, config.seed);
+    let optimizer = AdamConfig::new().init::<B, Mlp<B>>();
+    let (model, optimizer, steps, mut history) = if args.resume {
+        let loaded = checkpoint::load::<B, _>(out, &config, optimizer, &device)?;
+        println!(
+            "Resuming from {} (epoch {}, step {}).",
+            loaded.dir.display(),
+            loaded.state.epoch,
+            loaded.state.steps
+        );
+        let state = loaded.state;
+        (loaded.model, loaded.optimizer, state.steps, state.history)
+    } else {
+        if let Some(existing) = checkpoint::latest(out)? {
+            anyhow::bail!(
+                "{} already holds a checkpoint ({}); pass --resume to continue it or choose \
+                 another --out",
+                out.display(),
+                existing.display()
+            );
+        }
+        // `fork` creates the lazily initialised weights once, before any replica copies them.
+        let model = config.model().init::<B>(&device).fork(&device);
+        (model, optimizer, 0, Vec::new())
+    };
+
+    let model_config = config.model();
+    println!(
+        "Training an MLP {} -> {:?} -> {} on {} {label}: {} training rows, {} held-out, \
+         batches of {}.",
+        model_config.input_size,
+        model_config.hidden_sizes,
+        model_config.num_classes,
+        devices.len(),
+        data.train.len(),
+        data.test.len(),
+        config.batch_size
+    );
+    let mut trainer =
+        DataParallelTrainer::new(model, optimizer, devices.clone())?.with_steps_taken(steps);
+
+    let mut sampler = ShardedSampler::new(data.train.len(), 1, 0)?.with_seed(config.seed);
+    let first_epoch = history.len();
+    let mut trained_rows = 0usize;
+    let mut trained_seconds = 0.0;
+    for epoch in first_epoch..config.epochs {
+        sampler.set_epoch(epoch as u64);
+        let indices = sampler.indices();
+        let batches = indices.len().div_ceil(config.batch_size);
+        let progress = ProgressBar::new(batches as u64)
+            .with_prefix(format!("epoch {}/{}", epoch + 1, config.epochs))
+            .with_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        let start = Instant::now();
+        let (mut loss_sum, mut rows) = (0.0, 0usize);
+        for chunk in indices.chunks(config.batch_size) {
+            let batch = batch_of::<B>(&data.train, chunk, &device);
+            let stats = trainer
+                .step(config.lr, (batch.inputs, batch.targets), |model, (x, y)| {
+                    model.loss(x, y)
+                })
+                .with_context(|| {
+                    format!(
+                        "training stopped in epoch {}; the last checkpoint in {} is intact",
+                        epoch + 1,
+                        out.display()
+                    )
+                })?;
+            loss_sum += stats.loss * stats.rows as f64;
+            rows += stats.rows;
+            progress.inc(1);
+            progress.set_message(format!(
+                "loss {:.4} | {:.0} samples/s",
+                loss_sum / rows as f64,
+                rows as f64 / start.elapsed().as_secs_f64()
+            ));
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        progress.finish_and_clear();
+        trained_rows += rows;
+        trained_seconds += seconds;
+
+        let accuracy = evaluate::<B>(trainer.module(), &data.test, &devices)?;
+        let report = EpochReport {
+            epoch: epoch + 1,
+            train_loss: loss_sum / rows as f64,
+            test_accuracy: accuracy,
+            samples_per_second: rows as f64 / seconds,
+            seconds,
+        };
+        println!(
+            "epoch {}/{}: loss {:.4}, held-out accuracy {:.2}%, {:.0} samples/s",
+            report.epoch,
+            config.epochs,
+            report.train_loss,
+            100.0 * report.test_accuracy,
+            report.samples_per_second
+        );
+        history.push(report);
+        let state = checkpoint::State {
+            config: config.clone(),
+            epoch: epoch + 1,
+            steps: trainer.steps(),
+            history: history.clone(),
+        };
+        checkpoint::save(out, trainer.module(), trainer.optimizer(), &state)?;
+    }
+
+    let report = RunReport {
+        backend: B::name(&device),
+        devices: devices.iter().map(|d| format!("{d:?}")).collect(),
+        samples_per_second: trained_rows as f64 / trained_seconds.max(f64::EPSILON),
+        final_test_accuracy: history.last().map_or(0.0, |e| e.test_accuracy),
+        epochs: history,
+        config,
+    };
+    let path = out.join("report.json");
+    report.write(&path)?;
+    println!(
+        "Held-out accuracy {:.2}%. Report: {}",
+        100.0 * report.final_test_accuracy,
+        path.display()
+    );
+    Ok(())
+}
+
+/// Held-out accuracy, with the rows split across the devices.
+fn evaluate<B: AutodiffBackend>(
+    model: &Mlp<B>,
+    test: &impl Dataset<ClassificationItem>,
+    devices: &[B::Device],
+) -> anyhow::Result<f64> {
+    let mut parallel = DataParallel::new(model.valid(), devices.to_vec())?;
+    let indices: Vec<usize> = (0..test.len()).collect();
+    let mut correct = 0;
+    for chunk in indices.chunks(1024) {
+        let batch = batch_of::<B::InnerBackend>(test, chunk, &devices[0]);
+        let per_replica = parallel.try_map((batch.inputs, batch.targets), |m, (x, y)| {
+            Ok::<_, std::convert::Infallible>(m.correct(x, y))
+        })?;
+        correct += per_replica.into_iter().sum::<usize>();
+    }
+    Ok(correct as f64 / test.len().max(1) as f64)
+}

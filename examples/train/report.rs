@@ -1,0 +1,42 @@
+//! The JSON report a run leaves behind.
+
+use crate::config::TrainConfig;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One epoch's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's rows.
+    pub train_loss: f64,
+    /// Fraction of the held-out rows classified correctly after the epoch.
+    pub test_accuracy: f64,
+    /// Training rows per second (forward, backward, reduction and step).
+    pub samples_per_second: f64,
+    /// Wall time of the epoch's training, in seconds.
+    pub seconds: f64,
+}
+
+/// Everything a run did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    pub config: TrainConfig,
+    pub backend: String,
+    pub devices: Vec<String>,
+    pub epochs: Vec<EpochReport>,
+    /// Over the epochs this process trained.
+    pub samples_per_second: f64,
+    pub final_test_accuracy: f64,
+}
+
+impl RunReport {
+    /// Writes the report as JSON, through a temporary file and a rename.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}

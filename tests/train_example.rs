@@ -1,0 +1,171 @@
+//! The training example, run as a user runs it: it learns, checkpoints, resumes and stops
+//! cleanly on bad input.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn train(out: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("the train binary starts");
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+fn report(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap()
+}
+
+fn latest(out: &Path) -> String {
+    std::fs::read_to_string(out.join("latest")).unwrap()
+}
+
+/// A small, easy problem that trains in well under a second.
+fn tiny_config(dir: &Path) -> String {
+    let path = dir.join("tiny.json");
+    std::fs::write(
+        &path,
+        r#"{"data": {"features": 8, "classes": 3, "train_size": 600, "test_size": 200, "noise": 0.5},
+            "hidden_sizes": [16], "batch_size": 50, "epochs": 2, "lr": 0.01}"#,
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_defaults_reach_90_percent_held_out_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = train(dir.path(), &["--devices", "2"]);
+    assert!(ok, "{stderr}");
+    let report = report(dir.path());
+    let accuracy = report["final_test_accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "held-out accuracy {accuracy}\n{stdout}");
+    assert_eq!(report["epochs"].as_array().unwrap().len(), 5);
+    assert_eq!(report["devices"].as_array().unwrap().len(), 2);
+    assert!(stdout.contains("epoch 5/5"), "{stdout}");
+}
+
+#[test]
+fn a_tiny_config_runs_end_to_end_and_resuming_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path());
+    let straight = dir.path().join("straight");
+    let (ok, _, stderr) = train(&straight, &["--config", &config, "--devices", "3"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(latest(&straight), "epoch-0002");
+
+    let resumed = dir.path().join("resumed");
+    let (ok, _, stderr) = train(
+        &resumed,
+        &["--config", &config, "--devices", "3", "--epochs", "1"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(report(&resumed)["epochs"].as_array().unwrap().len(), 1);
+    let (ok, stdout, stderr) = train(
+        &resumed,
+        &["--config", &config, "--devices", "3", "--resume"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Resuming from"), "{stdout}");
+    assert!(
+        !stdout.contains("epoch 1/2"),
+        "epoch 1 is not trained again: {stdout}"
+    );
+
+    let (a, b) = (report(&straight), report(&resumed));
+    let (a, b) = (
+        a["epochs"].as_array().unwrap(),
+        b["epochs"].as_array().unwrap(),
+    );
+    assert_eq!(b.len(), 2);
+    for (x, y) in a.iter().zip(b) {
+        let loss = (x["train_loss"].as_f64().unwrap() - y["train_loss"].as_f64().unwrap()).abs();
+        assert!(loss <= 1e-6, "{x} vs {y}");
+        assert_eq!(x["test_accuracy"], y["test_accuracy"]);
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path());
+    let out = dir.path().join("run");
+    let (ok, _, stderr) = train(&out, &["--config", &config, "--epochs", "1"]);
+    assert!(ok, "{stderr}");
+    let state = std::fs::read(out.join("epoch-0001/state.json")).unwrap();
+
+    // A learning rate this large sends the weights to infinity within a step or two.
+    let (ok, _, stderr) = train(
+        &out,
+        &[
+            "--config", &config, "--resume", "--epochs", "3", "--lr", "1e30",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("non-finite loss") && stderr.contains("step "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("last checkpoint"), "{stderr}");
+    assert_eq!(latest(&out), "epoch-0001");
+    assert_eq!(
+        std::fs::read(out.join("epoch-0001/state.json")).unwrap(),
+        state
+    );
+
+    // The checkpoint still loads and training goes on from it.
+    let (ok, stdout, stderr) = train(&out, &["--config", &config, "--resume"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("epoch 2/2"), "{stdout}");
+}
+
+#[test]
+fn a_checkpoint_of_another_model_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path());
+    let out = dir.path().join("run");
+    let (ok, _, stderr) = train(&out, &["--config", &config, "--epochs", "1"]);
+    assert!(ok, "{stderr}");
+    let model = std::fs::read(out.join("epoch-0001/model.mpk")).unwrap();
+
+    let other = dir.path().join("other.json");
+    std::fs::write(
+        &other,
+        r#"{"data": {"features": 8, "classes": 3}, "hidden_sizes": [4, 4]}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = train(&out, &["--config", other.to_str().unwrap(), "--resume"]);
+    assert!(!ok);
+    assert!(stderr.contains("was made for the model"), "{stderr}");
+    assert_eq!(latest(&out), "epoch-0001");
+    assert_eq!(
+        std::fs::read(out.join("epoch-0001/model.mpk")).unwrap(),
+        model
+    );
+
+    // Starting afresh over an existing run is refused too, rather than overwriting it.
+    let (ok, _, stderr) = train(&out, &["--config", &config]);
+    assert!(!ok);
+    assert!(stderr.contains("--resume"), "{stderr}");
+}
+
+#[test]
+fn bad_configs_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.json");
+    std::fs::write(&typo, r#"{"data": {"nois": 1.0}}"#).unwrap();
+    let (ok, _, stderr) = train(dir.path(), &["--config", typo.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown key `data.nois`"), "{stderr}");
+    let (ok, _, stderr) = train(dir.path(), &["--batch-size", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("batch size"), "{stderr}");
+}
