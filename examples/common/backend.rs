@@ -35,7 +35,29 @@ pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Res
 #[cfg(feature = "ndarray")]
 fn run_on_cpu<J: Job>(count: usize, job: J) -> anyhow::Result<()> {
     use burn::backend::{Autodiff, NdArray};
+    share_matmul_threads(count);
     job.run::<Autodiff<NdArray>>(vec![Default::default(); count], "CPU devices")
+}
+
+/// burn-ndarray's matrix products run on one process-wide pool sized by `MATMUL_NUM_THREADS`
+/// (default: the physical cores, at most 4). Several CPU replicas multiplying at once would
+/// all queue on that pool, so each replica gets its share of the cores instead, unless the
+/// user chose a value.
+#[cfg(feature = "ndarray")]
+fn share_matmul_threads(replicas: usize) {
+    if replicas <= 1 || std::env::var_os("MATMUL_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = (cores / replicas).max(1);
+    // SAFETY: called before any tensor operation, while the program runs a single thread.
+    // OPENBLAS_NUM_THREADS plays the same part for a build on OpenBLAS (feature `blas`).
+    unsafe {
+        std::env::set_var("MATMUL_NUM_THREADS", share.to_string());
+        if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
+            std::env::set_var("OPENBLAS_NUM_THREADS", share.to_string());
+        }
+    }
 }
 
 #[cfg(not(feature = "ndarray"))]

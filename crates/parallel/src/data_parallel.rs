@@ -3,6 +3,7 @@
 use crate::parallel_apply::parallel_apply;
 use crate::replicas::{Replicas, place_on};
 use crate::split::{Chunk, SplitPolicy, checked_sizes};
+use crate::workers::Workers;
 use crate::{DataParallelError, Gather, Result, Scatter};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
@@ -16,7 +17,8 @@ use std::convert::Infallible;
 /// - **Replicate**: replica 0 is the module itself, on the first device; the others are copies
 ///   made the first time their device is used and kept until [`module_mut`] or [`set_module`]
 ///   changes the module.
-/// - **Apply**: replica 0 runs on the caller's thread, every other replica on its own thread.
+/// - **Apply**: replica 0 runs on the caller's thread, every other replica on its device's
+///   worker thread, started once and kept.
 /// - **Gather**: outputs are concatenated along `dim` in replica order, on the output device
 ///   (the first device unless [`with_output_device`] says otherwise).
 ///
@@ -54,6 +56,7 @@ pub struct DataParallel<B: Backend, M> {
     dim: usize,
     policy: Box<dyn SplitPolicy>,
     replicas: Replicas<M>,
+    workers: Workers,
     /// False after the module was handed out mutably: it must be put back on the first device
     /// (and its parameters materialized) before it is copied again.
     placed: bool,
@@ -74,6 +77,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
             dim: 0,
             policy: Box::new(Chunk),
             replicas: Replicas::default(),
+            workers: Workers::new(1),
             placed: true,
         })
     }
@@ -94,6 +98,18 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     /// Decides the rows per device by `policy` instead of [`Chunk`].
     pub fn with_split_policy(mut self, policy: impl SplitPolicy + 'static) -> Self {
         self.policy = Box::new(policy);
+        self
+    }
+
+    /// Gives each replica but the first `threads` threads for the compute the backend
+    /// parallelises with rayon (default 1, so that N replicas use N cores without competing).
+    /// Replica 0 runs on the caller's thread and uses the global rayon pool.
+    ///
+    /// On burn-ndarray, matrix products use their own pool instead, sized once per process by
+    /// the `MATMUL_NUM_THREADS` environment variable: set it to 1 when running several CPU
+    /// replicas (see the crate documentation).
+    pub fn with_threads_per_replica(mut self, threads: usize) -> Self {
+        self.workers = Workers::new(threads);
         self
     }
 
@@ -195,6 +211,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
             self.module = place_on(self.module.clone(), &self.devices[0]);
             self.placed = true;
         }
+        self.workers.ensure(sizes.len())?;
         let replicas = self
             .replicas
             .ensure::<B>(&self.module, &self.devices, sizes.len());
@@ -206,6 +223,6 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
                 found: parts.len(),
             });
         }
-        parallel_apply(replicas, parts, &self.devices, &f)
+        parallel_apply(&self.workers, replicas, parts, &self.devices, &f)
     }
 }

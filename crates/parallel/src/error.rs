@@ -71,6 +71,15 @@ pub enum DataParallelError {
         sizes: Vec<usize>,
     },
 
+    /// The worker thread of a replica could not be started.
+    #[error("cannot start the worker thread of replica {replica}: {message}")]
+    WorkerStart {
+        /// The replica the worker was for.
+        replica: usize,
+        /// Why it could not start.
+        message: String,
+    },
+
     /// A replica panicked. The lowest replica index that failed is reported.
     #[error("replica {replica} on device {device} panicked: {message}")]
     ReplicaPanicked {

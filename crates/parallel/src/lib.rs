@@ -39,6 +39,20 @@
 //! - devices: `cuda_device_count` / `cuda_devices` (feature `cuda`) count GPUs without the panic
 //!   Burn gives where there is no CUDA driver.
 //!
+//! # Threads on the CPU
+//!
+//! With N CPU "devices", N replicas compute at once: replica 0 on the caller's thread, the
+//! others on one long-lived worker each. Burn's ndarray backend has two thread pools of its
+//! own, and both must leave room for the replicas:
+//! - matrix products use `matrixmultiply`'s pool, sized once per process by the
+//!   `MATMUL_NUM_THREADS` environment variable (default: the physical cores, at most 4).
+//!   Set it to `cores / N` (1 on a 2-core machine with 2 replicas) before the first tensor
+//!   operation; the examples of this workspace do so when they run several CPU replicas;
+//! - other parallel operations use rayon: inside a replica they run on that replica's worker
+//!   pool, [`DataParallel::with_threads_per_replica`] threads wide (default 1).
+//!
+//! `BENCHMARKS.md` at the repository root has the measured effect of these settings.
+//!
 //! Unlike PyTorch, inputs whose tensors disagree on their rows are an error rather than silently
 //! truncated, a replica's panic is an error naming the replica and its device, and replicas are
 //! not re-copied on every call.
@@ -51,6 +65,7 @@ mod replicas;
 mod shard;
 mod split;
 mod train;
+mod workers;
 
 pub use data_parallel::DataParallel;
 #[cfg(feature = "cuda")]

@@ -1,10 +1,11 @@
 //! Runs one replica per device at the same time, and reports how each one ended.
 //!
-//! Replica 0 runs on the caller's thread (no thread at all with one device); every other replica
-//! runs on a scoped OS thread of its own. A panic is caught on the thread where it happens, and
-//! no result is returned before every thread has finished, so a failing replica never leaves a
-//! thread behind or a caller waiting forever.
+//! Replica 0 runs on the caller's thread (no other thread at all with one device); every other
+//! replica runs on its device's long-lived worker (see `workers`). A panic is caught on the
+//! thread where it happens, and no result is returned before every replica has finished, so a
+//! failing replica never leaves work behind or a caller waiting forever.
 
+use crate::workers::Workers;
 use crate::{DataParallelError, Result};
 use std::any::Any;
 use std::cell::RefCell;
@@ -65,9 +66,11 @@ enum Outcome<O> {
 }
 
 /// Runs `f(replicas[i], inputs[i])` for every `i` concurrently; `devices[i]` names replica `i`.
+/// `workers` must have a started worker for every replica but the first.
 ///
 /// Returns the outputs in replica order, or the error of the lowest failing replica.
 pub(crate) fn parallel_apply<M, I, O, E, F, D>(
+    workers: &Workers,
     replicas: Vec<&M>,
     inputs: Vec<I>,
     devices: &[D],
@@ -79,48 +82,47 @@ where
     O: Send,
     E: Into<BoxError>,
     F: Fn(&M, I) -> Result<O, E> + Sync,
-    D: Debug,
+    D: Debug + Sync,
 {
-    let outcomes: Vec<Outcome<O>> = std::thread::scope(|scope| {
-        let mut jobs = replicas.into_iter().zip(inputs).enumerate();
-        let first = jobs.next();
-        let spawned: Vec<_> = jobs
-            .map(|(index, (replica, input))| {
-                let info = replica_info(index, devices);
-                std::thread::Builder::new()
-                    .name(format!("replica-{index}"))
-                    .spawn_scoped(scope, move || run_replica(info, replica, input, f))
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(spawned.len() + 1);
-        if let Some((index, (replica, input))) = first {
-            outcomes.push(run_replica(replica_info(index, devices), replica, input, f));
-        }
-        for handle in spawned {
-            outcomes.push(match handle {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|payload| Outcome::Panicked(panic_message(payload.as_ref()))),
-                Err(spawn_error) => Outcome::Failed(Box::new(spawn_error)),
+    let mut outcomes: Vec<Option<Outcome<O>>> = replicas.iter().map(|_| None).collect();
+    let mut jobs = replicas.into_iter().zip(inputs);
+    let mut slots = outcomes.iter_mut();
+    if let (Some((first_replica, first_input)), Some(first_slot)) = (jobs.next(), slots.next()) {
+        let tasks = jobs
+            .zip(slots)
+            .enumerate()
+            .map(|(i, ((replica, input), slot))| {
+                move || *slot = Some(run_replica(replica_info(i + 1, devices), replica, input, f))
             });
-        }
-        outcomes
-    });
+        workers.run(tasks, || {
+            *first_slot = Some(run_replica(
+                replica_info(0, devices),
+                first_replica,
+                first_input,
+                f,
+            ));
+        });
+    }
 
     outcomes
         .into_iter()
         .enumerate()
         .map(|(replica, outcome)| match outcome {
-            Outcome::Done(output) => Ok(output),
-            Outcome::Failed(source) => Err(DataParallelError::ReplicaFailed {
+            Some(Outcome::Done(output)) => Ok(output),
+            Some(Outcome::Failed(source)) => Err(DataParallelError::ReplicaFailed {
                 replica,
                 device: device_name(replica, devices),
                 source,
             }),
-            Outcome::Panicked(message) => Err(DataParallelError::ReplicaPanicked {
+            Some(Outcome::Panicked(message)) => Err(DataParallelError::ReplicaPanicked {
                 replica,
                 device: device_name(replica, devices),
                 message,
+            }),
+            None => Err(DataParallelError::ReplicaPanicked {
+                replica,
+                device: device_name(replica, devices),
+                message: "the replica's worker did not run it".to_owned(),
             }),
         })
         .collect()

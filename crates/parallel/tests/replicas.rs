@@ -55,3 +55,35 @@ fn replicas_follow_a_changed_module() {
     assert_eq!(dp.replica_builds(), 9);
     assert!(max_abs_diff(out, dp.module().forward(x)) <= 1e-6);
 }
+
+#[test]
+fn each_device_keeps_its_worker_thread_across_calls() {
+    use burn_data_parallel::current_replica;
+    use std::sync::Mutex;
+    let mut dp = DataParallel::new(linear(5, 2), cpus(3)).unwrap();
+    let seen = Mutex::new(Vec::new());
+    for _ in 0..4 {
+        dp.forward(normal([9, 5], 1), |m, x| {
+            let replica = current_replica().unwrap().index;
+            let thread = std::thread::current();
+            seen.lock()
+                .unwrap()
+                .push((replica, thread.id(), thread.name().map(str::to_owned)));
+            m.forward(x)
+        })
+        .unwrap();
+    }
+    let seen = seen.into_inner().unwrap();
+    for replica in 1..3 {
+        let threads: Vec<_> = seen.iter().filter(|s| s.0 == replica).collect();
+        assert_eq!(threads.len(), 4);
+        assert!(
+            threads.iter().all(|s| s.1 == threads[0].1),
+            "replica {replica} moved threads"
+        );
+        assert_eq!(
+            threads[0].2.as_deref(),
+            Some(format!("dp-replica-{replica}.0").as_str())
+        );
+    }
+}

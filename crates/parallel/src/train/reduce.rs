@@ -1,10 +1,11 @@
 //! Gradient combination on the first device, weighted by rows.
 //!
-//! Each replica's loss is scaled before its backward pass (by its rows for a mean loss), so
-//! that summing the replicas' gradients gives the gradient of the summed loss over every row;
-//! dividing once by the rows of all accumulated micro-batches then gives exactly the
-//! full-batch mean gradient, however unevenly the rows were split. DDP's plain average of
-//! per-replica means is off whenever the parts differ in size.
+//! For a mean loss, each replica's loss is scaled before its backward pass by its share of the
+//! rows, `n_i / N`, so that the plain sum of the replicas' gradients is the gradient of the mean
+//! over all `N` rows, however unevenly they were split (DDP's plain average of per-replica means
+//! is off whenever the parts differ in size). The scaling rides on the backward pass, so a step
+//! costs one addition per extra replica and no pass over the gradients. When micro-batches are
+//! accumulated, `N` counts the rows so far and the earlier sum is rescaled once per micro-batch.
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -45,26 +46,27 @@ impl GradientSum {
         });
     }
 
-    /// The sum times `scale`, leaving the accumulator empty; `None` if nothing was added.
-    pub(crate) fn take<B, M>(&mut self, module: &M, scale: f64) -> Option<GradientsParams>
+    /// Multiplies what was summed so far by `scale`.
+    pub(crate) fn rescale<B, M>(&mut self, module: &M, scale: f64)
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
     {
-        let parts = std::mem::take(&mut self.parts);
-        self.rows = 0;
-        let mut sum = std::mem::take(&mut self.sum);
-        if parts == 0 {
-            return None;
-        }
-        if scale != 1.0 {
+        if self.parts > 0 && scale != 1.0 {
             module.visit(&mut Scale::<B> {
-                grads: &mut sum,
+                grads: &mut self.sum,
                 scale,
                 _backend: std::marker::PhantomData,
             });
         }
-        Some(sum)
+    }
+
+    /// The sum, leaving the accumulator empty; `None` if nothing was added.
+    pub(crate) fn take(&mut self) -> Option<GradientsParams> {
+        let parts = std::mem::take(&mut self.parts);
+        self.rows = 0;
+        let sum = std::mem::take(&mut self.sum);
+        (parts > 0).then_some(sum)
     }
 }
 

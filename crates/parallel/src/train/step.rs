@@ -184,16 +184,18 @@ where
     {
         let dim = self.parallel.dim();
         let reduction = self.reduction;
+        let batch_rows = batch.rows(dim)?.unwrap_or(0);
+        let rows_so_far = self.pending.rows() + batch_rows;
         let results = self.parallel.try_map(batch, |replica, part: I| {
             let start = Instant::now();
             let rows = part.rows(dim).ok().flatten().unwrap_or(0);
             let value = loss(replica, part);
             let scalar: f64 = value.clone().into_scalar().elem();
             let grads = scalar.is_finite().then(|| {
-                // Scaled so that the replicas' gradients add up to the gradient of the loss
-                // summed over every row (see `reduce`).
+                // The replica's share of the rows: the replicas' gradients then add up to the
+                // gradient over every row (see `reduce`).
                 let weight = match reduction {
-                    LossReduction::Mean => rows as f64,
+                    LossReduction::Mean => rows as f64 / rows_so_far.max(1) as f64,
                     LossReduction::Sum => 1.0,
                 };
                 GradientsParams::from_grads(value.mul_scalar(weight).backward(), replica)
@@ -240,6 +242,12 @@ where
 
         let start = Instant::now();
         let first = devices[0].clone();
+        if reduction == LossReduction::Mean {
+            // Earlier micro-batches were weighted for fewer rows than there now are.
+            let earlier = self.pending.rows();
+            let scale = earlier as f64 / rows_so_far.max(1) as f64;
+            self.pending.rescale::<B, M>(self.parallel.module(), scale);
+        }
         self.pending
             .add::<B, M>(self.parallel.module(), grads, rows, &first);
         Ok(BatchStats {
@@ -253,13 +261,9 @@ where
     /// One optimizer step with learning rate `lr` on everything accumulated since the last
     /// one; the replicas receive the new parameters on the next call.
     pub fn apply(&mut self, lr: f64) -> Result<()> {
-        let scale = match self.reduction {
-            LossReduction::Mean => 1.0 / self.pending.rows().max(1) as f64,
-            LossReduction::Sum => 1.0,
-        };
         let grads = self
             .pending
-            .take::<B, M>(self.parallel.module(), scale)
+            .take()
             .ok_or(DataParallelError::NothingAccumulated)?;
         let module = self.parallel.module().clone();
         let module = self.optimizer.step(lr, module, grads);

@@ -1,0 +1,183 @@
+//! The benchmark report: W1 (the tutorial's per-call cost), W2 (MLP inference) and W3 (MLP
+//! training step) over 1, 2 and 4 devices, beside the plain model, printed as Markdown and
+//! saved as JSON.
+//!
+//! ```text
+//! cargo run --release --bin bench                                  # CPU, about two minutes
+//! cargo run --release --features bench-burn-train --bin bench      # with burn-train beside
+//! cargo run --release --features blas --bin bench -- --json bench-blas.json
+//! ```
+//!
+//! Every configuration runs in a child process of its own, because burn-ndarray's matrix
+//! multiply reads its thread count (`MATMUL_NUM_THREADS`) once per process.
+
+#[path = "../common/backend.rs"]
+mod backend;
+mod burn_train;
+mod report;
+mod spec;
+mod workloads;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Parser;
+use spec::{Measurement, Runner, Spec, Workload};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Measures DataParallel against the plain model (and burn-train) on fixed workloads, and
+/// writes the figures as a Markdown table and a JSON report.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds to measure each configuration (after a warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Device counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    devices: Vec<usize>,
+    /// Workloads to measure.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
+    workloads: Vec<String>,
+    /// Also run W3 with burn-train's multi-device training (needs `--features bench-burn-train`).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = cfg!(feature = "bench-burn-train"))]
+    burn_train: bool,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-report.json")]
+    json: PathBuf,
+    /// Also write the Markdown tables to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Runs one configuration, given as JSON, and prints its result (used by the report).
+    #[arg(long, hide = true)]
+    child: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(spec) = &args.child {
+        let spec: Spec = serde_json::from_str(spec)?;
+        return backend::run_on_available(Some(spec.devices), Child(spec));
+    }
+    let cuda = cfg!(feature = "cuda") && gpu_present();
+    let specs = plan(&args, cuda)?;
+    let mut measurements = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        eprint!(
+            "[{}/{}] {:?} {} ... ",
+            i + 1,
+            specs.len(),
+            spec.workload,
+            spec.label()
+        );
+        match run_child(spec) {
+            Ok(m) => {
+                eprintln!("{:.0} rows/s", m.rows_per_second);
+                measurements.push(m);
+            }
+            Err(e) => eprintln!("failed: {e:#}"),
+        }
+    }
+    let report = report::Report::new(measurements, std::env::args().collect());
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &markdown)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", args.json.display()))?;
+    eprintln!("JSON report: {}", args.json.display());
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_present() -> bool {
+    burn_data_parallel::cuda_device_count() > 0
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_present() -> bool {
+    false
+}
+
+/// The configurations to measure. On the CPU, each data-parallel configuration with several
+/// devices runs with one matrix-multiply thread per replica (equal resources per replica), and
+/// the single-device ones with the default threads and with one thread, so that both "scaling
+/// at equal resources" and "best against best" can be read off.
+fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
+    let mut specs = Vec::new();
+    let one = if cuda { None } else { Some(1) };
+    let spec = |workload, runner, devices, matmul_threads| Spec {
+        workload,
+        runner,
+        devices,
+        matmul_threads,
+        seconds: args.seconds,
+    };
+    for name in &args.workloads {
+        let workload = match name.to_ascii_lowercase().as_str() {
+            "w1" => Workload::W1,
+            "w2" => Workload::W2,
+            "w3" => Workload::W3,
+            other => anyhow::bail!("unknown workload {other} (w1, w2, w3)"),
+        };
+        specs.push(spec(workload, Runner::Plain, 1, None));
+        if workload != Workload::W1 && !cuda {
+            specs.push(spec(workload, Runner::Plain, 1, one));
+        }
+        for &devices in &args.devices {
+            if workload == Workload::W1 {
+                let threads = if devices > 1 { one } else { None };
+                specs.push(spec(workload, Runner::DataParallel, devices, threads));
+                continue;
+            }
+            if devices == 1 {
+                specs.push(spec(workload, Runner::DataParallel, 1, None));
+            }
+            if !cuda || devices > 1 {
+                specs.push(spec(workload, Runner::DataParallel, devices, one));
+            }
+            if workload == Workload::W3 && args.burn_train {
+                specs.push(spec(workload, Runner::BurnTrain, devices, one));
+            }
+            if workload == Workload::W3 && devices > 1 && !cuda {
+                specs.push(spec(workload, Runner::Ceiling, devices, one));
+            }
+        }
+    }
+    Ok(specs)
+}
+
+/// Runs `spec` in a child process with its thread settings, and reads its result.
+fn run_child(spec: &Spec) -> anyhow::Result<Measurement> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--child").arg(serde_json::to_string(spec)?);
+    if let Some(threads) = spec.matmul_threads {
+        // matrixmultiply's pool (the default build) and OpenBLAS's (feature `blas`).
+        command.env("MATMUL_NUM_THREADS", threads.to_string());
+        command.env("OPENBLAS_NUM_THREADS", threads.to_string());
+    }
+    let output = command.output().context("cannot start the measurement")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .context("the measurement printed no result")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+struct Child(Spec);
+
+impl backend::Job for Child {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, _label: &str) -> anyhow::Result<()> {
+        let measurement = workloads::measure::<B>(&self.0, devices)?;
+        println!("RESULT {}", serde_json::to_string(&measurement)?);
+        Ok(())
+    }
+}

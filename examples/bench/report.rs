@@ -1,0 +1,282 @@
+//! The report: every measurement, the ratios the targets are read from, as Markdown and JSON.
+
+use crate::spec::{Measurement, Runner, Workload};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub command: Vec<String>,
+    pub unix_time: u64,
+    pub cpu: String,
+    pub logical_cpus: usize,
+    pub features: Vec<&'static str>,
+    pub measurements: Vec<Measurement>,
+    pub ratios: Vec<Ratio>,
+}
+
+/// One figure of merit: `numerator / denominator` of rows (or samples) per second.
+#[derive(Debug, Serialize)]
+pub struct Ratio {
+    pub workload: Workload,
+    pub what: String,
+    pub numerator: String,
+    pub denominator: String,
+    pub value: f64,
+}
+
+impl Report {
+    pub fn new(measurements: Vec<Measurement>, command: Vec<String>) -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let mut features = Vec::new();
+        if cfg!(feature = "cuda") {
+            features.push("cuda");
+        }
+        if cfg!(feature = "blas") {
+            features.push("blas (OpenBLAS)");
+        }
+        if cfg!(feature = "bench-burn-train") {
+            features.push("bench-burn-train");
+        }
+        let ratios = ratios(&measurements);
+        Self {
+            command,
+            unix_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            cpu,
+            logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            features,
+            measurements,
+            ratios,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        md.push_str(&format!(
+            "Machine: {} ({} logical CPUs); backend: {}; features: {}\n\n",
+            self.cpu,
+            self.logical_cpus,
+            self.measurements
+                .first()
+                .map_or("?", |m| m.backend.as_str()),
+            if self.features.is_empty() {
+                "default".to_owned()
+            } else {
+                self.features.join(", ")
+            },
+        ));
+        for workload in [Workload::W1, Workload::W2, Workload::W3] {
+            let rows: Vec<&Measurement> = self
+                .measurements
+                .iter()
+                .filter(|m| m.spec.workload == workload)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let (unit, per) = match workload {
+                Workload::W1 => ("µs per call", 1e6),
+                Workload::W2 => ("ms per batch of 1024", 1e3),
+                Workload::W3 => ("ms per step (median)", 1e3),
+            };
+            let rate = if workload == Workload::W3 {
+                "samples/s"
+            } else {
+                "rows/s"
+            };
+            md.push_str(&format!(
+                "### {}\n\n| configuration | {unit} | {rate} | iterations |\n|---|---:|---:|---:|\n",
+                title(workload)
+            ));
+            for m in rows {
+                md.push_str(&format!(
+                    "| {} | {:.2} | {:.0} | {} |\n",
+                    m.spec.label(),
+                    m.median_seconds * per,
+                    m.rows_per_second,
+                    m.iterations
+                ));
+            }
+            let ratios: Vec<&Ratio> = self
+                .ratios
+                .iter()
+                .filter(|r| r.workload == workload)
+                .collect();
+            if !ratios.is_empty() {
+                md.push_str("\n| ratio | value |\n|---|---:|\n");
+                for r in ratios {
+                    md.push_str(&format!("| {} | {:.3} |\n", r.what, r.value));
+                }
+            }
+            md.push('\n');
+        }
+        md
+    }
+}
+
+fn title(workload: Workload) -> &'static str {
+    match workload {
+        Workload::W1 => "W1: the tutorial, Linear(5, 2) on a batch of 30 (per-call cost)",
+        Workload::W2 => "W2: inference, MLP 256-1024-1024-10, batch 1024",
+        Workload::W3 => "W3: training step, same MLP, global batch 256, cross-entropy, SGD 0.05",
+    }
+}
+
+fn find(
+    ms: &[Measurement],
+    w: Workload,
+    r: Runner,
+    devices: usize,
+    threads: Option<usize>,
+) -> Option<&Measurement> {
+    ms.iter().find(|m| {
+        m.spec.workload == w
+            && m.spec.runner == r
+            && m.spec.devices == devices
+            && m.spec.matmul_threads == threads
+    })
+}
+
+fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    fn ratio(
+        workload: Workload,
+        what: String,
+        a: Option<&Measurement>,
+        b: Option<&Measurement>,
+    ) -> Option<Ratio> {
+        let (a, b) = (a?, b?);
+        Some(Ratio {
+            workload,
+            what,
+            numerator: a.spec.label(),
+            denominator: b.spec.label(),
+            value: a.rows_per_second / b.rows_per_second,
+        })
+    }
+    let plain_w1 = find(ms, Workload::W1, Runner::Plain, 1, None);
+    // The plain call's matrix product is too small to be threaded: thread settings do not
+    // change W1, so every data-parallel row is compared with the one plain row.
+    for m in ms
+        .iter()
+        .filter(|m| m.spec.workload == Workload::W1 && m.spec.runner == Runner::DataParallel)
+    {
+        if let Some(plain) = plain_w1 {
+            let overhead = (m.median_seconds - plain.median_seconds) * 1e6;
+            out.push(Ratio {
+                workload: Workload::W1,
+                what: format!(
+                    "overhead of DataParallel x{} over the plain call, µs",
+                    m.spec.devices
+                ),
+                numerator: m.spec.label(),
+                denominator: plain.spec.label(),
+                value: overhead,
+            });
+        }
+    }
+    for w in [Workload::W2, Workload::W3] {
+        out.extend(ratio(
+            w,
+            "DataParallel x1 / plain (wrapper cost; 1.0 = free)".into(),
+            find(ms, w, Runner::DataParallel, 1, None),
+            find(ms, w, Runner::Plain, 1, None),
+        ));
+        let base = find(ms, w, Runner::DataParallel, 1, Some(1)).or(find(
+            ms,
+            w,
+            Runner::DataParallel,
+            1,
+            None,
+        ));
+        for m in ms.iter().filter(|m| {
+            m.spec.workload == w && m.spec.runner == Runner::DataParallel && m.spec.devices > 1
+        }) {
+            out.extend(ratio(
+                w,
+                format!(
+                    "scaling: DataParallel x{} / x1, equal threads per replica",
+                    m.spec.devices
+                ),
+                Some(m),
+                base,
+            ));
+        }
+        let best = |runner: Runner, multi: bool| {
+            ms.iter()
+                .filter(|m| {
+                    m.spec.workload == w && m.spec.runner == runner && (m.spec.devices > 1) == multi
+                })
+                .max_by(|a, b| a.rows_per_second.total_cmp(&b.rows_per_second))
+        };
+        let best_dp = ms
+            .iter()
+            .filter(|m| m.spec.workload == w && m.spec.runner == Runner::DataParallel)
+            .max_by(|a, b| a.rows_per_second.total_cmp(&b.rows_per_second));
+        out.extend(ratio(
+            w,
+            "best DataParallel / best single-device plain".into(),
+            best_dp,
+            best(Runner::Plain, false),
+        ));
+        for m in ms
+            .iter()
+            .filter(|m| m.spec.workload == w && m.spec.runner == Runner::Ceiling)
+        {
+            out.extend(ratio(
+                w,
+                format!(
+                    "ceiling for x{} / DataParallel x1 (the best scaling this backend allows)",
+                    m.spec.devices
+                ),
+                Some(m),
+                base,
+            ));
+            out.extend(ratio(
+                w,
+                format!(
+                    "DataParallel x{} / its ceiling (share of the possible)",
+                    m.spec.devices
+                ),
+                find(
+                    ms,
+                    w,
+                    Runner::DataParallel,
+                    m.spec.devices,
+                    m.spec.matmul_threads,
+                ),
+                Some(m),
+            ));
+        }
+        for m in ms
+            .iter()
+            .filter(|m| m.spec.workload == w && m.spec.runner == Runner::BurnTrain)
+        {
+            out.extend(ratio(
+                w,
+                format!(
+                    "DataParallel x{} / burn-train x{}, same threads",
+                    m.spec.devices, m.spec.devices
+                ),
+                find(
+                    ms,
+                    w,
+                    Runner::DataParallel,
+                    m.spec.devices,
+                    m.spec.matmul_threads,
+                ),
+                Some(m),
+            ));
+        }
+    }
+    out
+}

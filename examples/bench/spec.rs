@@ -1,0 +1,79 @@
+//! What one measurement is, and what it gives: passed between the orchestrating process and the
+//! child process that runs it (each in its own process, because burn-ndarray's matrix-multiply
+//! thread count is read once per process from `MATMUL_NUM_THREADS`).
+
+use serde::{Deserialize, Serialize};
+
+/// The fixed workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Workload {
+    /// The tutorial: `Linear(5, 2)` on a batch of 30, per-call cost.
+    W1,
+    /// Inference: MLP 256 -> 1024 -> 1024 -> 10 on a batch of 1024.
+    W2,
+    /// Training: the same MLP, global batch 256, cross-entropy, SGD lr 0.05, one full step.
+    W3,
+}
+
+/// Who runs the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Runner {
+    /// The model called directly, no wrapper.
+    Plain,
+    /// `DataParallel` (W1, W2) or `DataParallelTrainer` (W3).
+    DataParallel,
+    /// burn-train 0.21's own multi-device training (W3 only, feature `bench-burn-train`).
+    BurnTrain,
+    /// W3 only: the largest replica's share of the batch (`ceil(256 / N)` rows), forward and
+    /// backward alone on one thread, counted as if it had done the whole batch. N replicas
+    /// cannot beat this, even with free gradient combination and optimizer step: it is the
+    /// ceiling for N-device scaling on this backend.
+    Ceiling,
+}
+
+/// One measurement to make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub workload: Workload,
+    pub runner: Runner,
+    pub devices: usize,
+    /// Threads of the matrix-multiply pool (`MATMUL_NUM_THREADS`, and `OPENBLAS_NUM_THREADS` for
+    /// the `blas` build); `None` leaves the default (all the cores, at most 4 for burn-ndarray's
+    /// own pool).
+    pub matmul_threads: Option<usize>,
+    /// How long to measure, after warm-up.
+    pub seconds: f64,
+}
+
+/// What a measurement gave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    pub spec: Spec,
+    pub backend: String,
+    /// Iterations timed (calls for W1 and W2, steps for W3).
+    pub iterations: usize,
+    /// Median seconds per iteration.
+    pub median_seconds: f64,
+    /// Rows (W1, W2) or samples (W3) per second, from the median.
+    pub rows_per_second: f64,
+}
+
+impl Spec {
+    pub fn label(&self) -> String {
+        let runner = match self.runner {
+            Runner::Plain => "plain model".to_owned(),
+            Runner::DataParallel => format!("DataParallel x{}", self.devices),
+            Runner::BurnTrain => format!("burn-train multi x{}", self.devices),
+            Runner::Ceiling => format!(
+                "ceiling for x{}: one share of {} rows alone, forward+backward",
+                self.devices,
+                256usize.div_ceil(self.devices)
+            ),
+        };
+        let threads = match self.matmul_threads {
+            Some(t) => format!("{t} matmul thread{}", if t == 1 { "" } else { "s" }),
+            None => "default threads".to_owned(),
+        };
+        format!("{runner}, {threads}")
+    }
+}

@@ -1,0 +1,158 @@
+//! The workloads, run in the child process on any backend.
+
+use crate::spec::{Measurement, Runner, Spec, Workload};
+use burn::module::Module;
+use burn::nn::LinearConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Int, Tensor};
+use burn_data_parallel::{DataParallel, DataParallelTrainer};
+use dp_model::{Mlp, MlpConfig};
+use std::time::{Duration, Instant};
+
+pub const W3_BATCH: usize = 256;
+const W2_BATCH: usize = 1024;
+const W3_LR: f64 = 0.05;
+
+pub fn mlp_config() -> MlpConfig {
+    MlpConfig::new(256, vec![1024, 1024], 10)
+}
+
+/// Times `iteration` for `seconds` after a warm-up; returns the per-iteration durations.
+fn time<B: Backend>(seconds: f64, devices: &[B::Device], mut iteration: impl FnMut()) -> Vec<f64> {
+    let sync = || {
+        for device in devices {
+            let _ = B::sync(device);
+        }
+    };
+    let warmup = Instant::now();
+    while warmup.elapsed() < Duration::from_secs_f64((seconds / 5.0).min(1.0)) {
+        iteration();
+        sync();
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds || samples.len() < 5 {
+        let t = Instant::now();
+        iteration();
+        sync();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples
+}
+
+fn median(mut samples: Vec<f64>) -> (usize, f64) {
+    samples.sort_by(f64::total_cmp);
+    (samples.len(), samples[samples.len() / 2])
+}
+
+/// Runs one measurement on backend `B` (autodiff for W3; the inner backend otherwise).
+pub fn measure<B: AutodiffBackend>(
+    spec: &Spec,
+    devices: Vec<B::Device>,
+) -> anyhow::Result<Measurement> {
+    let device = devices[0].clone();
+    B::seed(&device, 1);
+    let (rows, samples) = match spec.workload {
+        Workload::W1 => (30, w1::<B::InnerBackend>(spec, devices)?),
+        Workload::W2 => (W2_BATCH, w2::<B::InnerBackend>(spec, devices)?),
+        Workload::W3 => match spec.runner {
+            Runner::BurnTrain => return crate::burn_train::measure::<B>(spec, devices),
+            _ => (W3_BATCH, w3::<B>(spec, devices)?),
+        },
+    };
+    let (iterations, median_seconds) = median(samples);
+    Ok(Measurement {
+        spec: spec.clone(),
+        backend: B::name(&device),
+        iterations,
+        median_seconds,
+        rows_per_second: rows as f64 / median_seconds,
+    })
+}
+
+fn w1<B: Backend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Result<Vec<f64>> {
+    let device = devices[0].clone();
+    let model = LinearConfig::new(5, 2).init::<B>(&device).fork(&device);
+    let x = Tensor::<B, 2>::random([30, 5], Distribution::Normal(0.0, 1.0), &device);
+    Ok(match spec.runner {
+        Runner::Plain => time::<B>(spec.seconds, &devices, || {
+            std::hint::black_box(model.forward(x.clone()));
+        }),
+        _ => {
+            let mut dp = DataParallel::new(model, devices.clone())?;
+            time::<B>(spec.seconds, &devices, || {
+                std::hint::black_box(dp.forward(x.clone(), |m, x| m.forward(x)).ok());
+            })
+        }
+    })
+}
+
+fn w2<B: Backend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Result<Vec<f64>> {
+    let device = devices[0].clone();
+    let model = mlp_config().init::<B>(&device).fork(&device);
+    let x = Tensor::<B, 2>::random([W2_BATCH, 256], Distribution::Normal(0.0, 1.0), &device);
+    Ok(match spec.runner {
+        Runner::Plain => time::<B>(spec.seconds, &devices, || {
+            std::hint::black_box(model.forward(x.clone()));
+        }),
+        _ => {
+            let mut dp = DataParallel::new(model, devices.clone())?;
+            time::<B>(spec.seconds, &devices, || {
+                std::hint::black_box(dp.forward(x.clone(), |m, x| m.forward(x)).ok());
+            })
+        }
+    })
+}
+
+/// The W3 batch: 256 rows of 256 features, labels in 0..10.
+pub fn w3_batch<B: Backend>(device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    let x = Tensor::random([W3_BATCH, 256], Distribution::Normal(0.0, 1.0), device);
+    let y = Tensor::<B, 1>::random([W3_BATCH], Distribution::Uniform(0.0, 10.0), device).int();
+    (x, y)
+}
+
+fn w3<B: AutodiffBackend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Result<Vec<f64>> {
+    let device = devices[0].clone();
+    let model: Mlp<B> = mlp_config().init::<B>(&device).fork(&device);
+    let (x, y) = w3_batch::<B>(&device);
+    let mut failure = None;
+    let samples = match spec.runner {
+        Runner::Ceiling => {
+            let rows = W3_BATCH.div_ceil(spec.devices);
+            let (x, y) = (x.clone().narrow(0, 0, rows), y.clone().narrow(0, 0, rows));
+            time::<B>(spec.seconds, &devices, || {
+                std::hint::black_box(GradientsParams::from_grads(
+                    model.loss(x.clone(), y.clone()).backward(),
+                    &model,
+                ));
+            })
+        }
+        Runner::Plain => {
+            let mut model = Some(model);
+            let mut optim = SgdConfig::new().init::<B, Mlp<B>>();
+            time::<B>(spec.seconds, &devices, || {
+                if let Some(m) = model.take() {
+                    let loss = m.loss(x.clone(), y.clone());
+                    let grads = GradientsParams::from_grads(loss.backward(), &m);
+                    model = Some(optim.step(W3_LR, m, grads));
+                }
+            })
+        }
+        _ => {
+            let mut trainer =
+                DataParallelTrainer::new(model, SgdConfig::new().init(), devices.clone())?;
+            time::<B>(spec.seconds, &devices, || {
+                if let Err(e) =
+                    trainer.step(W3_LR, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))
+                {
+                    failure.get_or_insert(e);
+                }
+            })
+        }
+    };
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(samples)
+}

@@ -1,0 +1,209 @@
+//! Checks, on whatever backend runs here (CUDA GPUs when built with `--features cuda` and a GPU
+//! is present, else the CPU), that data parallelism changes no number: the data-parallel forward
+//! equals the plain forward, and a data-parallel training step equals the single-device step.
+//! Prints one line per check and exits non-zero if any fails. Used by `scripts/gpu-check.sh`.
+//!
+//! ```text
+//! cargo run --release --bin check -- --devices 4
+//! ```
+
+#[path = "common/backend.rs"]
+mod backend;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::LinearConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Int, Tensor};
+use burn_data_parallel::{DataParallel, DataParallelTrainer};
+use clap::Parser;
+use dp_model::{Mlp, MlpConfig};
+
+/// Checks that data parallelism gives the single-device numbers on this machine's devices.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Devices: every GPU by default with CUDA (more than the GPU count puts several replicas
+    /// on one GPU); on the CPU, the CPU device repeated (default 4).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    devices: Option<u64>,
+    /// Largest difference allowed between data-parallel and single-device forward outputs.
+    #[arg(long, default_value_t = 1e-5)]
+    forward_tolerance: f32,
+    /// Largest difference allowed between parameters after data-parallel and single-device
+    /// training steps.
+    #[arg(long, default_value_t = 1e-5)]
+    step_tolerance: f32,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let devices = args.devices.map(|n| n as usize);
+    let cpu_default = if cfg!(feature = "cuda") {
+        devices
+    } else {
+        devices.or(Some(4))
+    };
+    backend::run_on_available(cpu_default, Checks(args))
+}
+
+struct Checks(Args);
+
+impl backend::Job for Checks {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
+        let args = self.0;
+        println!(
+            "Checking on {} {label}: {:?} ({})",
+            devices.len(),
+            devices,
+            B::name(&devices[0])
+        );
+        let mut results = Vec::new();
+        results.extend(forward_checks::<B::InnerBackend>(
+            &devices,
+            args.forward_tolerance,
+        )?);
+        results.extend(step_checks::<B>(&devices, args.step_tolerance)?);
+        let failed = results.iter().filter(|ok| !**ok).count();
+        println!("{} passed, {failed} failed", results.len() - failed);
+        anyhow::ensure!(failed == 0, "{failed} check(s) failed");
+        Ok(())
+    }
+}
+
+fn report(name: String, diff: f32, tolerance: f32) -> bool {
+    let ok = diff <= tolerance;
+    println!(
+        "{} {name}: max abs difference {diff:e} (tolerance {tolerance:e})",
+        if ok { "PASS" } else { "FAIL" }
+    );
+    ok
+}
+
+fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    let a = a
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    let b = b
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn forward_checks<B: Backend>(devices: &[B::Device], tolerance: f32) -> anyhow::Result<Vec<bool>> {
+    let device = &devices[0];
+    let mut results = Vec::new();
+    let linear = LinearConfig::new(5, 2).init::<B>(device).fork(device);
+    let mut dp = DataParallel::new(linear, devices.to_vec())?;
+    for rows in [30, 10, 5, 2, 1, 257] {
+        let x = Tensor::<B, 2>::random([rows, 5], Distribution::Normal(0.0, 1.0), device);
+        let out = dp.forward(x.clone(), |m, x| m.forward(x))?;
+        let plain = dp.module().forward(x);
+        results.push(report(
+            format!("forward Linear(5, 2), {rows} rows"),
+            max_abs_diff(out, plain),
+            tolerance,
+        ));
+    }
+    let mlp = MlpConfig::new(256, vec![1024, 1024], 10)
+        .init::<B>(device)
+        .fork(device);
+    let mut dp = DataParallel::new(mlp, devices.to_vec())?;
+    let x = Tensor::<B, 2>::random([1024, 256], Distribution::Normal(0.0, 1.0), device);
+    let out = dp.forward(x.clone(), |m, x| m.forward(x))?;
+    let plain = dp.module().forward(x);
+    results.push(report(
+        "forward MLP 256-1024-1024-10, 1024 rows".into(),
+        max_abs_diff(out, plain),
+        tolerance,
+    ));
+    Ok(results)
+}
+
+fn max_param_diff<B: Backend, M: Module<B>>(a: &M, b: &M) -> f32 {
+    struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.val().flatten(0, D - 1));
+        }
+    }
+    let (mut ca, mut cb) = (Collect(Vec::new()), Collect(Vec::new()));
+    a.visit(&mut ca);
+    b.visit(&mut cb);
+    ca.0.into_iter()
+        .zip(cb.0)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max)
+}
+
+fn step_checks<B: AutodiffBackend>(
+    devices: &[B::Device],
+    tolerance: f32,
+) -> anyhow::Result<Vec<bool>> {
+    let device = &devices[0];
+    let mut results = Vec::new();
+    let batch = |rows: usize| {
+        let x = Tensor::<B, 2>::random([rows, 16], Distribution::Normal(0.0, 1.0), device);
+        let y = Tensor::<B, 1>::random([rows], Distribution::Uniform(0.0, 4.0), device).int();
+        (x, y)
+    };
+    let loss = |m: &Mlp<B>, (x, y): (Tensor<B, 2>, Tensor<B, 1, Int>)| m.loss(x, y);
+    for rows in [30, 10, 5] {
+        for adam in [false, true] {
+            let start = MlpConfig::new(16, vec![32], 4)
+                .init::<B>(device)
+                .fork(device);
+            let data = batch(rows);
+            let (diff, name) = if adam {
+                (
+                    one_step(start, data, loss, devices, || {
+                        AdamConfig::new().init::<B, Mlp<B>>()
+                    })?,
+                    "Adam",
+                )
+            } else {
+                (
+                    one_step(start, data, loss, devices, || {
+                        SgdConfig::new().init::<B, Mlp<B>>()
+                    })?,
+                    "SGD",
+                )
+            };
+            results.push(report(
+                format!("training step, {name}, {rows} rows"),
+                diff,
+                tolerance,
+            ));
+        }
+    }
+    Ok(results)
+}
+
+/// Learning rate of the checked steps: Adam amplifies rounding in near-zero gradients by about
+/// `lr / 1e-5`, so a larger rate would test float rounding rather than data parallelism.
+const LR: f64 = 0.01;
+
+/// Largest parameter difference after one data-parallel and one single-device step.
+fn one_step<B: AutodiffBackend, O: Optimizer<Mlp<B>, B>>(
+    start: Mlp<B>,
+    data: (Tensor<B, 2>, Tensor<B, 1, Int>),
+    loss: impl Fn(&Mlp<B>, (Tensor<B, 2>, Tensor<B, 1, Int>)) -> Tensor<B, 1> + Sync,
+    devices: &[B::Device],
+    optimizer: impl Fn() -> O,
+) -> anyhow::Result<f32> {
+    let l = loss(&start, data.clone());
+    let grads = GradientsParams::from_grads(l.backward(), &start);
+    let reference = optimizer().step(LR, start.clone(), grads);
+    let mut trainer = DataParallelTrainer::new(start, optimizer(), devices.to_vec())?;
+    trainer.step(LR, data, loss)?;
+    Ok(max_param_diff(trainer.module(), &reference))
+}

@@ -1,0 +1,66 @@
+//! The `check` and `bench` binaries run on the CPU as they would on a GPU machine.
+
+use std::process::Command;
+
+#[test]
+fn check_passes_on_cpu_devices() {
+    let out = Command::new(env!("CARGO_BIN_EXE_check"))
+        .args(["--devices", "3"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn bench_writes_a_report_with_every_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "--seconds",
+            "0.02",
+            "--workloads",
+            "w1,w3",
+            "--devices",
+            "1,2",
+            "--burn-train",
+            "false",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("### W1") && stdout.contains("### W3"),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let measurements = report["measurements"].as_array().unwrap();
+    // W1: plain, x1, x2; W3: plain twice, x1 twice, x2 and its ceiling.
+    assert_eq!(measurements.len(), 9, "{stdout}");
+    assert!(
+        measurements
+            .iter()
+            .all(|m| m["rows_per_second"].as_f64().unwrap() > 0.0)
+    );
+    let ratios = report["ratios"].as_array().unwrap();
+    assert!(
+        ratios
+            .iter()
+            .any(|r| r["what"].as_str().unwrap().starts_with("scaling"))
+    );
+}
