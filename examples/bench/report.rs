@@ -163,6 +163,16 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
             value: a.rows_per_second / b.rows_per_second,
         })
     }
+    // The DataParallel run with the same devices and threads as `m`.
+    let data_parallel_like = |m: &Measurement| {
+        find(
+            ms,
+            m.spec.workload,
+            Runner::DataParallel,
+            m.spec.devices,
+            m.spec.matmul_threads,
+        )
+    };
     let plain_w1 = find(ms, Workload::W1, Runner::Plain, 1, None);
     // The plain call's matrix product is too small to be threaded: thread settings do not
     // change W1, so every data-parallel row is compared with the one plain row.
@@ -247,13 +257,7 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                     "DataParallel x{} / its ceiling (share of the possible)",
                     m.spec.devices
                 ),
-                find(
-                    ms,
-                    w,
-                    Runner::DataParallel,
-                    m.spec.devices,
-                    m.spec.matmul_threads,
-                ),
+                data_parallel_like(m),
                 Some(m),
             ));
         }
@@ -267,13 +271,7 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                     "DataParallel x{} / burn-train x{}, same threads",
                     m.spec.devices, m.spec.devices
                 ),
-                find(
-                    ms,
-                    w,
-                    Runner::DataParallel,
-                    m.spec.devices,
-                    m.spec.matmul_threads,
-                ),
+                data_parallel_like(m),
                 Some(m),
             ));
         }

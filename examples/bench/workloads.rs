@@ -75,31 +75,32 @@ fn w1<B: Backend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Result<Vec<f6
     let device = devices[0].clone();
     let model = LinearConfig::new(5, 2).init::<B>(&device).fork(&device);
     let x = Tensor::<B, 2>::random([30, 5], Distribution::Normal(0.0, 1.0), &device);
-    Ok(match spec.runner {
-        Runner::Plain => time::<B>(spec.seconds, &devices, || {
-            std::hint::black_box(model.forward(x.clone()));
-        }),
-        _ => {
-            let mut dp = DataParallel::new(model, devices.clone())?;
-            time::<B>(spec.seconds, &devices, || {
-                std::hint::black_box(dp.forward(x.clone(), |m, x| m.forward(x)).ok());
-            })
-        }
-    })
+    forward(spec, devices, model, x, |m, x| m.forward(x))
 }
 
 fn w2<B: Backend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Result<Vec<f64>> {
     let device = devices[0].clone();
     let model = mlp_config().init::<B>(&device).fork(&device);
     let x = Tensor::<B, 2>::random([W2_BATCH, 256], Distribution::Normal(0.0, 1.0), &device);
+    forward(spec, devices, model, x, |m, x| m.forward(x))
+}
+
+/// Times `f(model, x)`, called directly or through `DataParallel`.
+fn forward<B: Backend, M: Module<B> + Sync>(
+    spec: &Spec,
+    devices: Vec<B::Device>,
+    model: M,
+    x: Tensor<B, 2>,
+    f: impl Fn(&M, Tensor<B, 2>) -> Tensor<B, 2> + Sync,
+) -> anyhow::Result<Vec<f64>> {
     Ok(match spec.runner {
         Runner::Plain => time::<B>(spec.seconds, &devices, || {
-            std::hint::black_box(model.forward(x.clone()));
+            std::hint::black_box(f(&model, x.clone()));
         }),
         _ => {
             let mut dp = DataParallel::new(model, devices.clone())?;
             time::<B>(spec.seconds, &devices, || {
-                std::hint::black_box(dp.forward(x.clone(), |m, x| m.forward(x)).ok());
+                std::hint::black_box(dp.forward(x.clone(), &f).ok());
             })
         }
     })

@@ -156,7 +156,7 @@ fn train<B: AutodiffBackend>(
         let progress = ProgressBar::new(batches as u64)
             .with_prefix(format!("epoch {}/{}", epoch + 1, config.epochs))
             .with_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
         let start = Instant::now();
