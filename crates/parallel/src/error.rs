@@ -150,6 +150,73 @@ pub enum DataParallelError {
     #[error("no gradient accumulated since the last optimizer step")]
     NothingAccumulated,
 
+    /// MPI could not be used.
+    #[error("distributed training: {message}")]
+    Distributed {
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A rank holds a model whose parameters differ in shape or number from rank 0's.
+    #[error(
+        "rank {rank} holds a different model from rank 0 ({found} parameters against {expected}, \
+         or other shapes): every rank must build the same model; nothing was trained"
+    )]
+    ModelMismatch {
+        /// The first rank that differs.
+        rank: usize,
+        /// Parameters of rank 0's model.
+        expected: usize,
+        /// Parameters of that rank's model.
+        found: usize,
+    },
+
+    /// Ranks disagree on the step they are taking.
+    #[error("rank {rank} is at step {found} while this rank is at step {expected}")]
+    StepMismatch {
+        /// The rank out of step.
+        rank: usize,
+        /// This rank's step.
+        expected: usize,
+        /// That rank's step.
+        found: usize,
+    },
+
+    /// A rank finished training while others still take steps (uneven data).
+    #[error(
+        "rank {rank} finished training after {step} steps while others go on: every rank must \
+         take the same number of steps (a ShardedSampler gives them that)"
+    )]
+    RankFinished {
+        /// The rank that finished.
+        rank: usize,
+        /// Steps it took, or the step the others were at.
+        step: usize,
+    },
+
+    /// This rank finished training while another still takes steps (uneven data).
+    #[error(
+        "rank {rank} is still training (at step {step}) while this rank finished after \
+         {finished_after} steps: every rank must take the same number of steps"
+    )]
+    StillTraining {
+        /// The rank still training.
+        rank: usize,
+        /// The step it is taking.
+        step: usize,
+        /// Steps this rank took.
+        finished_after: usize,
+    },
+
+    /// Another rank failed this step (its own error is reported there); no step was taken.
+    #[error("rank {rank} failed at step {step}; no step was taken")]
+    PeerFailed {
+        /// The lowest failing rank.
+        rank: usize,
+        /// The step.
+        step: usize,
+    },
+
     /// The replicas returned lists of different lengths.
     #[error(
         "cannot gather: replica {replica} returned {found} items, replica 0 returned {expected}"

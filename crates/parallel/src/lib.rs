@@ -59,6 +59,8 @@
 
 mod data_parallel;
 mod devices;
+#[cfg(feature = "mpi")]
+pub mod dist;
 mod error;
 mod parallel_apply;
 mod replicas;

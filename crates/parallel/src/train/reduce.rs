@@ -18,9 +18,23 @@ pub(crate) struct GradientSum {
     sum: GradientsParams,
     rows: usize,
     parts: usize,
+    /// The row count the sum is currently weighted for (rows of all processes).
+    weighted_for: usize,
 }
 
 impl GradientSum {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts == 0
+    }
+
+    pub(crate) fn weighted_for(&self) -> usize {
+        self.weighted_for
+    }
+
+    pub(crate) fn set_weighted_for(&mut self, rows: usize) {
+        self.weighted_for = rows;
+    }
+
     /// Rows of every micro-batch added since the last [`take`](Self::take).
     pub(crate) fn rows(&self) -> usize {
         self.rows
@@ -65,6 +79,7 @@ impl GradientSum {
     pub(crate) fn take(&mut self) -> Option<GradientsParams> {
         let parts = std::mem::take(&mut self.parts);
         self.rows = 0;
+        self.weighted_for = 0;
         let sum = std::mem::take(&mut self.sum);
         (parts > 0).then_some(sum)
     }

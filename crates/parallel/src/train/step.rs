@@ -182,10 +182,25 @@ where
         I: Scatter<B>,
         F: Fn(&M, I) -> Tensor<B, 1> + Sync,
     {
+        let batch_rows = batch.rows(self.parallel.dim())?.unwrap_or(0);
+        let rows_so_far = self.pending.rows() + batch_rows;
+        self.accumulate_over(batch, loss, rows_so_far)
+    }
+
+    /// [`accumulate`](Self::accumulate), with each row weighing `1 / rows_so_far` in a mean
+    /// loss: the rows of every micro-batch so far, on every process taking part in the step.
+    pub(crate) fn accumulate_over<I, F>(
+        &mut self,
+        batch: I,
+        loss: F,
+        rows_so_far: usize,
+    ) -> Result<BatchStats>
+    where
+        I: Scatter<B>,
+        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+    {
         let dim = self.parallel.dim();
         let reduction = self.reduction;
-        let batch_rows = batch.rows(dim)?.unwrap_or(0);
-        let rows_so_far = self.pending.rows() + batch_rows;
         let results = self.parallel.try_map(batch, |replica, part: I| {
             let start = Instant::now();
             let rows = part.rows(dim).ok().flatten().unwrap_or(0);
@@ -244,10 +259,11 @@ where
         let first = devices[0].clone();
         if reduction == LossReduction::Mean {
             // Earlier micro-batches were weighted for fewer rows than there now are.
-            let earlier = self.pending.rows();
+            let earlier = self.pending.weighted_for();
             let scale = earlier as f64 / rows_so_far.max(1) as f64;
             self.pending.rescale::<B, M>(self.parallel.module(), scale);
         }
+        self.pending.set_weighted_for(rows_so_far);
         self.pending
             .add::<B, M>(self.parallel.module(), grads, rows, &first);
         Ok(BatchStats {
@@ -261,10 +277,26 @@ where
     /// One optimizer step with learning rate `lr` on everything accumulated since the last
     /// one; the replicas receive the new parameters on the next call.
     pub fn apply(&mut self, lr: f64) -> Result<()> {
-        let grads = self
-            .pending
-            .take()
-            .ok_or(DataParallelError::NothingAccumulated)?;
+        if self.pending.is_empty() {
+            return Err(DataParallelError::NothingAccumulated);
+        }
+        self.apply_reduced(lr, |_, grads| Ok(grads))
+    }
+
+    /// The dimension batches are split along.
+    pub(crate) fn dim(&self) -> usize {
+        self.parallel.dim()
+    }
+
+    /// One optimizer step on the accumulated gradients (empty if none) after `reduce` has
+    /// combined them with other processes'.
+    pub(crate) fn apply_reduced(
+        &mut self,
+        lr: f64,
+        reduce: impl FnOnce(&M, GradientsParams) -> Result<GradientsParams>,
+    ) -> Result<()> {
+        let grads = self.pending.take().unwrap_or_default();
+        let grads = reduce(self.parallel.module(), grads)?;
         let module = self.parallel.module().clone();
         let module = self.optimizer.step(lr, module, grads);
         // The copies on the other devices are made again from the new parameters on the next
@@ -272,5 +304,10 @@ where
         self.parallel.set_module(module);
         self.steps += 1;
         Ok(())
+    }
+
+    /// Replaces the module, keeping the optimizer (all processes start from one set of weights).
+    pub(crate) fn replace_module(&mut self, module: M) {
+        self.parallel.set_module(module);
     }
 }

@@ -1,0 +1,18 @@
+//! Data-parallel training across processes and machines, on MPI (feature `mpi`).
+//!
+//! One process per rank, started by `mpirun`. Each rank trains on its shard of every global
+//! batch (see `ShardedSampler` in the dataset crate), on one or several devices of its own.
+//! Every step, the ranks' gradients are summed by one MPI all-reduce over a single flattened
+//! buffer, weighted by rows, so every rank takes the step single-process training takes on the
+//! whole global batch. At the start, rank 0's parameters are broadcast to every rank, after a
+//! check that all ranks hold the same model.
+//!
+//! The gradients cross processes through host memory (MPI); a GPU data plane (NCCL) is not
+//! implemented yet.
+
+mod flat;
+mod trainer;
+mod world;
+
+pub use trainer::DistributedTrainer;
+pub use world::Mpi;

@@ -1,0 +1,200 @@
+//! `DistributedTrainer`: the data-parallel training step across MPI ranks.
+
+use super::{Mpi, flat};
+use crate::train::{BatchStats, DataParallelTrainer, LossReduction};
+use crate::{DataParallelError, Result, Scatter};
+use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use std::time::Instant;
+
+/// Sent in place of a step number by a rank that has finished training.
+const FINISHED: u64 = u64::MAX;
+
+/// Trains one model over several MPI ranks, each on its own devices, with the exact step of
+/// single-process training on the union of the ranks' batches.
+///
+/// Every rank builds the same model and a [`DataParallelTrainer`] over its local devices, then
+/// wraps it: the ranks check that their models match and take rank 0's parameters. Each
+/// [`step`](Self::step) takes this rank's shard of the global batch; the gradients of all ranks
+/// are summed by one all-reduce over one flattened buffer, weighted by rows, and every rank takes
+/// the same optimizer step. Call [`finish`](Self::finish) at the end: a rank that stops early
+/// is then reported to the others as an error instead of leaving them waiting.
+pub struct DistributedTrainer<'a, B: AutodiffBackend, M, O> {
+    mpi: &'a Mpi,
+    local: DataParallelTrainer<B, M, O>,
+    reduction: LossReduction,
+}
+
+impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Sync,
+    O: Optimizer<M, B>,
+{
+    /// Joins the ranks: refuses a model whose parameter shapes differ from rank 0's (on every
+    /// rank, before any step), then gives every rank rank 0's parameters. Collective: every
+    /// rank must call it.
+    pub fn new(
+        mpi: &'a Mpi,
+        mut local: DataParallelTrainer<B, M, O>,
+        reduction: LossReduction,
+    ) -> Result<Self> {
+        let shapes = flat::shapes::<B, M>(local.module());
+        let count: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        let signature = [fingerprint(&shapes), count as u64];
+        let all = mpi.all_gather_u64(&signature);
+        if let Some(rank) = (1..mpi.size()).find(|&r| all[2 * r..2 * r + 2] != all[0..2]) {
+            return Err(DataParallelError::ModelMismatch {
+                rank,
+                expected: all[1] as usize,
+                found: all[2 * rank + 1] as usize,
+            });
+        }
+        let mut buffer = if mpi.rank() == 0 {
+            flat::params::<B, M>(local.module())
+        } else {
+            vec![0.0; count]
+        };
+        mpi.broadcast_f32_from_0(&mut buffer);
+        let module = flat::with_params::<B, M>(local.module().clone(), &buffer);
+        local.replace_module(module);
+        Ok(Self {
+            mpi,
+            local: local.with_loss_reduction(reduction),
+            reduction,
+        })
+    }
+
+    /// The module, the same on every rank after each step.
+    pub fn module(&self) -> &M {
+        self.local.module()
+    }
+
+    /// The optimizer (for checkpoints, written by rank 0).
+    pub fn optimizer(&self) -> &O {
+        self.local.optimizer()
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> usize {
+        self.local.steps()
+    }
+
+    /// One step on this rank's shard `batch` of the global batch (it may be empty on some
+    /// ranks). Returns the loss over the whole global batch and this rank's timings.
+    /// Collective: every rank must call it for every step.
+    pub fn step<I, F>(&mut self, lr: f64, batch: I, loss: F) -> Result<BatchStats>
+    where
+        I: Scatter<B>,
+        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+    {
+        let local_rows = batch.rows(self.local.dim())?.unwrap_or(0);
+        let step = self.local.steps() as u64;
+        let all = self.mpi.all_gather_u64(&[step, local_rows as u64]);
+        for rank in 0..self.mpi.size() {
+            match all[2 * rank] {
+                FINISHED => {
+                    return Err(DataParallelError::RankFinished {
+                        rank,
+                        step: step as usize,
+                    });
+                }
+                other if other != step => {
+                    return Err(DataParallelError::StepMismatch {
+                        rank,
+                        expected: step as usize,
+                        found: other as usize,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let total_rows: usize = all.iter().skip(1).step_by(2).map(|&r| r as usize).sum();
+        if total_rows == 0 {
+            return Err(DataParallelError::EmptyInput {
+                dim: self.local.dim(),
+            });
+        }
+
+        let local = if local_rows > 0 {
+            self.local.accumulate_over(batch, loss, total_rows)
+        } else {
+            Ok(BatchStats {
+                loss: 0.0,
+                rows: 0,
+                replicas: Vec::new(),
+                reduce: Default::default(),
+            })
+        };
+        // Every rank learns whether any failed before anyone waits on the gradients.
+        let failed = self.mpi.all_gather_u64(&[u64::from(local.is_err())]);
+        let mut stats = local?;
+        if let Some(rank) = failed.iter().position(|&f| f != 0) {
+            return Err(DataParallelError::PeerFailed {
+                rank,
+                step: step as usize,
+            });
+        }
+
+        let weighted = match self.reduction {
+            LossReduction::Mean => stats.loss * stats.rows as f64,
+            LossReduction::Sum => stats.loss,
+        };
+        let global = self.mpi.all_reduce_sum_f64(weighted);
+        stats.loss = match self.reduction {
+            LossReduction::Mean => global / total_rows as f64,
+            LossReduction::Sum => global,
+        };
+        stats.rows = total_rows;
+
+        let start = Instant::now();
+        let mpi = self.mpi;
+        self.local.apply_reduced(lr, |module, grads| {
+            let mut buffer = flat::grads::<B, M>(module, &grads);
+            mpi.all_reduce_sum_f32(&mut buffer);
+            Ok(flat::to_grads::<B, M>(module, &buffer))
+        })?;
+        stats.reduce += start.elapsed();
+        Ok(stats)
+    }
+
+    /// Ends training on this rank: checks that every rank ends after the same number of steps,
+    /// and returns the module and the optimizer. Collective.
+    pub fn finish(self) -> Result<(M, O)> {
+        let all = self
+            .mpi
+            .all_gather_u64(&[FINISHED, self.local.steps() as u64]);
+        for rank in 0..self.mpi.size() {
+            if all[2 * rank] != FINISHED {
+                return Err(DataParallelError::StillTraining {
+                    rank,
+                    step: all[2 * rank] as usize,
+                    finished_after: self.local.steps(),
+                });
+            }
+            if all[2 * rank + 1] as usize != self.local.steps() {
+                return Err(DataParallelError::RankFinished {
+                    rank,
+                    step: all[2 * rank + 1] as usize,
+                });
+            }
+        }
+        Ok(self.local.into_parts())
+    }
+}
+
+/// FNV-1a over the shapes: equal on two ranks exactly when their models have the same
+/// parameter shapes in the same order (up to a 2^-64 chance).
+fn fingerprint(shapes: &[Vec<usize>]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for dims in shapes {
+        for value in std::iter::once(dims.len()).chain(dims.iter().copied()) {
+            for byte in (value as u64).to_le_bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    hash
+}

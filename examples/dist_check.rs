@@ -1,0 +1,187 @@
+//! Multi-process training check, run under `mpirun` (feature `mpi`): every rank trains on its
+//! shard of the same global batches, and every rank's parameters must end equal to plain
+//! single-process training on those batches. Flags inject the faults the tests exercise.
+//!
+//! ```text
+//! cargo build --release --features mpi --bin dist_check
+//! mpirun --allow-run-as-root --oversubscribe -n 2 target/release/dist_check
+//! ```
+
+use anyhow::Context;
+use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_data_parallel::dist::{DistributedTrainer, Mpi};
+use burn_data_parallel::{DataParallelTrainer, LossReduction};
+use clap::Parser;
+use dp_dataset::ShardedSampler;
+use dp_model::{Mlp, MlpConfig};
+
+type B = Autodiff<NdArray>;
+
+/// Trains on every rank's shard of seeded global batches and compares with single-process
+/// training.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Steps to train.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Rows of each global batch, split across the ranks.
+    #[arg(long, default_value_t = 30)]
+    global_batch: usize,
+    /// CPU devices (threads) each rank drives.
+    #[arg(long, default_value_t = 1)]
+    devices_per_rank: usize,
+    /// Largest parameter difference allowed against single-process training.
+    #[arg(long, default_value_t = 1e-5)]
+    tolerance: f32,
+    /// This rank builds a different model (it must be refused before any step).
+    #[arg(long)]
+    mismatch_rank: Option<usize>,
+    /// This rank panics at --fault-step.
+    #[arg(long)]
+    panic_rank: Option<usize>,
+    /// This rank exits at --fault-step without a word.
+    #[arg(long)]
+    exit_rank: Option<usize>,
+    /// This rank takes one step more than the others.
+    #[arg(long)]
+    extra_step_rank: Option<usize>,
+    /// The step at which the faults happen.
+    #[arg(long, default_value_t = 3)]
+    fault_step: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mpi = Mpi::init()?;
+    let (rank, size) = (mpi.rank(), mpi.size());
+    let device = Default::default();
+
+    // Each rank starts from different weights: the broadcast must make them rank 0's.
+    B::seed(&device, 1 + rank as u64);
+    let hidden = if args.mismatch_rank == Some(rank) {
+        17
+    } else {
+        16
+    };
+    let model: Mlp<B> = MlpConfig::new(8, vec![hidden], 3)
+        .init(&device)
+        .fork(&device);
+    let local = DataParallelTrainer::new(
+        model,
+        SgdConfig::new().init(),
+        vec![device; args.devices_per_rank],
+    )?;
+    let mut trainer = DistributedTrainer::new(&mpi, local, LossReduction::Mean)
+        .with_context(|| format!("rank {rank}: cannot start training"))?;
+
+    let mut reference = trainer.module().clone();
+    let mut reference_optim = SgdConfig::new().init::<B, Mlp<B>>();
+    // Each rank's rows of a global batch, by DistributedSampler's rules: when the ranks do not
+    // divide the batch, some rows are repeated, and single-process training sees the same rows.
+    let indices_of = |r: usize| -> anyhow::Result<Vec<i64>> {
+        let sampler = ShardedSampler::new(args.global_batch, size, r)?.with_shuffle(false);
+        Ok(sampler.indices().into_iter().map(|i| i as i64).collect())
+    };
+    let as_tensor = |indices: Vec<i64>| {
+        let n = indices.len();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [n]), &device)
+    };
+    let shard = as_tensor(indices_of(rank)?);
+    let union = as_tensor(
+        (0..size)
+            .map(indices_of)
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .concat(),
+    );
+    let loss = |m: &Mlp<B>, (x, y): (Tensor<B, 2>, Tensor<B, 1, Int>)| m.loss(x, y);
+    let steps = args.steps + usize::from(args.extra_step_rank == Some(rank));
+    for step in 0..steps {
+        if step == args.fault_step && args.panic_rank == Some(rank) {
+            panic!("fault injected at step {step}");
+        }
+        if step == args.fault_step && args.exit_rank == Some(rank) {
+            std::process::exit(3);
+        }
+        let (x, y) = global_batch(step, args.global_batch, &device);
+        let stats = trainer
+            .step(
+                0.1,
+                (
+                    x.clone().select(0, shard.clone()),
+                    y.clone().select(0, shard.clone()),
+                ),
+                loss,
+            )
+            .with_context(|| format!("rank {rank}: step {step} failed"))?;
+        let l = loss(
+            &reference,
+            (x.select(0, union.clone()), y.select(0, union.clone())),
+        );
+        let reference_loss: f32 = l.clone().into_scalar();
+        let grads = GradientsParams::from_grads(l.backward(), &reference);
+        reference = reference_optim.step(0.1, reference, grads);
+        if rank == 0 {
+            println!(
+                "[rank 0] step {step}: loss {:.6} (single process {reference_loss:.6})",
+                stats.loss
+            );
+        }
+    }
+    let (model, _) = trainer
+        .finish()
+        .with_context(|| format!("rank {rank}: cannot finish"))?;
+    let diff = max_param_diff(&model, &reference);
+    anyhow::ensure!(
+        diff <= args.tolerance,
+        "rank {rank}: parameters differ from single-process training by {diff:e}"
+    );
+    println!(
+        "[rank {rank}] PASS: {steps} steps on {size} ranks, max parameter difference {diff:e}"
+    );
+    Ok(())
+}
+
+/// The same seeded global batch on every rank.
+fn global_batch(
+    step: usize,
+    rows: usize,
+    device: &<B as burn::tensor::backend::BackendTypes>::Device,
+) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + step as u64);
+    let x: Vec<f32> = (0..rows * 8).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let y: Vec<i64> = (0..rows).map(|_| rng.random_range(0..3)).collect();
+    (
+        Tensor::from_data(TensorData::new(x, [rows, 8]), device),
+        Tensor::from_data(TensorData::new(y, [rows]), device),
+    )
+}
+
+fn max_param_diff(a: &Mlp<B>, b: &Mlp<B>) -> f32 {
+    let (a, b) = (burn_params(a), burn_params(b));
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(x, y)| (x - y).abs()))
+        .fold(0.0, f32::max)
+}
+
+fn burn_params(module: &Mlp<B>) -> Vec<Vec<f32>> {
+    use burn::module::{ModuleVisitor, Param};
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0
+                .push(param.val().into_data().to_vec::<f32>().unwrap_or_default());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    module.visit(&mut c);
+    c.0
+}
