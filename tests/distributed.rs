@@ -6,9 +6,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `dist_check` on `ranks` ranks of this machine; gives up (and fails) after a minute,
-/// so that a hang is a failure rather than a stuck suite.
+/// Runs `dist_check` on `ranks` ranks of this machine.
 fn mpirun(ranks: usize, args: &[&str]) -> (bool, String, Duration) {
+    mpirun_binary(ranks, env!("CARGO_BIN_EXE_dist_check"), args)
+}
+
+/// Runs `binary` on `ranks` ranks of this machine; gives up (and fails) after a minute, so
+/// that a hang is a failure rather than a stuck suite.
+fn mpirun_binary(ranks: usize, binary: &str, args: &[&str]) -> (bool, String, Duration) {
     let start = Instant::now();
     let mut child = Command::new("mpirun")
         .args([
@@ -17,7 +22,7 @@ fn mpirun(ranks: usize, args: &[&str]) -> (bool, String, Duration) {
             "-n",
             &ranks.to_string(),
         ])
-        .arg(env!("CARGO_BIN_EXE_dist_check"))
+        .arg(binary)
         .args(args)
         // Containers often forbid the cross-memory attach Open MPI uses between local ranks.
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
@@ -105,4 +110,47 @@ fn a_rank_taking_more_steps_is_an_error_not_a_hang() {
         out.contains("rank 1 is still training") || out.contains("rank 0 finished training"),
         "{out}"
     );
+}
+
+#[test]
+fn the_train_example_runs_on_two_ranks_with_rank_0_speaking_and_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{"data": {"features": 8, "classes": 3, "train_size": 600, "test_size": 200, "noise": 0.5},
+            "hidden_sizes": [16], "batch_size": 50, "epochs": 2, "lr": 0.01}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (config, out) = (config.to_str().unwrap(), out.to_str().unwrap());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--mpi", "--config", config, "--out", out];
+        args.extend_from_slice(extra);
+        let (ok, text, _) = mpirun_binary(2, env!("CARGO_BIN_EXE_train"), &args);
+        (ok, text)
+    };
+    let (ok, stdout) = run(&[]);
+    assert!(ok, "{stdout}");
+    let out = std::path::Path::new(out);
+    assert!(stdout.contains("[rank 0] epoch 2/2"), "{stdout}");
+    assert!(
+        !stdout.contains("[rank 1]"),
+        "only rank 0 prints by default: {stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("latest")).unwrap(),
+        "epoch-0002"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["final_test_accuracy"].as_f64().unwrap() >= 0.9,
+        "{report}"
+    );
+
+    let (ok, stdout) = run(&["--resume", "--epochs", "3", "--log-all-ranks"]);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("[rank 1] Resuming from"), "{stdout}");
+    assert!(stdout.contains("[rank 0] epoch 3/3"), "{stdout}");
 }

@@ -9,6 +9,7 @@
 mod backend;
 mod checkpoint;
 mod config;
+mod ranks;
 mod report;
 
 use anyhow::Context;
@@ -21,7 +22,6 @@ use clap::Parser;
 use config::TrainConfig;
 use dp_dataset::{ClassificationItem, ShardedSampler, SyntheticClassification, batch_of};
 use dp_model::Mlp;
-use indicatif::{ProgressBar, ProgressStyle};
 use report::{EpochReport, RunReport};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -57,6 +57,13 @@ struct Args {
     /// Continue from the latest checkpoint in --out, up to --epochs.
     #[arg(long)]
     resume: bool,
+    /// Train across the ranks of an MPI job (start with `mpirun`; build with `--features
+    /// mpi`). Each rank drives its own --devices; --batch-size is the global batch.
+    #[arg(long)]
+    mpi: bool,
+    /// With --mpi, every rank prints its progress (by default only rank 0 does).
+    #[arg(long)]
+    log_all_ranks: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,23 +86,33 @@ fn main() -> anyhow::Result<()> {
     }
     config.validate()?;
     let devices = args.devices.map(|n| n as usize);
-    backend::run_on_available(devices, Training { args, config })
+    let ranks = ranks::Ranks::start(args.mpi, args.log_all_ranks)?;
+    backend::run_on_available(
+        devices,
+        Training {
+            args,
+            config,
+            ranks,
+        },
+    )
 }
 
 struct Training {
     args: Args,
     config: TrainConfig,
+    ranks: ranks::Ranks,
 }
 
 impl backend::Job for Training {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
-        train::<B>(&self.args, self.config, devices, label)
+        train::<B>(&self.args, self.config, &self.ranks, devices, label)
     }
 }
 
 fn train<B: AutodiffBackend>(
     args: &Args,
     config: TrainConfig,
+    ranks: &ranks::Ranks,
     devices: Vec<B::Device>,
     label: &str,
 ) -> anyhow::Result<()> {
@@ -108,12 +125,12 @@ fn train<B: AutodiffBackend>(
     let optimizer = AdamConfig::new().init::<B, Mlp<B>>();
     let (model, optimizer, steps, mut history) = if args.resume {
         let loaded = checkpoint::load::<B, _>(out, &config, optimizer, &device)?;
-        println!(
+        ranks.say(format_args!(
             "Resuming from {} (epoch {}, step {}).",
             loaded.dir.display(),
             loaded.state.epoch,
             loaded.state.steps
-        );
+        ));
         let state = loaded.state;
         (loaded.model, loaded.optimizer, state.steps, state.history)
     } else {
@@ -131,37 +148,42 @@ fn train<B: AutodiffBackend>(
     };
 
     let model_config = config.model();
-    println!(
-        "Training an MLP {} -> {:?} -> {} on {} {label}: {} training rows, {} held-out, \
-         batches of {}.",
+    ranks.say(format_args!(
+        "Training an MLP {} -> {:?} -> {} on {} {label}{}: {} training rows, {} held-out, \
+         global batches of {}.",
         model_config.input_size,
         model_config.hidden_sizes,
         model_config.num_classes,
         devices.len(),
+        ranks.describe(),
         data.train.len(),
         data.test.len(),
         config.batch_size
-    );
-    let mut trainer =
+    ));
+    let local =
         DataParallelTrainer::new(model, optimizer, devices.clone())?.with_steps_taken(steps);
+    let mut trainer = ranks.join(local)?;
 
-    let mut sampler = ShardedSampler::new(data.train.len(), 1, 0)?.with_seed(config.seed);
+    // Each rank reads its shard of every epoch; its part of a global batch is the next
+    // `batch_size / ranks` of its rows (every rank takes the same number of steps).
+    let mut sampler =
+        ShardedSampler::new(data.train.len(), ranks.size(), ranks.rank())?.with_seed(config.seed);
+    let local_batch = config.batch_size.div_ceil(ranks.size());
     let first_epoch = history.len();
     let mut trained_rows = 0usize;
     let mut trained_seconds = 0.0;
     for epoch in first_epoch..config.epochs {
         sampler.set_epoch(epoch as u64);
         let indices = sampler.indices();
-        let batches = indices.len().div_ceil(config.batch_size);
-        let progress = ProgressBar::new(batches as u64)
-            .with_prefix(format!("epoch {}/{}", epoch + 1, config.epochs))
-            .with_style(
-                ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+        let batches = indices.len().div_ceil(local_batch);
+        let progress = ranks.progress_bar(batches as u64).with_prefix(format!(
+            "epoch {}/{}",
+            epoch + 1,
+            config.epochs
+        ));
         let start = Instant::now();
         let (mut loss_sum, mut rows) = (0.0, 0usize);
-        for chunk in indices.chunks(config.batch_size) {
+        for chunk in indices.chunks(local_batch) {
             let batch = batch_of::<B>(&data.train, chunk, &device);
             let stats = trainer
                 .step(config.lr, (batch.inputs, batch.targets), |model, (x, y)| {
@@ -169,7 +191,8 @@ fn train<B: AutodiffBackend>(
                 })
                 .with_context(|| {
                     format!(
-                        "training stopped in epoch {}; the last checkpoint in {} is intact",
+                        "{}training stopped in epoch {}; the last checkpoint in {} is intact",
+                        ranks.tag(),
                         epoch + 1,
                         out.display()
                     )
@@ -188,6 +211,10 @@ fn train<B: AutodiffBackend>(
         trained_rows += rows;
         trained_seconds += seconds;
 
+        if !ranks.is_first() {
+            // Rank 0 measures accuracy and writes the checkpoints; the others go on training.
+            continue;
+        }
         let accuracy = evaluate::<B>(trainer.module(), &data.test, &devices)?;
         let report = EpochReport {
             epoch: epoch + 1,
@@ -196,14 +223,14 @@ fn train<B: AutodiffBackend>(
             samples_per_second: rows as f64 / seconds,
             seconds,
         };
-        println!(
+        ranks.say(format_args!(
             "epoch {}/{}: loss {:.4}, held-out accuracy {:.2}%, {:.0} samples/s",
             report.epoch,
             config.epochs,
             report.train_loss,
             100.0 * report.test_accuracy,
             report.samples_per_second
-        );
+        ));
         history.push(report);
         let state = checkpoint::State {
             config: config.clone(),
@@ -214,6 +241,10 @@ fn train<B: AutodiffBackend>(
         checkpoint::save(out, trainer.module(), trainer.optimizer(), &state)?;
     }
 
+    trainer.finish()?;
+    if !ranks.is_first() {
+        return Ok(());
+    }
     let report = RunReport {
         backend: B::name(&device),
         devices: devices.iter().map(|d| format!("{d:?}")).collect(),
@@ -224,11 +255,11 @@ fn train<B: AutodiffBackend>(
     };
     let path = out.join("report.json");
     report.write(&path)?;
-    println!(
+    ranks.say(format_args!(
         "Held-out accuracy {:.2}%. Report: {}",
         100.0 * report.final_test_accuracy,
         path.display()
-    );
+    ));
     Ok(())
 }
 
