@@ -78,7 +78,8 @@ fn main() -> anyhow::Result<()> {
     let mut trainer = DistributedTrainer::new(&mpi, local, LossReduction::Mean)
         .with_context(|| format!("rank {rank}: cannot start training"))?;
 
-    let mut reference = trainer.module().clone();
+    let initial = trainer.module().clone();
+    let mut reference = initial.clone();
     let mut reference_optim = SgdConfig::new().init::<B, Mlp<B>>();
     // Each rank's rows of a global batch, by DistributedSampler's rules: when the ranks do not
     // divide the batch, some rows are repeated, and single-process training sees the same rows.
@@ -134,6 +135,11 @@ fn main() -> anyhow::Result<()> {
     let (model, _) = trainer
         .finish()
         .with_context(|| format!("rank {rank}: cannot finish"))?;
+    let moved = max_param_diff(&model, &initial);
+    anyhow::ensure!(
+        moved > 1e-4,
+        "rank {rank}: training did not move the parameters ({moved:e})"
+    );
     let diff = max_param_diff(&model, &reference);
     anyhow::ensure!(
         diff <= args.tolerance,

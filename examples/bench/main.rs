@@ -14,6 +14,7 @@
 #[path = "../common/backend.rs"]
 mod backend;
 mod burn_train;
+mod mpi_ranks;
 mod report;
 mod spec;
 mod workloads;
@@ -41,6 +42,10 @@ struct Args {
     /// Also run W3 with burn-train's multi-device training (needs `--features bench-burn-train`).
     #[arg(long, action = clap::ArgAction::Set, default_value_t = cfg!(feature = "bench-burn-train"))]
     burn_train: bool,
+    /// Also run W3 over this many MPI ranks of one device each, under `mpirun` (needs
+    /// `--features mpi` and Open MPI), e.g. `--mpi-ranks 1,2`.
+    #[arg(long, value_delimiter = ',')]
+    mpi_ranks: Vec<usize>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     json: PathBuf,
@@ -56,6 +61,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(spec) = &args.child {
         let spec: Spec = serde_json::from_str(spec)?;
+        if spec.runner == Runner::MpiRanks {
+            return mpi_ranks::measure(&spec);
+        }
         return backend::run_on_available(Some(spec.devices), Child(spec));
     }
     let cuda = cfg!(feature = "cuda") && gpu_present();
@@ -144,13 +152,32 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
                 specs.push(spec(workload, Runner::Ceiling, devices, one));
             }
         }
+        if workload == Workload::W3 {
+            for &ranks in &args.mpi_ranks {
+                specs.push(spec(workload, Runner::MpiRanks, ranks, Some(1)));
+            }
+        }
     }
     Ok(specs)
 }
 
 /// Runs `spec` in a child process with its thread settings, and reads its result.
 fn run_child(spec: &Spec) -> anyhow::Result<Measurement> {
-    let mut command = Command::new(std::env::current_exe()?);
+    let mut command = if spec.runner == Runner::MpiRanks {
+        let mut mpirun = Command::new("mpirun");
+        mpirun
+            .args([
+                "--allow-run-as-root",
+                "--oversubscribe",
+                "-n",
+                &spec.devices.to_string(),
+            ])
+            .arg(std::env::current_exe()?)
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+        mpirun
+    } else {
+        Command::new(std::env::current_exe()?)
+    };
     command.arg("--child").arg(serde_json::to_string(spec)?);
     if let Some(threads) = spec.matmul_threads {
         // matrixmultiply's pool (the default build) and OpenBLAS's (feature `blas`).

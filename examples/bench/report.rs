@@ -261,6 +261,29 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 Some(m),
             ));
         }
+        let one_rank = find(ms, w, Runner::MpiRanks, 1, Some(1));
+        for m in ms.iter().filter(|m| {
+            m.spec.workload == w && m.spec.runner == Runner::MpiRanks && m.spec.devices > 1
+        }) {
+            out.extend(ratio(
+                w,
+                format!(
+                    "MPI: {} ranks / 1 rank (scaling across processes)",
+                    m.spec.devices
+                ),
+                Some(m),
+                one_rank,
+            ));
+            out.extend(ratio(
+                w,
+                format!(
+                    "in-process DataParallel x{} / MPI {} ranks",
+                    m.spec.devices, m.spec.devices
+                ),
+                data_parallel_like(m),
+                Some(m),
+            ));
+        }
         for m in ms
             .iter()
             .filter(|m| m.spec.workload == w && m.spec.runner == Runner::BurnTrain)

@@ -24,6 +24,8 @@ pub enum Runner {
     DataParallel,
     /// burn-train 0.21's own multi-device training (W3 only, feature `bench-burn-train`).
     BurnTrain,
+    /// W3 only: `devices` MPI ranks of one CPU device each, under `mpirun` (feature `mpi`).
+    MpiRanks,
     /// W3 only: the largest replica's share of the batch (`ceil(256 / N)` rows), forward and
     /// backward alone on one thread, counted as if it had done the whole batch. N replicas
     /// cannot beat this, even with free gradient combination and optimizer step: it is the
@@ -64,6 +66,7 @@ impl Spec {
             Runner::Plain => "plain model".to_owned(),
             Runner::DataParallel => format!("DataParallel x{}", self.devices),
             Runner::BurnTrain => format!("burn-train multi x{}", self.devices),
+            Runner::MpiRanks => format!("MPI, {} rank(s) of 1 device", self.devices),
             Runner::Ceiling => format!(
                 "ceiling for x{}: one share of {} rows alone, forward+backward",
                 self.devices,
