@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --bin train -- --devices 2
 //! cargo run --release --bin train -- --resume --epochs 8     # continue a run
+//! mpirun -n 2 target/release/train --mpi                      # built with --features mpi
 //! ```
 
 #[path = "../common/backend.rs"]

@@ -284,6 +284,7 @@ where
     }
 
     /// The dimension batches are split along.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn dim(&self) -> usize {
         self.parallel.dim()
     }
@@ -307,6 +308,7 @@ where
     }
 
     /// Replaces the module, keeping the optimizer (all processes start from one set of weights).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn replace_module(&mut self, module: M) {
         self.parallel.set_module(module);
     }
