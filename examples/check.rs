@@ -203,6 +203,12 @@ fn one_step<B: AutodiffBackend, O: Optimizer<Mlp<B>, B>>(
     let l = loss(&start, data.clone());
     let grads = GradientsParams::from_grads(l.backward(), &start);
     let reference = optimizer().step(LR, start.clone(), grads);
+    // A step that moved nothing would make the comparison pass whatever the trainer did.
+    let moved = max_param_diff(&reference, &start);
+    anyhow::ensure!(
+        moved > 1e-6,
+        "the reference step did not move the parameters ({moved:e})"
+    );
     let mut trainer = DataParallelTrainer::new(start, optimizer(), devices.to_vec())?;
     trainer.step(LR, data, loss)?;
     Ok(max_param_diff(trainer.module(), &reference))

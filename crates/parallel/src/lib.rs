@@ -33,9 +33,13 @@
 //! - [`Scatter`] / [`Gather`]: how inputs are split and outputs merged (tensors of any rank and
 //!   kind, tuples, `Vec`s, and [`Whole`] values every replica receives entire);
 //! - replicas: made once per device, refreshed only when the module changes;
-//! - parallel apply: one thread per replica, panics caught and reported as
-//!   [`DataParallelError`]s, [`current_replica`] visible from inside the model;
+//! - parallel apply: replica 0 on the caller's thread, the others on one long-lived worker
+//!   each; panics caught and reported as [`DataParallelError`]s, [`current_replica`] visible
+//!   from inside the model;
 //! - [`DataParallel`]: the four steps together;
+//! - [`DataParallelTrainer`]: the training step, gradients combined weighted by rows, with
+//!   micro-batch accumulation;
+//! - `dist` (feature `mpi`): the same step across MPI ranks, one all-reduce per step;
 //! - devices: `cuda_device_count` / `cuda_devices` (feature `cuda`) count GPUs without the panic
 //!   Burn gives where there is no CUDA driver.
 //!
