@@ -6,20 +6,23 @@
 //! cargo build --release --features mpi --bin dist_check
 //! mpirun --allow-run-as-root --oversubscribe -n 2 target/release/dist_check
 //! ```
+//!
+//! Built with `--features cuda,mpi` on a machine with GPUs, each rank trains on its share of
+//! the GPUs (`Mpi::share_of`), and `--transport nccl` checks the NCCL path.
+
+#[path = "common/backend.rs"]
+mod backend;
 
 use anyhow::Context;
-use burn::backend::{Autodiff, NdArray};
 use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
-use burn_data_parallel::dist::{DistributedTrainer, Mpi};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
 use burn_data_parallel::{DataParallelTrainer, LossReduction};
 use clap::Parser;
 use dp_dataset::ShardedSampler;
 use dp_model::{Mlp, MlpConfig};
-
-type B = Autodiff<NdArray>;
 
 /// Trains on every rank's shard of seeded global batches and compares with single-process
 /// training.
@@ -52,13 +55,60 @@ struct Args {
     /// The step at which the faults happen.
     #[arg(long, default_value_t = 3)]
     fault_step: usize,
+    /// The engine that sums the gradients across ranks.
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Transport {
+    Auto,
+    Mpi,
+    Nccl,
+}
+
+impl From<Transport> for GradientTransport {
+    fn from(transport: Transport) -> Self {
+        match transport {
+            Transport::Auto => Self::Auto,
+            Transport::Mpi => Self::Mpi,
+            Transport::Nccl => Self::Nccl,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mpi = Mpi::init()?;
+    backend::run_on_available(Some(args.devices_per_rank), Check { args, mpi })
+}
+
+struct Check {
+    args: Args,
+    mpi: Mpi,
+}
+
+impl backend::Job for Check {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, _: &str) -> anyhow::Result<()> {
+        check::<B>(&self.args, &self.mpi, devices)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn gpus(
+        &self,
+        all: Vec<burn::backend::cuda::CudaDevice>,
+    ) -> Vec<burn::backend::cuda::CudaDevice> {
+        self.mpi.share_of(&all)
+    }
+}
+
+fn check<B: AutodiffBackend>(
+    args: &Args,
+    mpi: &Mpi,
+    devices: Vec<B::Device>,
+) -> anyhow::Result<()> {
     let (rank, size) = (mpi.rank(), mpi.size());
-    let device = Default::default();
+    let device = devices[0].clone();
 
     // Each rank starts from different weights: the broadcast must make them rank 0's.
     B::seed(&device, 1 + rank as u64);
@@ -70,13 +120,16 @@ fn main() -> anyhow::Result<()> {
     let model: Mlp<B> = MlpConfig::new(8, vec![hidden], 3)
         .init(&device)
         .fork(&device);
-    let local = DataParallelTrainer::new(
-        model,
-        SgdConfig::new().init(),
-        vec![device; args.devices_per_rank],
-    )?;
-    let mut trainer = DistributedTrainer::new(&mpi, local, LossReduction::Mean)
-        .with_context(|| format!("rank {rank}: cannot start training"))?;
+    let local = DataParallelTrainer::new(model, SgdConfig::new().init(), devices)?;
+    let mut trainer =
+        DistributedTrainer::with_transport(mpi, local, LossReduction::Mean, args.transport.into())
+            .with_context(|| format!("rank {rank}: cannot start training"))?;
+    if rank == 0 {
+        println!(
+            "[rank 0] gradients summed through {:?}",
+            trainer.transport()
+        );
+    }
 
     let initial = trainer.module().clone();
     let mut reference = initial.clone();
@@ -107,7 +160,7 @@ fn main() -> anyhow::Result<()> {
         if step == args.fault_step && args.exit_rank == Some(rank) {
             std::process::exit(3);
         }
-        let (x, y) = global_batch(step, args.global_batch, &device);
+        let (x, y) = global_batch::<B>(step, args.global_batch, &device);
         let stats = trainer
             .step(
                 0.1,
@@ -122,7 +175,7 @@ fn main() -> anyhow::Result<()> {
             &reference,
             (x.select(0, union.clone()), y.select(0, union.clone())),
         );
-        let reference_loss: f32 = l.clone().into_scalar();
+        let reference_loss: f32 = l.clone().into_scalar().elem();
         let grads = GradientsParams::from_grads(l.backward(), &reference);
         reference = reference_optim.step(0.1, reference, grads);
         if rank == 0 {
@@ -152,10 +205,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The same seeded global batch on every rank.
-fn global_batch(
+fn global_batch<B: AutodiffBackend>(
     step: usize,
     rows: usize,
-    device: &<B as burn::tensor::backend::BackendTypes>::Device,
+    device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + step as u64);
@@ -167,7 +220,7 @@ fn global_batch(
     )
 }
 
-fn max_param_diff(a: &Mlp<B>, b: &Mlp<B>) -> f32 {
+fn max_param_diff<B: AutodiffBackend>(a: &Mlp<B>, b: &Mlp<B>) -> f32 {
     let (a, b) = (burn_params(a), burn_params(b));
     if a.len() != b.len() {
         return f32::INFINITY;
@@ -178,10 +231,10 @@ fn max_param_diff(a: &Mlp<B>, b: &Mlp<B>) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn burn_params(module: &Mlp<B>) -> Vec<Vec<f32>> {
+fn burn_params<B: AutodiffBackend>(module: &Mlp<B>) -> Vec<Vec<f32>> {
     use burn::module::{ModuleVisitor, Param};
     struct Collect(Vec<Vec<f32>>);
-    impl ModuleVisitor<B> for Collect {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             self.0
                 .push(param.val().into_data().to_vec::<f32>().unwrap_or_default());

@@ -4,6 +4,8 @@
 # Build here (any machine with the toolchain; no GPU or CUDA toolkit needed):
 #   cargo build --release --features cuda --bin data_parallelism --bin check --bin bench
 #   mkdir -p gpu-bin && cp target/release/{data_parallelism,check,bench} gpu-bin/
+# and, for the NCCL checks on a machine that has Open MPI (`mpirun`) and libnccl:
+#   cargo build --release --features cuda,mpi --bin dist_check && cp target/release/dist_check gpu-bin/
 # Run there:
 #   scripts/gpu-check.sh gpu-bin gpu-results
 #
@@ -51,6 +53,19 @@ if [ "$gpus" -gt 1 ]; then
 fi
 step bench-cuda               600 "$bin/bench" --workloads w1,w2,w3 --devices "1,2,4" --seconds "$seconds" \
                                   --json "$out/bench-cuda.json" --markdown "$out/bench-cuda.md"
+
+# NCCL (gradients summed in GPU memory): one rank per GPU, only where dist_check was built and
+# Open MPI is installed; skipped (and said so) otherwise.
+if [ -x "$bin/dist_check" ] && command -v mpirun >/dev/null 2>&1; then
+  mpi=(mpirun --allow-run-as-root --oversubscribe)
+  step nccl-1-rank            120 "${mpi[@]}" -n 1 "$bin/dist_check" --transport nccl --tolerance 1e-4
+  if [ "$gpus" -gt 1 ]; then
+    step nccl-all-gpus        300 "${mpi[@]}" -n "$gpus" "$bin/dist_check" --transport nccl --tolerance 1e-4
+  fi
+  step mpi-host-2-ranks       120 "${mpi[@]}" -n 2 "$bin/dist_check" --transport mpi --tolerance 1e-4
+else
+  echo "SKIP nccl: needs $bin/dist_check (--features cuda,mpi) and mpirun on this machine" >> "$summary"
+fi
 
 cat "$summary"
 exit $status

@@ -84,6 +84,28 @@ fn a_rank_with_another_model_is_refused_before_any_step() {
 }
 
 #[test]
+fn nccl_is_refused_clearly_where_the_gradients_are_not_on_a_cuda_gpu() {
+    let (ok, out, _) = mpirun(2, &["--transport", "nccl"]);
+    assert!(!ok);
+    assert!(
+        out.contains("rank 0 cannot reduce gradients through NCCL")
+            && (out.contains("no `cuda` feature") || out.contains("not on burn::backend::Cuda")),
+        "{out}"
+    );
+    assert!(!out.contains("step 0"), "refused before any step: {out}");
+}
+
+#[test]
+fn auto_and_mpi_transports_on_the_cpu_both_go_through_mpi() {
+    for transport in ["auto", "mpi"] {
+        let (ok, out, _) = mpirun(2, &["--transport", transport, "--steps", "3"]);
+        assert!(ok, "{out}");
+        assert!(out.contains("gradients summed through Mpi"), "{out}");
+        assert_eq!(out.matches("PASS: 3 steps on 2 ranks").count(), 2, "{out}");
+    }
+}
+
+#[test]
 fn a_rank_that_panics_ends_the_job_and_is_named() {
     let (ok, out, took) = mpirun(3, &["--panic-rank", "1", "--fault-step", "3"]);
     assert!(!ok);
@@ -135,6 +157,10 @@ fn the_train_example_runs_on_two_ranks_with_rank_0_speaking_and_checkpointing() 
     let out = std::path::Path::new(out);
     assert!(stdout.contains("[rank 0] epoch 2/2"), "{stdout}");
     assert!(
+        stdout.contains("[rank 0] Gradients summed across the ranks through Mpi."),
+        "{stdout}"
+    );
+    assert!(
         !stdout.contains("[rank 1]"),
         "only rank 0 prints by default: {stdout}"
     );
@@ -153,4 +179,129 @@ fn the_train_example_runs_on_two_ranks_with_rank_0_speaking_and_checkpointing() 
     assert!(ok, "{stdout}");
     assert!(stdout.contains("[rank 1] Resuming from"), "{stdout}");
     assert!(stdout.contains("[rank 0] epoch 3/3"), "{stdout}");
+}
+
+/// The processes whose command line holds `needle`, with their environment.
+#[cfg(target_os = "linux")]
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&environ).replace('\0', "\n")));
+        }
+    }
+    found
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn killing_a_rank_of_train_stops_the_job_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("long.json");
+    std::fs::write(
+        &config,
+        r#"{"data": {"features": 8, "classes": 3, "train_size": 600, "test_size": 200, "noise": 0.5},
+            "hidden_sizes": [16], "batch_size": 50, "epochs": 100000, "lr": 0.01}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (config, out_arg) = (config.to_str().unwrap(), out.to_str().unwrap());
+    let start = Instant::now();
+    let mut job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
+        .arg(env!("CARGO_BIN_EXE_train"))
+        .args(["--mpi", "--config", config, "--out", out_arg])
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts (apt install openmpi-bin)");
+
+    // Mid-run: after a few checkpoints, rank 1 is killed outright (no chance to clean up).
+    let epochs_written = || {
+        std::fs::read_to_string(out.join("latest"))
+            .ok()
+            .and_then(|name| name.trim().strip_prefix("epoch-")?.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    while epochs_written() < 3 {
+        assert!(
+            job.try_wait().unwrap().is_none(),
+            "train ended before it was killed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank_1 = processes_with(out_arg)
+        .into_iter()
+        .find(|(_, env)| env.lines().any(|l| l == "OMPI_COMM_WORLD_RANK=1"))
+        .expect("rank 1 is running")
+        .0;
+    let killed = Command::new("kill")
+        .args(["-9", &rank_1.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let killed_at = Instant::now();
+    while job.try_wait().unwrap().is_none() {
+        if killed_at.elapsed() > Duration::from_secs(60) {
+            let _ = job.kill();
+            panic!("the job still runs 60 s after rank 1 was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = job.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("process rank 1 with PID") && text.contains("signal 9"),
+        "Open MPI names the rank that died: {text}"
+    );
+    // No rank is left behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(out_arg).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a rank still runs after the job ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // `latest` names a complete checkpoint, which a single process resumes from.
+    let epoch = epochs_written();
+    assert!(epoch >= 3);
+    let resumed = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--config", config, "--out", out_arg, "--resume"])
+        .args(["--epochs", &(epoch + 1).to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        text.contains("Resuming from")
+            && text.contains(&format!("epoch-{epoch:04} (epoch {epoch},")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("epoch {}/{}", epoch + 1, epoch + 1)),
+        "{text}"
+    );
 }

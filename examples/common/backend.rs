@@ -8,6 +8,16 @@ use burn::tensor::backend::AutodiffBackend;
 pub trait Job {
     /// Runs on `devices` of backend `B`; `label` names them for messages ("CPU devices", ...).
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()>;
+
+    /// The GPUs this process may use out of all of the machine's (all of them, unless several
+    /// processes share the machine).
+    #[cfg(feature = "cuda")]
+    fn gpus(
+        &self,
+        all: Vec<burn::backend::cuda::CudaDevice>,
+    ) -> Vec<burn::backend::cuda::CudaDevice> {
+        all
+    }
 }
 
 /// Runs `job` on the GPUs if there are any, else on the CPU, with `requested` devices
@@ -15,7 +25,7 @@ pub trait Job {
 pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Result<()> {
     #[cfg(feature = "cuda")]
     {
-        let gpus = burn_data_parallel::cuda_devices();
+        let gpus = job.gpus(burn_data_parallel::cuda_devices());
         if let Some(first) = gpus.first() {
             let count = requested.unwrap_or(gpus.len());
             let devices: Vec<_> = gpus.iter().cycle().take(count).cloned().collect();

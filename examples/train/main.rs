@@ -108,6 +108,14 @@ impl backend::Job for Training {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
         train::<B>(&self.args, self.config, &self.ranks, devices, label)
     }
+
+    #[cfg(feature = "cuda")]
+    fn gpus(
+        &self,
+        all: Vec<burn::backend::cuda::CudaDevice>,
+    ) -> Vec<burn::backend::cuda::CudaDevice> {
+        self.ranks.gpus(all)
+    }
 }
 
 fn train<B: AutodiffBackend>(

@@ -72,6 +72,19 @@ impl Ranks {
         }
     }
 
+    /// This rank's share of the machine's GPUs in a multi-process run, all of them otherwise.
+    #[cfg(feature = "cuda")]
+    pub fn gpus(
+        &self,
+        all: Vec<burn::backend::cuda::CudaDevice>,
+    ) -> Vec<burn::backend::cuda::CudaDevice> {
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = &self.mpi {
+            return mpi.share_of(&all);
+        }
+        all
+    }
+
     /// "rank R: " in a multi-process run, to start error messages with.
     pub fn tag(&self) -> String {
         if self.size > 1 {
@@ -124,6 +137,10 @@ impl Ranks {
             use burn_data_parallel::LossReduction;
             let joined =
                 burn_data_parallel::dist::DistributedTrainer::new(mpi, local, LossReduction::Mean)?;
+            self.say(format_args!(
+                "Gradients summed across the ranks through {:?}.",
+                joined.transport()
+            ));
             return Ok(Trainer::Ranks(joined));
         }
         Ok(Trainer::Local(local, PhantomData))

@@ -208,6 +208,15 @@ pub enum DataParallelError {
         finished_after: usize,
     },
 
+    /// NCCL was asked for but a rank cannot use it.
+    #[error("rank {rank} cannot reduce gradients through NCCL: {reason}")]
+    NcclUnavailable {
+        /// The lowest rank that cannot.
+        rank: usize,
+        /// Why, as that rank saw it (or this rank's view of the failure).
+        reason: String,
+    },
+
     /// Another rank failed this step (its own error is reported there); no step was taken.
     #[error("rank {rank} failed at step {step}; no step was taken")]
     PeerFailed {

@@ -7,12 +7,17 @@
 //! whole global batch. At the start, rank 0's parameters are broadcast to every rank, after a
 //! check that all ranks hold the same model.
 //!
-//! The gradients cross processes through host memory (MPI); a GPU data plane (NCCL) is not
-//! implemented yet.
+//! The gradients cross processes through host memory with MPI, or, for CUDA ranks (features
+//! `cuda` and `mpi`) where `libnccl` is installed, through NCCL in GPU memory: see
+//! [`GradientTransport`].
 
+mod exchange;
 mod flat;
+#[cfg(feature = "cuda")]
+mod nccl;
 mod trainer;
 mod world;
 
+pub use exchange::GradientTransport;
 pub use trainer::DistributedTrainer;
 pub use world::Mpi;

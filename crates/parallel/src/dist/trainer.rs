@@ -1,5 +1,6 @@
 //! `DistributedTrainer`: the data-parallel training step across MPI ranks.
 
+use super::exchange::{Exchange, GradientTransport};
 use super::{Mpi, flat};
 use crate::train::{BatchStats, DataParallelTrainer, LossReduction};
 use crate::{DataParallelError, Result, Scatter};
@@ -25,6 +26,7 @@ pub struct DistributedTrainer<'a, B: AutodiffBackend, M, O> {
     mpi: &'a Mpi,
     local: DataParallelTrainer<B, M, O>,
     reduction: LossReduction,
+    exchange: Exchange,
 }
 
 impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
@@ -34,12 +36,24 @@ where
     O: Optimizer<M, B>,
 {
     /// Joins the ranks: refuses a model whose parameter shapes differ from rank 0's (on every
-    /// rank, before any step), then gives every rank rank 0's parameters. Collective: every
-    /// rank must call it.
+    /// rank, before any step), then gives every rank rank 0's parameters. Gradients go through
+    /// NCCL where every rank can use it, else through MPI ([`GradientTransport::Auto`]).
+    /// Collective: every rank must call it.
     pub fn new(
+        mpi: &'a Mpi,
+        local: DataParallelTrainer<B, M, O>,
+        reduction: LossReduction,
+    ) -> Result<Self> {
+        Self::with_transport(mpi, local, reduction, GradientTransport::Auto)
+    }
+
+    /// [`new`](Self::new), with the engine that sums the gradients chosen by `transport`.
+    /// Collective, and every rank must ask for the same transport.
+    pub fn with_transport(
         mpi: &'a Mpi,
         mut local: DataParallelTrainer<B, M, O>,
         reduction: LossReduction,
+        transport: GradientTransport,
     ) -> Result<Self> {
         let shapes = flat::shapes::<B, M>(local.module());
         let count: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
@@ -60,11 +74,26 @@ where
         mpi.broadcast_f32_from_0(&mut buffer);
         let module = flat::with_params::<B, M>(local.module().clone(), &buffer);
         local.replace_module(module);
+        // The gradients are gathered where the module's first parameter lives.
+        let device = local
+            .module()
+            .devices()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| local.devices()[0].clone());
+        let exchange = Exchange::open::<B::InnerBackend>(mpi, &device, transport)?;
         Ok(Self {
             mpi,
             local: local.with_loss_reduction(reduction),
             reduction,
+            exchange,
         })
+    }
+
+    /// The engine summing the gradients: [`GradientTransport::Mpi`] or
+    /// [`GradientTransport::Nccl`], the same on every rank.
+    pub fn transport(&self) -> GradientTransport {
+        self.exchange.kind()
     }
 
     /// The module, the same on every rank after each step.
@@ -150,11 +179,11 @@ where
         stats.rows = total_rows;
 
         let start = Instant::now();
-        let mpi = self.mpi;
+        let (mpi, exchange) = (self.mpi, &self.exchange);
         self.local.apply_reduced(lr, |module, grads| {
-            let mut buffer = flat::grads::<B, M>(module, &grads);
-            mpi.all_reduce_sum_f32(&mut buffer);
-            Ok(flat::to_grads::<B, M>(module, &buffer))
+            let flat = flat::grads::<B, M>(module, &grads);
+            let summed = exchange.all_reduce_sum(mpi, flat)?;
+            Ok(flat::to_grads::<B, M>(module, summed))
         })?;
         stats.reduce += start.elapsed();
         Ok(stats)

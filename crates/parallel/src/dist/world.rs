@@ -12,6 +12,8 @@ use mpi::traits::*;
 pub struct Mpi {
     _universe: mpi::environment::Universe,
     world: SimpleCommunicator,
+    local_rank: usize,
+    local_size: usize,
 }
 
 impl std::fmt::Debug for Mpi {
@@ -32,6 +34,9 @@ impl Mpi {
         )?;
         let world = universe.world();
         let rank = world.rank();
+        // The ranks sharing this machine, in world order.
+        let local = world.split_shared(rank);
+        let (local_rank, local_size) = (local.rank() as usize, local.size() as usize);
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
@@ -41,6 +46,8 @@ impl Mpi {
         Ok(Self {
             _universe: universe,
             world,
+            local_rank,
+            local_size,
         })
     }
 
@@ -52,6 +59,27 @@ impl Mpi {
     /// Number of ranks in the job.
     pub fn size(&self) -> usize {
         self.world.size() as usize
+    }
+
+    /// This rank's place among the ranks running on its own machine, `0..local_size`.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Number of ranks running on this rank's machine.
+    pub fn local_size(&self) -> usize {
+        self.local_size
+    }
+
+    /// This rank's share of its machine's devices `all` (the GPUs, say), so that the ranks of
+    /// one machine do not all crowd onto the first GPU: the devices are dealt out in
+    /// contiguous blocks, as evenly as possible, and where there are fewer devices than ranks,
+    /// ranks share them in turn (local rank `l` gets device `l % all.len()`).
+    ///
+    /// `mpirun -n 8` on a machine with 8 GPUs gives each rank one GPU; `mpirun -n 2` gives each
+    /// rank 4, which it drives in-process.
+    pub fn share_of<D: Clone>(&self, all: &[D]) -> Vec<D> {
+        share_of(all, self.local_rank, self.local_size)
     }
 
     /// Ends the whole job at once with `code`, from any rank.
@@ -80,5 +108,53 @@ impl Mpi {
 
     pub(crate) fn broadcast_f32_from_0(&self, buffer: &mut [f32]) {
         self.world.process_at_rank(0).broadcast_into(buffer);
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn broadcast_bytes_from_0(&self, buffer: &mut [u8]) {
+        self.world.process_at_rank(0).broadcast_into(buffer);
+    }
+}
+
+fn share_of<D: Clone>(all: &[D], local_rank: usize, local_size: usize) -> Vec<D> {
+    if all.is_empty() {
+        return Vec::new();
+    }
+    if all.len() < local_size {
+        return vec![all[local_rank % all.len()].clone()];
+    }
+    let start = local_rank * all.len() / local_size;
+    let end = (local_rank + 1) * all.len() / local_size;
+    all[start..end].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_of;
+
+    #[test]
+    fn every_device_goes_to_exactly_one_rank_when_there_are_enough() {
+        for devices in 1..=9 {
+            for ranks in 1..=devices {
+                let all: Vec<usize> = (0..devices).collect();
+                let shares: Vec<Vec<usize>> =
+                    (0..ranks).map(|r| share_of(&all, r, ranks)).collect();
+                assert_eq!(shares.concat(), all, "{devices} devices, {ranks} ranks");
+                let sizes: Vec<usize> = shares.iter().map(Vec::len).collect();
+                let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(max - min <= 1, "{sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ranks_share_devices_in_turn_when_there_are_fewer() {
+        let all = ["gpu0", "gpu1"];
+        let shares: Vec<Vec<&str>> = (0..5).map(|r| share_of(&all, r, 5)).collect();
+        assert_eq!(
+            shares,
+            [["gpu0"], ["gpu1"], ["gpu0"], ["gpu1"], ["gpu0"]].map(Vec::from)
+        );
+        assert!(share_of::<u8>(&[], 0, 2).is_empty());
     }
 }
