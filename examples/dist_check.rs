@@ -58,6 +58,9 @@ struct Args {
     /// The engine that sums the gradients across ranks.
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     transport: Transport,
+    /// This rank asks for another transport than --transport (it must be refused).
+    #[arg(long)]
+    odd_transport_rank: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -121,8 +124,13 @@ fn check<B: AutodiffBackend>(
         .init(&device)
         .fork(&device);
     let local = DataParallelTrainer::new(model, SgdConfig::new().init(), devices)?;
+    let transport = match (args.odd_transport_rank == Some(rank), args.transport) {
+        (false, transport) => transport.into(),
+        (true, Transport::Mpi) => GradientTransport::Auto,
+        (true, _) => GradientTransport::Mpi,
+    };
     let mut trainer =
-        DistributedTrainer::with_transport(mpi, local, LossReduction::Mean, args.transport.into())
+        DistributedTrainer::with_transport(mpi, local, LossReduction::Mean, transport)
             .with_context(|| format!("rank {rank}: cannot start training"))?;
     if rank == 0 {
         println!(

@@ -27,6 +27,17 @@ for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/l
     LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
 done
+# cudarc opens NCCL as `libnccl.so`, which only the -dev package provides; where only
+# `libnccl.so.2` exists (the runtime package, or pip's nvidia-nccl), a link named libnccl.so is
+# made in the results folder.
+nccl=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* /usr/local/cuda/lib64/libnccl.so* /opt/conda/lib/libnccl.so* \
+          /usr/local/lib/python3*/dist-packages/nvidia/nccl/lib/libnccl.so* \
+          /usr/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so* 2>/dev/null | head -n 1)
+if [ -n "$nccl" ]; then
+  mkdir -p "$out/nccl-link" && ln -sf "$nccl" "$out/nccl-link/libnccl.so"
+  LD_LIBRARY_PATH="$(cd "$out/nccl-link" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+echo "NCCL: ${nccl:-not found}" >> "$summary"
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >> "$summary"
 

@@ -106,6 +106,17 @@ fn auto_and_mpi_transports_on_the_cpu_both_go_through_mpi() {
 }
 
 #[test]
+fn ranks_asking_for_different_transports_are_refused_not_left_waiting() {
+    let (ok, out, _) = mpirun(2, &["--odd-transport-rank", "1"]);
+    assert!(!ok);
+    assert!(
+        out.contains("rank 1 asks for another gradient transport than this rank (Auto)")
+            && out.contains("rank 0 asks for another gradient transport than this rank (Mpi)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_rank_that_panics_ends_the_job_and_is_named() {
     let (ok, out, took) = mpirun(3, &["--panic-rank", "1", "--fault-step", "3"]);
     assert!(!ok);

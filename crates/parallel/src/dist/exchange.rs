@@ -13,7 +13,7 @@ use burn::tensor::{Tensor, TensorData};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GradientTransport {
     /// NCCL where every rank can use it (features `cuda` and `mpi`, the `burn::backend::Cuda`
-    /// backend, `libnccl` installed, one GPU per rank), MPI otherwise.
+    /// backend, `libnccl.so` on the library path, one GPU per rank), MPI otherwise.
     #[default]
     Auto,
     /// MPI's all-reduce on a host copy of the buffer: any backend, any machine.
@@ -36,39 +36,43 @@ impl Exchange {
         device: &B::Device,
         wanted: GradientTransport,
     ) -> Result<Self> {
+        let code = wanted as u64;
+        let asked = mpi.all_gather_u64(&[code]);
+        if let Some(rank) = asked.iter().position(|&a| a != code) {
+            return Err(DataParallelError::Distributed {
+                message: format!(
+                    "rank {rank} asks for another gradient transport than this rank \
+                     ({wanted:?}): every rank must ask for the same"
+                ),
+            });
+        }
         if wanted == GradientTransport::Mpi {
             return Ok(Self::Host);
         }
-        let refuse = |rank: usize, own: Option<String>| match wanted {
+        let refuse = |(rank, reason): (usize, Option<String>)| match wanted {
             GradientTransport::Nccl => Err(DataParallelError::NcclUnavailable {
                 rank,
-                reason: own
-                    .filter(|_| rank == mpi.rank())
-                    .unwrap_or_else(|| format!("see rank {rank}'s own error")),
+                reason: reason.unwrap_or_else(|| format!("see rank {rank}'s own error")),
             }),
             _ => Ok(Self::Host),
         };
-
-        let local = nccl_device::<B>(device);
-        let ready = mpi.all_gather_u64(&[u64::from(local.is_ok())]);
-        let ordinal = match (ready.iter().position(|&r| r == 0), local) {
-            (None, Ok(ordinal)) => ordinal,
-            (Some(rank), local) => return refuse(rank, local.err()),
-            (None, Err(_)) => unreachable!("this rank said it was ready"),
-        };
         #[cfg(feature = "cuda")]
         {
-            let comm = super::nccl::NcclComm::join(mpi, ordinal);
-            let joined = mpi.all_gather_u64(&[u64::from(comm.is_ok())]);
-            match joined.iter().position(|&j| j == 0) {
-                None => Ok(Self::Nccl(comm.expect("this rank said it joined"))),
-                Some(rank) => refuse(rank, comm.err()),
+            match super::nccl::NcclComm::negotiate::<B>(mpi, device) {
+                Ok(comm) => Ok(Self::Nccl(comm)),
+                Err(refusal) => refuse(refusal),
             }
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = ordinal;
-            unreachable!("without the cuda feature no rank is ready for NCCL")
+            let _ = device;
+            // The first call of `NcclComm::negotiate`, so that ranks of both builds agree.
+            let ready = mpi.all_gather_u64(&[0]);
+            let rank = ready.iter().position(|&r| r == 0).unwrap_or(0);
+            refuse((
+                rank,
+                (rank == mpi.rank()).then(|| "this build has no `cuda` feature".to_string()),
+            ))
         }
     }
 
@@ -102,18 +106,7 @@ impl Exchange {
                 Ok(Tensor::from_data(TensorData::new(values, [count]), &device))
             }
             #[cfg(feature = "cuda")]
-            Self::Nccl(comm) => comm.all_reduce_sum(flat),
+            Self::Nccl(comm) => comm.all_reduce_sum(mpi, flat),
         }
-    }
-}
-
-/// The CUDA ordinal NCCL would use on this rank, or why it cannot.
-fn nccl_device<B: Backend>(device: &B::Device) -> std::result::Result<usize, String> {
-    #[cfg(feature = "cuda")]
-    return super::nccl::ordinal::<B>(device);
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = device;
-        Err("this build has no `cuda` feature".into())
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! One process per rank, started by `mpirun`. Each rank trains on its shard of every global
 //! batch (see `ShardedSampler` in the dataset crate), on one or several devices of its own.
-//! Every step, the ranks' gradients are summed by one MPI all-reduce over a single flattened
+//! Every step, the ranks' gradients are summed by one all-reduce over a single flattened
 //! buffer, weighted by rows, so every rank takes the step single-process training takes on the
 //! whole global batch. At the start, rank 0's parameters are broadcast to every rank, after a
 //! check that all ranks hold the same model.
 //!
 //! The gradients cross processes through host memory with MPI, or, for CUDA ranks (features
-//! `cuda` and `mpi`) where `libnccl` is installed, through NCCL in GPU memory: see
-//! [`GradientTransport`].
+//! `cuda` and `mpi`) where `libnccl.so` can be loaded and each rank has a GPU of its own,
+//! through NCCL in GPU memory: see [`GradientTransport`]. [`Mpi::share_of`] gives the ranks of
+//! one machine their share of its GPUs.
 
 mod exchange;
 mod flat;

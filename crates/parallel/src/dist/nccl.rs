@@ -2,7 +2,14 @@
 //! rank, bootstrapped by broadcasting NCCL's id over MPI, summing the flattened gradients in
 //! place in GPU memory.
 //!
-//! `libnccl` is opened at run time, as `libcuda` is, so the build needs neither.
+//! `libnccl` is opened at run time, as `libcuda` is, so the build needs neither. The buffer is
+//! reached through the tensor's cubecl handle, which assumes `burn::backend::Cuda` without
+//! Burn's `fusion` feature (the workspace does not enable it); with fusion this module would
+//! fail to compile rather than misbehave.
+//!
+//! NCCL calls block with no timeout when a peer does not join them, so every decision that
+//! could differ between ranks (can this rank use NCCL, is its buffer ready) is first shared
+//! over MPI, and all ranks go the same way.
 
 use super::Mpi;
 use crate::{DataParallelError, Result};
@@ -18,26 +25,9 @@ use std::sync::Arc;
 /// Length of NCCL's unique id (`ncclUniqueId`).
 const ID_BYTES: usize = 128;
 
-/// The CUDA ordinal of `device` when `B` is Burn's CUDA backend and NCCL can be loaded.
-pub(crate) fn ordinal<B: Backend>(device: &B::Device) -> std::result::Result<usize, String> {
-    let device = (device as &dyn Any)
-        .downcast_ref::<CudaDevice>()
-        .filter(|_| std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cuda>())
-        .ok_or_else(|| {
-            format!(
-                "the gradients are on {}, not on burn::backend::Cuda",
-                std::any::type_name::<B>()
-            )
-        })?;
-    if crate::cuda_device_count() <= device.index {
-        return Err(format!("no CUDA device {}", device.index));
-    }
-    // SAFETY: only tries to open the library by its known names.
-    if !unsafe { sys::is_culib_present() } {
-        return Err("libnccl is not installed (or not on the library path)".into());
-    }
-    Ok(device.index)
-}
+/// Why NCCL cannot be used: the lowest rank that cannot, and its reason where this rank knows
+/// it.
+pub(crate) type Refusal = (usize, Option<String>);
 
 /// One rank's NCCL communicator, on its own stream of the rank's GPU.
 pub(crate) struct NcclComm {
@@ -46,10 +36,53 @@ pub(crate) struct NcclComm {
     stream: Arc<CudaStream>,
 }
 
+/// A rank's GPU, ready for NCCL.
+struct Gpu {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    uuid: [u64; 2],
+}
+
 impl NcclComm {
-    /// Joins every rank's communicator on GPU `ordinal`. Collective over MPI; returns why this
-    /// rank could not join.
-    pub(crate) fn join(mpi: &Mpi, ordinal: usize) -> std::result::Result<Self, String> {
+    /// Opens one communicator per rank where every rank can, on the GPU of `device`.
+    /// Collective over MPI: the first call is an all-gather of one flag, as a build without
+    /// NCCL makes.
+    pub(crate) fn negotiate<B: Backend>(
+        mpi: &Mpi,
+        device: &B::Device,
+    ) -> std::result::Result<Self, Refusal> {
+        let gpu = ordinal::<B>(device).and_then(Gpu::open);
+        let ready = mpi.all_gather_u64(&[u64::from(gpu.is_ok())]);
+        if let Some(rank) = ready.iter().position(|&r| r == 0) {
+            return Err((rank, gpu.err().filter(|_| rank == mpi.rank())));
+        }
+        let gpu = gpu.expect("this rank said it was ready");
+
+        // NCCL refuses two ranks on one GPU, on those ranks only: the others would wait.
+        let uuids = mpi.all_gather_u64(&gpu.uuid);
+        for rank in 1..mpi.size() {
+            if let Some(other) =
+                (0..rank).find(|&o| uuids[2 * o..2 * o + 2] == uuids[2 * rank..2 * rank + 2])
+            {
+                return Err((
+                    rank,
+                    Some(format!(
+                        "it is on the same GPU as rank {other}, and NCCL needs one GPU per rank"
+                    )),
+                ));
+            }
+        }
+
+        let comm = Self::join(mpi, gpu);
+        let joined = mpi.all_gather_u64(&[u64::from(comm.is_ok())]);
+        match joined.iter().position(|&j| j == 0) {
+            None => Ok(comm.expect("this rank said it joined")),
+            Some(rank) => Err((rank, comm.err().filter(|_| rank == mpi.rank()))),
+        }
+    }
+
+    /// Rank 0 makes NCCL's id and broadcasts it; every rank then joins. Collective.
+    fn join(mpi: &Mpi, gpu: Gpu) -> std::result::Result<Self, String> {
         // Byte 0 says whether rank 0 could make an id; the others follow it either way.
         let mut message = [0u8; 1 + ID_BYTES];
         if mpi.rank() == 0
@@ -70,16 +103,12 @@ impl NcclComm {
         for (c, &byte) in id.internal.iter_mut().zip(&message[1..]) {
             *c = byte as core::ffi::c_char;
         }
-
-        let context = CudaContext::new(ordinal).map_err(|err| format!("CUDA: {err:?}"))?;
-        context
+        gpu.context
             .bind_to_thread()
             .map_err(|err| format!("CUDA: {err:?}"))?;
-        let stream = context
-            .new_stream()
-            .map_err(|err| format!("CUDA: {err:?}"))?;
         let mut comm = std::mem::MaybeUninit::uninit();
-        // SAFETY: `comm` is written by NCCL before it is read; the id came from rank 0.
+        // SAFETY: `comm` is written by NCCL before it is read; the id came from rank 0, and
+        // every rank reaches this call (a failure before it was shared above).
         let comm = unsafe {
             result::comm_init_rank(comm.as_mut_ptr(), mpi.size() as i32, id, mpi.rank() as i32)
                 .map_err(|err| format!("NCCL: {err:?}"))?;
@@ -87,57 +116,68 @@ impl NcclComm {
         };
         Ok(Self {
             comm,
-            context,
-            stream,
+            context: gpu.context,
+            stream: gpu.stream,
         })
     }
 
-    /// Sums every rank's `flat` in place on the GPU.
-    pub(crate) fn all_reduce_sum<B: Backend>(&self, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    /// Sums every rank's `flat` in place on the GPU. Collective over MPI and NCCL.
+    pub(crate) fn all_reduce_sum<B: Backend>(
+        &self,
+        mpi: &Mpi,
+        flat: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>> {
         let fail = |what: String| DataParallelError::Distributed {
             message: format!("NCCL all-reduce: {what}"),
         };
-        // `open` chose NCCL only for this backend, so the downcast holds.
+        // `negotiate` chose NCCL only for this backend, so the downcast holds.
         let flat = *(Box::new(flat) as Box<dyn Any>)
             .downcast::<Tensor<Cuda, 1>>()
             .map_err(|_| fail("the gradients are not on burn::backend::Cuda".into()))?;
         let device = flat.device();
         let count = flat.shape().num_elements();
-        let mut tensor = flat.into_primitive().tensor();
-        if tensor.dtype != DType::F32 {
+        let tensor = flat.into_primitive().tensor();
+        let buffer = (|| {
+            if tensor.dtype != DType::F32 {
+                return Err(fail(format!(
+                    "the gradients are {:?}, not f32",
+                    tensor.dtype
+                )));
+            }
+            // NCCL writes the sum over the buffer: one contiguous block that no other tensor
+            // shares. Burn 0.21's `cat` always allocates a fresh one; checked all the same.
+            if !(tensor.can_mut() && tensor.is_contiguous()) {
+                return Err(fail("the flattened gradients share their buffer".into()));
+            }
+            let resource = tensor
+                .client
+                .get_resource(tensor.handle.clone())
+                .map_err(|err| fail(format!("{err:?}")))?;
+            if resource.resource().size < (count * size_of::<f32>()) as u64 {
+                return Err(fail(format!(
+                    "the buffer holds {} bytes, not the {count} f32 of the gradients",
+                    resource.resource().size
+                )));
+            }
+            // The buffer was written by Burn on its own stream: it must be complete before
+            // NCCL, on another stream, reads it.
+            <Cuda as Backend>::sync(&device).map_err(|err| fail(format!("{err:?}")))?;
+            self.context
+                .bind_to_thread()
+                .map_err(|err| fail(format!("{err:?}")))?;
+            Ok(resource)
+        })();
+        // A rank that cannot take part says so before anyone waits in NCCL.
+        let ready = mpi.all_gather_u64(&[u64::from(buffer.is_ok())]);
+        let resource = buffer?;
+        if let Some(rank) = ready.iter().position(|&r| r == 0) {
             return Err(fail(format!(
-                "the gradients are {:?}, not f32",
-                tensor.dtype
-            )));
-        }
-        // NCCL writes the sum over the buffer: it must be one contiguous block that no other
-        // tensor shares (a concatenation of one part may be a view of a gradient).
-        if !(tensor.can_mut() && tensor.is_contiguous()) {
-            tensor = Tensor::<Cuda, 1>::from_primitive(TensorPrimitive::Float(tensor))
-                .mul_scalar(1.0)
-                .into_primitive()
-                .tensor();
-        }
-        // The buffer was written by Burn on its own stream: it must be complete before NCCL,
-        // on another stream, reads it.
-        <Cuda as Backend>::sync(&device).map_err(|err| fail(format!("{err:?}")))?;
-        let resource = tensor
-            .client
-            .get_resource(tensor.handle.clone())
-            .map_err(|err| fail(format!("{err:?}")))?;
-        if resource.resource().size < (count * size_of::<f32>()) as u64 {
-            return Err(fail(format!(
-                "the buffer holds {} bytes, not the {count} f32 of the gradients",
-                resource.resource().size
+                "rank {rank} could not hand over its gradients"
             )));
         }
         let pointer = resource.resource().ptr as *mut core::ffi::c_void;
-        self.context
-            .bind_to_thread()
-            .map_err(|err| fail(format!("{err:?}")))?;
-        // SAFETY: `pointer` is `count` contiguous f32 owned by `tensor` (a fresh buffer from
-        // the concatenation, shared with nothing), kept alive by `resource` until the stream
-        // is synchronised below.
+        // SAFETY: `pointer` is `count` contiguous f32 owned by `tensor` alone, kept alive by
+        // `resource` until the stream is synchronised below; every rank makes this call.
         unsafe {
             result::all_reduce(
                 pointer,
@@ -163,7 +203,51 @@ impl NcclComm {
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
+        // Abort rather than destroy: it waits for no peer (a rank may drop its trainer
+        // alone, on an error), and nothing is pending since every call is synchronised.
         // SAFETY: `comm` was initialised by `join` and is not used after this.
-        let _ = unsafe { result::comm_destroy(self.comm) };
+        let _ = unsafe { result::comm_abort(self.comm) };
     }
+}
+
+impl Gpu {
+    /// Binds GPU `ordinal` to this thread and makes the stream NCCL runs on.
+    fn open(ordinal: usize) -> std::result::Result<Self, String> {
+        let cuda = |err| format!("CUDA: {err:?}");
+        let context = CudaContext::new(ordinal).map_err(cuda)?;
+        context.bind_to_thread().map_err(cuda)?;
+        let stream = context.new_stream().map_err(cuda)?;
+        let bytes = context.uuid().map_err(cuda)?.bytes.map(|b| b as u8);
+        let word = |half: &[u8]| u64::from_le_bytes(half.try_into().expect("8 bytes"));
+        Ok(Self {
+            uuid: [word(&bytes[..8]), word(&bytes[8..])],
+            context,
+            stream,
+        })
+    }
+}
+
+/// The CUDA ordinal of `device` when `B` is Burn's CUDA backend and NCCL can be loaded.
+fn ordinal<B: Backend>(device: &B::Device) -> std::result::Result<usize, String> {
+    let device = (device as &dyn Any)
+        .downcast_ref::<CudaDevice>()
+        .filter(|_| std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cuda>())
+        .ok_or_else(|| {
+            format!(
+                "the gradients are on {}, not on burn::backend::Cuda",
+                std::any::type_name::<B>()
+            )
+        })?;
+    if crate::cuda_device_count() <= device.index {
+        return Err(format!("there is no CUDA device {}", device.index));
+    }
+    // SAFETY: only tries to open the library by its known names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(
+            "libnccl.so was not found: cudarc opens `libnccl.so`, not `libnccl.so.2`, \
+                    so install libnccl-dev or put a `libnccl.so` link on LD_LIBRARY_PATH"
+                .into(),
+        );
+    }
+    Ok(device.index)
 }

@@ -48,7 +48,8 @@ where
     }
 
     /// [`new`](Self::new), with the engine that sums the gradients chosen by `transport`.
-    /// Collective, and every rank must ask for the same transport.
+    /// Collective; a rank asking for another transport than the others is an error on every
+    /// rank.
     pub fn with_transport(
         mpi: &'a Mpi,
         mut local: DataParallelTrainer<B, M, O>,
