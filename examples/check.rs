@@ -7,6 +7,8 @@
 //! cargo run --release --bin check -- --devices 4
 //! ```
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/backend.rs"]
 mod backend;
 

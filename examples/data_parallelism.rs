@@ -6,6 +6,8 @@
 //! cargo run --release --features cuda --bin data_parallelism         # every GPU
 //! ```
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/backend.rs"]
 mod backend;
 

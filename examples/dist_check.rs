@@ -10,6 +10,8 @@
 //! Built with `--features cuda,mpi` on a machine with GPUs, each rank trains on its share of
 //! the GPUs (`Mpi::share_of`), and `--transport nccl` checks the NCCL path.
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/backend.rs"]
 mod backend;
 

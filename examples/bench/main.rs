@@ -11,6 +11,8 @@
 //! Every configuration runs in a child process of its own, because burn-ndarray's matrix
 //! multiply reads its thread count (`MATMUL_NUM_THREADS`) once per process.
 
+#[path = "../common/allocator.rs"]
+mod allocator;
 #[path = "../common/backend.rs"]
 mod backend;
 mod burn_train;

@@ -45,6 +45,11 @@ impl Report {
         if cfg!(feature = "bench-burn-train") {
             features.push("bench-burn-train");
         }
+        features.push(if cfg!(feature = "mimalloc") {
+            "mimalloc"
+        } else {
+            "system allocator"
+        });
         let ratios = ratios(&measurements);
         Self {
             command,

@@ -6,6 +6,8 @@
 //! mpirun -n 2 target/release/train --mpi                      # built with --features mpi
 //! ```
 
+#[path = "../common/allocator.rs"]
+mod allocator;
 #[path = "../common/backend.rs"]
 mod backend;
 mod checkpoint;

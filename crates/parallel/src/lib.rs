@@ -55,6 +55,13 @@
 //! - other parallel operations use rayon: inside a replica they run on that replica's worker
 //!   pool, [`DataParallel::with_threads_per_replica`] threads wide (default 1).
 //!
+//! Training also depends on the program's allocator: burn-ndarray allocates multi-megabyte
+//! buffers every step, which glibc's malloc maps and unmaps each time, so each replica faults
+//! its memory in again and the replicas queue on the kernel's memory-map lock. A library cannot
+//! choose the allocator; the workspace's examples use mimalloc (`#[global_allocator] static A:
+//! mimalloc::MiMalloc = mimalloc::MiMalloc;`), which took 2 CPU replicas of the W3 training
+//! benchmark from 1.23 to about 1.6 times one replica.
+//!
 //! `BENCHMARKS.md` at the repository root has the measured effect of these settings.
 //!
 //! Unlike PyTorch, inputs whose tensors disagree on their rows are an error rather than silently
