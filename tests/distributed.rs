@@ -11,18 +11,20 @@ fn mpirun(ranks: usize, args: &[&str]) -> (bool, String, Duration) {
     mpirun_binary(ranks, env!("CARGO_BIN_EXE_dist_check"), args)
 }
 
-/// Runs `binary` on `ranks` ranks of this machine; gives up (and fails) after a minute, so
-/// that a hang is a failure rather than a stuck suite.
+/// Runs `binary` on `ranks` ranks of this machine.
 fn mpirun_binary(ranks: usize, binary: &str, args: &[&str]) -> (bool, String, Duration) {
+    let ranks = ranks.to_string();
+    let mut all = vec!["-n", &ranks, binary];
+    all.extend_from_slice(args);
+    mpirun_raw(&all)
+}
+
+/// Runs `mpirun` with `args` after the options every run needs; gives up (and fails) after a
+/// minute, so that a hang is a failure rather than a stuck suite.
+fn mpirun_raw(args: &[&str]) -> (bool, String, Duration) {
     let start = Instant::now();
     let mut child = Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-n",
-            &ranks.to_string(),
-        ])
-        .arg(binary)
+        .args(["--allow-run-as-root", "--oversubscribe"])
         .args(args)
         // Containers often forbid the cross-memory attach Open MPI uses between local ranks.
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
@@ -34,7 +36,7 @@ fn mpirun_binary(ranks: usize, binary: &str, args: &[&str]) -> (bool, String, Du
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("mpirun -n {ranks} {args:?} still running after 60 s");
+            panic!("mpirun {args:?} still running after 60 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -315,4 +317,29 @@ fn killing_a_rank_of_train_stops_the_job_and_keeps_the_last_checkpoint() {
         text.contains(&format!("epoch {}/{}", epoch + 1, epoch + 1)),
         "{text}"
     );
+}
+
+#[test]
+fn ranks_started_with_other_settings_are_refused_before_any_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let train = env!("CARGO_BIN_EXE_train");
+    // One job, two programs (MPMD): rank 1 gets another learning rate.
+    let (ok, text, _) = mpirun_raw(&[
+        "-n", "1", train, "--mpi", "--epochs", "1", "--out", out, ":", "-n", "1", train, "--mpi",
+        "--epochs", "1", "--out", out, "--lr", "0.5",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "rank 1 has another configuration (config file, its overrides or --resume) than rank 0"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("epoch 1/1"),
+        "refused before training: {text}"
+    );
+    assert!(!std::path::Path::new(out).join("latest").exists());
 }

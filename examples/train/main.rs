@@ -127,6 +127,12 @@ fn train<B: AutodiffBackend>(
     devices: Vec<B::Device>,
     label: &str,
 ) -> anyhow::Result<()> {
+    // Ranks started with other settings would train apart or wait on each other: refused
+    // before anything is read or written.
+    ranks.ensure_same(
+        "configuration (config file, its overrides or --resume)",
+        format!("{config}\n{}", args.resume).as_bytes(),
+    )?;
     let device = devices[0].clone();
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

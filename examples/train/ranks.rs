@@ -72,6 +72,17 @@ impl Ranks {
         }
     }
 
+    /// In a multi-process run, checks that every rank was given the same `value`; an error on
+    /// every rank, naming the one that differs, otherwise.
+    pub fn ensure_same(&self, what: &str, value: &[u8]) -> anyhow::Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = &self.mpi {
+            return Ok(mpi.ensure_same(what, value)?);
+        }
+        let _ = (what, value);
+        Ok(())
+    }
+
     /// This rank's share of the machine's GPUs in a multi-process run, all of them otherwise.
     #[cfg(feature = "cuda")]
     pub fn gpus(

@@ -171,6 +171,18 @@ pub enum DataParallelError {
         found: usize,
     },
 
+    /// A rank was started with another value (a configuration) than rank 0.
+    #[error(
+        "rank {rank} has another {what} than rank 0: every rank must be started the same way; \
+         nothing was trained"
+    )]
+    RankDisagrees {
+        /// The first rank that differs.
+        rank: usize,
+        /// What differs.
+        what: String,
+    },
+
     /// Ranks disagree on the step they are taking.
     #[error("rank {rank} is at step {found} while this rank is at step {expected}")]
     StepMismatch {

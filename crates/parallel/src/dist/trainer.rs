@@ -215,16 +215,13 @@ where
     }
 }
 
-/// FNV-1a over the shapes: equal on two ranks exactly when their models have the same
-/// parameter shapes in the same order (up to a 2^-64 chance).
+/// A hash of the shapes: equal on two ranks exactly when their models have the same parameter
+/// shapes in the same order (up to a 2^-64 chance).
 fn fingerprint(shapes: &[Vec<usize>]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for dims in shapes {
-        for value in std::iter::once(dims.len()).chain(dims.iter().copied()) {
-            for byte in (value as u64).to_le_bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-    }
-    hash
+    let bytes: Vec<u8> = shapes
+        .iter()
+        .flat_map(|dims| std::iter::once(dims.len()).chain(dims.iter().copied()))
+        .flat_map(|value| (value as u64).to_le_bytes())
+        .collect();
+    super::world::fnv1a(&bytes)
 }

@@ -82,6 +82,22 @@ impl Mpi {
         share_of(all, self.local_rank, self.local_size)
     }
 
+    /// Checks that every rank holds the same `value` (a configuration, serialised), before
+    /// anything depends on it: on every rank, an error naming the first rank whose value
+    /// differs from rank 0's. Collective.
+    ///
+    /// `what` names the value in the error ("configuration").
+    pub fn ensure_same(&self, what: &str, value: &[u8]) -> Result<()> {
+        let all = self.all_gather_u64(&[fnv1a(value)]);
+        match all.iter().position(|&hash| hash != all[0]) {
+            None => Ok(()),
+            Some(rank) => Err(DataParallelError::RankDisagrees {
+                rank,
+                what: what.to_owned(),
+            }),
+        }
+    }
+
     /// Ends the whole job at once with `code`, from any rank.
     pub fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
@@ -114,6 +130,13 @@ impl Mpi {
     pub(crate) fn broadcast_bytes_from_0(&self, buffer: &mut [u8]) {
         self.world.process_at_rank(0).broadcast_into(buffer);
     }
+}
+
+/// FNV-1a: equal on two ranks exactly when their bytes are (up to a 2^-64 chance).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn share_of<D: Clone>(all: &[D], local_rank: usize, local_size: usize) -> Vec<D> {
