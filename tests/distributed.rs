@@ -3,7 +3,7 @@
 //! quickly with a message that names the rank.
 #![cfg(feature = "mpi")]
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `dist_check` on `ranks` ranks of this machine.
@@ -19,11 +19,16 @@ fn mpirun_binary(ranks: usize, binary: &str, args: &[&str]) -> (bool, String, Du
     mpirun_raw(&all)
 }
 
-/// Runs `mpirun` with `args` after the options every run needs; gives up (and fails) after a
-/// minute, so that a hang is a failure rather than a stuck suite.
+/// Runs `mpirun` with `args` after the options every run needs, and waits for it.
 fn mpirun_raw(args: &[&str]) -> (bool, String, Duration) {
     let start = Instant::now();
-    let mut child = Command::new("mpirun")
+    let (ok, text) = wait_bounded(spawn_mpirun(args), &format!("mpirun {args:?}"));
+    (ok, text, start.elapsed())
+}
+
+/// Starts `mpirun` with `args` after the options every run needs.
+fn spawn_mpirun(args: &[&str]) -> Child {
+    Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe"])
         .args(args)
         // Containers often forbid the cross-memory attach Open MPI uses between local ranks.
@@ -32,21 +37,27 @@ fn mpirun_raw(args: &[&str]) -> (bool, String, Duration) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("mpirun starts (apt install openmpi-bin)");
-    while child.try_wait().unwrap().is_none() {
+        .expect("mpirun starts (apt install openmpi-bin)")
+}
+
+/// Waits for `job` and returns whether it succeeded and what it printed; gives up (and fails)
+/// after a minute, so that a hang is a failure rather than a stuck suite.
+fn wait_bounded(mut job: Child, what: &str) -> (bool, String) {
+    let start = Instant::now();
+    while job.try_wait().unwrap().is_none() {
         if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("mpirun {args:?} still running after 60 s");
+            let _ = job.kill();
+            panic!("{what} still running after 60 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
+    let out = job.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text, start.elapsed())
+    (out.status.success(), text)
 }
 
 #[test]
@@ -225,16 +236,10 @@ fn killing_a_rank_of_train_stops_the_job_and_keeps_the_last_checkpoint() {
     let out = dir.path().join("run");
     let (config, out_arg) = (config.to_str().unwrap(), out.to_str().unwrap());
     let start = Instant::now();
-    let mut job = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
-        .arg(env!("CARGO_BIN_EXE_train"))
-        .args(["--mpi", "--config", config, "--out", out_arg])
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun starts (apt install openmpi-bin)");
+    let train = env!("CARGO_BIN_EXE_train");
+    let mut job = spawn_mpirun(&[
+        "-n", "2", train, "--mpi", "--config", config, "--out", out_arg,
+    ]);
 
     // Mid-run: after a few checkpoints, rank 1 is killed outright (no chance to clean up).
     let epochs_written = || {
@@ -265,21 +270,8 @@ fn killing_a_rank_of_train_stops_the_job_and_keeps_the_last_checkpoint() {
         .unwrap();
     assert!(killed.success());
 
-    let killed_at = Instant::now();
-    while job.try_wait().unwrap().is_none() {
-        if killed_at.elapsed() > Duration::from_secs(60) {
-            let _ = job.kill();
-            panic!("the job still runs 60 s after rank 1 was killed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = job.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!output.status.success(), "{text}");
+    let (ok, text) = wait_bounded(job, "the job after rank 1 was killed");
+    assert!(!ok, "{text}");
     assert!(
         text.contains("process rank 1 with PID") && text.contains("signal 9"),
         "Open MPI names the rank that died: {text}"
@@ -297,7 +289,7 @@ fn killing_a_rank_of_train_stops_the_job_and_keeps_the_last_checkpoint() {
     // `latest` names a complete checkpoint, which a single process resumes from.
     let epoch = epochs_written();
     assert!(epoch >= 3);
-    let resumed = Command::new(env!("CARGO_BIN_EXE_train"))
+    let resumed = Command::new(train)
         .args(["--config", config, "--out", out_arg, "--resume"])
         .args(["--epochs", &(epoch + 1).to_string()])
         .output()
