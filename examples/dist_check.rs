@@ -99,6 +99,13 @@ impl backend::Job for Check {
     }
 
     #[cfg(feature = "cuda")]
+    fn announce(&self, line: std::fmt::Arguments) {
+        if self.mpi.rank() == 0 {
+            println!("[rank 0] {line}");
+        }
+    }
+
+    #[cfg(feature = "cuda")]
     fn gpus(
         &self,
         all: Vec<burn::backend::cuda::CudaDevice>,

@@ -9,6 +9,12 @@ pub trait Job {
     /// Runs on `devices` of backend `B`; `label` names them for messages ("CPU devices", ...).
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()>;
 
+    /// Prints which backend was picked (a multi-process program prints from one rank).
+    #[cfg(feature = "cuda")]
+    fn announce(&self, line: std::fmt::Arguments) {
+        println!("{line}");
+    }
+
     /// The GPUs this process may use out of all of the machine's (all of them, unless several
     /// processes share the machine).
     #[cfg(feature = "cuda")]
@@ -34,10 +40,12 @@ pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Res
             } else {
                 format!("replicas on {} GPUs", gpus.len())
             };
-            println!("Using CUDA ({first:?} first).");
+            job.announce(format_args!("Using CUDA ({first:?} first)."));
             return job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(devices, &label);
         }
-        println!("No CUDA GPU available: running on the CPU instead.");
+        job.announce(format_args!(
+            "No CUDA GPU available: running on the CPU instead."
+        ));
     }
     run_on_cpu(requested.unwrap_or(1), job)
 }

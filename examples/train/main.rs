@@ -112,6 +112,11 @@ impl backend::Job for Training {
     }
 
     #[cfg(feature = "cuda")]
+    fn announce(&self, line: std::fmt::Arguments) {
+        self.ranks.say(line);
+    }
+
+    #[cfg(feature = "cuda")]
     fn gpus(
         &self,
         all: Vec<burn::backend::cuda::CudaDevice>,
