@@ -21,7 +21,7 @@ use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
-use burn_data_parallel::{DataParallelTrainer, LossReduction};
+use burn_data_parallel::{DataParallelTrainer, LossReduction, chunk_sizes};
 use clap::Parser;
 use dp_dataset::ShardedSampler;
 use dp_model::{Mlp, MlpConfig};
@@ -54,6 +54,13 @@ struct Args {
     /// This rank takes one step more than the others.
     #[arg(long)]
     extra_step_rank: Option<usize>,
+    /// This rank's replica panics at --fault-step (a caught panic: an error on every rank).
+    #[arg(long)]
+    replica_panic_rank: Option<usize>,
+    /// Split each global batch in contiguous parts by the chunk rule instead of
+    /// DistributedSampler's padded shards, so that ranks hold different row counts (some none).
+    #[arg(long)]
+    uneven: bool,
     /// The step at which the faults happen.
     #[arg(long, default_value_t = 3)]
     fault_step: usize,
@@ -154,6 +161,12 @@ fn check<B: AutodiffBackend>(
     // Each rank's rows of a global batch, by DistributedSampler's rules: when the ranks do not
     // divide the batch, some rows are repeated, and single-process training sees the same rows.
     let indices_of = |r: usize| -> anyhow::Result<Vec<i64>> {
+        if args.uneven {
+            let sizes = chunk_sizes(args.global_batch, size);
+            let start: usize = sizes.iter().take(r).sum();
+            let len = sizes.get(r).copied().unwrap_or(0);
+            return Ok((start..start + len).map(|i| i as i64).collect());
+        }
         let sampler = ShardedSampler::new(args.global_batch, size, r)?.with_shuffle(false);
         Ok(sampler.indices().into_iter().map(|i| i as i64).collect())
     };
@@ -177,6 +190,7 @@ fn check<B: AutodiffBackend>(
         if step == args.fault_step && args.exit_rank == Some(rank) {
             std::process::exit(3);
         }
+        let replica_panics = step == args.fault_step && args.replica_panic_rank == Some(rank);
         let (x, y) = global_batch::<B>(step, args.global_batch, &device);
         let stats = trainer
             .step(
@@ -185,7 +199,13 @@ fn check<B: AutodiffBackend>(
                     x.clone().select(0, shard.clone()),
                     y.clone().select(0, shard.clone()),
                 ),
-                loss,
+                |m: &Mlp<B>, batch| {
+                    assert!(
+                        !replica_panics,
+                        "fault injected in a replica at step {step}"
+                    );
+                    loss(m, batch)
+                },
             )
             .with_context(|| format!("rank {rank}: step {step} failed"))?;
         let l = loss(

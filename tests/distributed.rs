@@ -130,6 +130,33 @@ fn ranks_asking_for_different_transports_are_refused_not_left_waiting() {
 }
 
 #[test]
+fn ranks_with_different_row_counts_some_with_none_train_like_one_process() {
+    // Contiguous parts by the chunk rule: 5 rows on 3 ranks are 2, 2 and 1; 2 rows on 3 ranks
+    // are 1, 1 and 0. A plain average of the ranks' mean gradients would be off here.
+    for rows in ["5", "2"] {
+        let (ok, out, _) = mpirun(3, &["--uneven", "--global-batch", rows, "--steps", "10"]);
+        assert!(ok, "{out}");
+        assert_eq!(out.matches("PASS: 10 steps on 3 ranks").count(), 3, "{out}");
+    }
+}
+
+#[test]
+fn a_replica_that_panics_is_an_error_on_every_rank_not_an_abort() {
+    let (ok, out, _) = mpirun(2, &["--replica-panic-rank", "1", "--fault-step", "3"]);
+    assert!(!ok);
+    assert!(
+        out.contains("rank 1: step 3 failed")
+            && out.contains("replica 0 on device Cpu panicked: fault injected in a replica"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rank 0: step 3 failed") && out.contains("rank 1 failed at step 3"),
+        "{out}"
+    );
+    assert!(!out.contains("aborting the MPI job"), "{out}");
+}
+
+#[test]
 fn a_rank_that_panics_ends_the_job_and_is_named() {
     let (ok, out, took) = mpirun(3, &["--panic-rank", "1", "--fault-step", "3"]);
     assert!(!ok);

@@ -150,7 +150,7 @@ pub enum DataParallelError {
     #[error("no gradient accumulated since the last optimizer step")]
     NothingAccumulated,
 
-    /// MPI could not be used.
+    /// Distributed training failed in MPI or NCCL, or ranks disagree on how to run.
     #[error("distributed training: {message}")]
     Distributed {
         /// What went wrong.

@@ -39,7 +39,8 @@
 //! - [`DataParallel`]: the four steps together;
 //! - [`DataParallelTrainer`]: the training step, gradients combined weighted by rows, with
 //!   micro-batch accumulation;
-//! - `dist` (feature `mpi`): the same step across MPI ranks, one all-reduce per step;
+//! - `dist` (feature `mpi`): the same step across MPI ranks, one all-reduce per step (over
+//!   MPI, or NCCL for CUDA ranks with feature `cuda` too);
 //! - devices: `cuda_device_count` / `cuda_devices` (feature `cuda`) count GPUs without the panic
 //!   Burn gives where there is no CUDA driver.
 //!

@@ -13,6 +13,9 @@ use std::time::Instant;
 /// Sent in place of a step number by a rank that has finished training.
 const FINISHED: u64 = u64::MAX;
 
+/// Sent in place of its row count by a rank whose batch cannot be split.
+const UNREADABLE: u64 = u64::MAX;
+
 /// Trains one model over several MPI ranks, each on its own devices, with the exact step of
 /// single-process training on the union of the ranks' batches.
 ///
@@ -120,10 +123,20 @@ where
         I: Scatter<B>,
         F: Fn(&M, I) -> Tensor<B, 1> + Sync,
     {
-        let local_rows = batch.rows(self.local.dim())?.unwrap_or(0);
+        // A batch that cannot be read is reported after the gather, not before: the other
+        // ranks must not be left waiting in it.
+        let local_rows = batch.rows(self.local.dim()).map(|rows| rows.unwrap_or(0));
         let step = self.local.steps() as u64;
-        let all = self.mpi.all_gather_u64(&[step, local_rows as u64]);
+        let sent_rows = local_rows.as_ref().map_or(UNREADABLE, |&rows| rows as u64);
+        let all = self.mpi.all_gather_u64(&[step, sent_rows]);
+        let local_rows = local_rows?;
         for rank in 0..self.mpi.size() {
+            if all[2 * rank + 1] == UNREADABLE {
+                return Err(DataParallelError::PeerFailed {
+                    rank,
+                    step: step as usize,
+                });
+            }
             match all[2 * rank] {
                 FINISHED => {
                     return Err(DataParallelError::RankFinished {

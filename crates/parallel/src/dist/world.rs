@@ -24,7 +24,8 @@ impl std::fmt::Debug for Mpi {
 
 impl Mpi {
     /// Starts MPI, and makes a panic on this rank end the whole job with a message naming the
-    /// rank, instead of leaving the other ranks waiting for it.
+    /// rank, instead of leaving the other ranks waiting for it. A panic inside a replica is
+    /// caught instead and returned as an error on every rank, like any failed step.
     pub fn init() -> Result<Self> {
         // Only the calling thread talks to MPI; replicas run on other threads but never call it.
         let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or(
@@ -40,6 +41,11 @@ impl Mpi {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
+            // A replica's panic is caught and becomes an error that every rank learns of
+            // before the all-reduce (`PeerFailed`); only other panics end the job here.
+            if crate::current_replica().is_some() {
+                return;
+            }
             eprintln!("rank {rank}: panicked; aborting the MPI job");
             SimpleCommunicator::world().abort(101);
         }));
