@@ -11,14 +11,17 @@
 mod allocator;
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/compare.rs"]
+mod compare;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{DataParallel, DataParallelTrainer};
 use clap::Parser;
+use compare::{max_abs_diff, max_param_diff};
 use dp_model::{Mlp, MlpConfig};
 
 /// Checks that data parallelism gives the single-device numbers on this machine's devices.
@@ -81,26 +84,6 @@ fn report(name: String, diff: f32, tolerance: f32) -> bool {
     ok
 }
 
-fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
-    let a = a
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
-    let b = b
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
-    if a.len() != b.len() {
-        return f32::INFINITY;
-    }
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn forward_checks<B: Backend>(devices: &[B::Device], tolerance: f32) -> anyhow::Result<Vec<bool>> {
     let device = &devices[0];
     let mut results = Vec::new();
@@ -129,22 +112,6 @@ fn forward_checks<B: Backend>(devices: &[B::Device], tolerance: f32) -> anyhow::
         tolerance,
     ));
     Ok(results)
-}
-
-fn max_param_diff<B: Backend, M: Module<B>>(a: &M, b: &M) -> f32 {
-    struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
-    impl<B: Backend> ModuleVisitor<B> for Collect<B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push(param.val().flatten(0, D - 1));
-        }
-    }
-    let (mut ca, mut cb) = (Collect(Vec::new()), Collect(Vec::new()));
-    a.visit(&mut ca);
-    b.visit(&mut cb);
-    ca.0.into_iter()
-        .zip(cb.0)
-        .map(|(x, y)| max_abs_diff(x, y))
-        .fold(0.0, f32::max)
 }
 
 fn step_checks<B: AutodiffBackend>(

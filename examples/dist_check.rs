@@ -14,6 +14,8 @@
 mod allocator;
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/compare.rs"]
+mod compare;
 
 use anyhow::Context;
 use burn::module::Module;
@@ -23,6 +25,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
 use burn_data_parallel::{DataParallelTrainer, LossReduction, chunk_sizes};
 use clap::Parser;
+use compare::max_param_diff;
 use dp_dataset::ShardedSampler;
 use dp_model::{Mlp, MlpConfig};
 
@@ -255,29 +258,4 @@ fn global_batch<B: AutodiffBackend>(
         Tensor::from_data(TensorData::new(x, [rows, 8]), device),
         Tensor::from_data(TensorData::new(y, [rows]), device),
     )
-}
-
-fn max_param_diff<B: AutodiffBackend>(a: &Mlp<B>, b: &Mlp<B>) -> f32 {
-    let (a, b) = (burn_params(a), burn_params(b));
-    if a.len() != b.len() {
-        return f32::INFINITY;
-    }
-    a.iter()
-        .zip(&b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(x, y)| (x - y).abs()))
-        .fold(0.0, f32::max)
-}
-
-fn burn_params<B: AutodiffBackend>(module: &Mlp<B>) -> Vec<Vec<f32>> {
-    use burn::module::{ModuleVisitor, Param};
-    struct Collect(Vec<Vec<f32>>);
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0
-                .push(param.val().into_data().to_vec::<f32>().unwrap_or_default());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    module.visit(&mut c);
-    c.0
 }

@@ -58,7 +58,7 @@ step() {  # step NAME TIMEOUT COMMAND...: runs a command, keeps its output, note
 
 step tutorial-all-gpus        120 "$bin/data_parallelism"
 step tutorial-4-replicas      120 "$bin/data_parallelism" --devices 4
-step check-4-replicas-gpu0    300 "$bin/check" --devices 4
+step check-4-replicas-gpu0    300 env CUDA_VISIBLE_DEVICES=0 "$bin/check" --devices 4
 if [ "$gpus" -gt 1 ]; then
   step check-all-gpus         300 "$bin/check" --devices "$gpus"
 fi

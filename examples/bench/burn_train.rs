@@ -23,7 +23,7 @@ pub use with_burn_train::measure;
 #[cfg(feature = "bench-burn-train")]
 mod with_burn_train {
     use super::*;
-    use crate::workloads::{W3_BATCH, mlp_config};
+    use crate::workloads::{W3_BATCH, W3_LR, mlp_config};
     use burn::data::dataloader::DataLoaderBuilder;
     use burn::data::dataloader::batcher::Batcher;
     use burn::data::dataset::InMemDataset;
@@ -138,7 +138,7 @@ mod with_burn_train {
         let training = SupervisedTraining::new(&dir, dl_train, dl_valid)
             .with_training_strategy(strategy.into())
             .num_epochs(1);
-        let learner = Learner::new(model, SgdConfig::new().init::<B, Classifier<B>>(), 0.05);
+        let learner = Learner::new(model, SgdConfig::new().init::<B, Classifier<B>>(), W3_LR);
         let start = Instant::now();
         let _ = training.launch(learner);
         let seconds = start.elapsed().as_secs_f64();

@@ -117,6 +117,7 @@ fn gpu_present() -> bool {
 fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
     let mut specs = Vec::new();
     let one = if cuda { None } else { Some(1) };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let spec = |workload, runner, devices, matmul_threads| Spec {
         workload,
         runner,
@@ -150,7 +151,8 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             if workload == Workload::W3 && args.burn_train {
                 specs.push(spec(workload, Runner::BurnTrain, devices, one));
             }
-            if workload == Workload::W3 && devices > 1 && !cuda {
+            // One replica's share alone bounds the scaling only where each replica has a core.
+            if workload == Workload::W3 && devices > 1 && devices <= cpus && !cuda {
                 specs.push(spec(workload, Runner::Ceiling, devices, one));
             }
         }

@@ -13,7 +13,7 @@ pub fn measure(_spec: &Spec) -> anyhow::Result<()> {
 #[cfg(feature = "mpi")]
 pub fn measure(spec: &Spec) -> anyhow::Result<()> {
     use crate::spec::Measurement;
-    use crate::workloads::{W3_BATCH, mlp_config, w3_batch};
+    use crate::workloads::{W3_BATCH, W3_LR, median, mlp_config, w3_batch};
     use burn::backend::{Autodiff, NdArray};
     use burn::module::Module;
     use burn::optim::SgdConfig;
@@ -37,7 +37,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
         y.narrow(0, start_row, end_row - start_row),
     );
     let mut step = || -> anyhow::Result<()> {
-        trainer.step(0.05, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))?;
+        trainer.step(W3_LR, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))?;
         Ok(())
     };
     for _ in 0..5 {
@@ -51,8 +51,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
         samples.push(t.elapsed().as_secs_f64());
     }
     trainer.finish()?;
-    samples.sort_by(f64::total_cmp);
-    let median_seconds = samples[samples.len() / 2];
+    let (_, median_seconds) = median(samples);
     if mpi.rank() == 0 {
         let measurement = Measurement {
             spec: spec.clone(),

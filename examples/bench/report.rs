@@ -45,6 +45,9 @@ impl Report {
         if cfg!(feature = "bench-burn-train") {
             features.push("bench-burn-train");
         }
+        if cfg!(feature = "mpi") {
+            features.push("mpi");
+        }
         features.push(if cfg!(feature = "mimalloc") {
             "mimalloc"
         } else {
@@ -226,22 +229,16 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 base,
             ));
         }
-        let best = |runner: Runner, multi: bool| {
+        let best = |runner: Runner| {
             ms.iter()
-                .filter(|m| {
-                    m.spec.workload == w && m.spec.runner == runner && (m.spec.devices > 1) == multi
-                })
+                .filter(|m| m.spec.workload == w && m.spec.runner == runner)
                 .max_by(|a, b| a.rows_per_second.total_cmp(&b.rows_per_second))
         };
-        let best_dp = ms
-            .iter()
-            .filter(|m| m.spec.workload == w && m.spec.runner == Runner::DataParallel)
-            .max_by(|a, b| a.rows_per_second.total_cmp(&b.rows_per_second));
         out.extend(ratio(
             w,
             "best DataParallel / best single-device plain".into(),
-            best_dp,
-            best(Runner::Plain, false),
+            best(Runner::DataParallel),
+            best(Runner::Plain),
         ));
         for m in ms
             .iter()

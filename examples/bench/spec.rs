@@ -70,7 +70,7 @@ impl Spec {
             Runner::Ceiling => format!(
                 "ceiling for x{}: one share of {} rows alone, forward+backward",
                 self.devices,
-                256usize.div_ceil(self.devices)
+                crate::workloads::W3_BATCH.div_ceil(self.devices)
             ),
         };
         let threads = match self.matmul_threads {

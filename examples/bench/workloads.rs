@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub const W3_BATCH: usize = 256;
 const W2_BATCH: usize = 1024;
-const W3_LR: f64 = 0.05;
+pub const W3_LR: f64 = 0.05;
 
 pub fn mlp_config() -> MlpConfig {
     MlpConfig::new(256, vec![1024, 1024], 10)
@@ -41,7 +41,7 @@ fn time<B: Backend>(seconds: f64, devices: &[B::Device], mut iteration: impl FnM
     samples
 }
 
-fn median(mut samples: Vec<f64>) -> (usize, f64) {
+pub fn median(mut samples: Vec<f64>) -> (usize, f64) {
     samples.sort_by(f64::total_cmp);
     (samples.len(), samples[samples.len() / 2])
 }
@@ -99,9 +99,16 @@ fn forward<B: Backend, M: Module<B> + Sync>(
         }),
         _ => {
             let mut dp = DataParallel::new(model, devices.clone())?;
-            time::<B>(spec.seconds, &devices, || {
-                std::hint::black_box(dp.forward(x.clone(), &f).ok());
-            })
+            let mut failure = None;
+            let samples = time::<B>(spec.seconds, &devices, || {
+                if let Err(e) = dp.forward(x.clone(), &f) {
+                    failure.get_or_insert(e);
+                }
+            });
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            samples
         }
     })
 }
