@@ -3,6 +3,9 @@
 //! quickly with a message that names the rank.
 #![cfg(feature = "mpi")]
 
+mod common;
+
+use common::tiny_config;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -122,9 +125,9 @@ fn auto_and_mpi_transports_on_the_cpu_both_go_through_mpi() {
 fn ranks_asking_for_different_transports_are_refused_not_left_waiting() {
     let (ok, out, _) = mpirun(2, &["--odd-transport-rank", "1"]);
     assert!(!ok);
+    // Every rank reports the same mismatch: whichever Open MPI lets print names both.
     assert!(
-        out.contains("rank 1 asks for another gradient transport than this rank (Auto)")
-            && out.contains("rank 0 asks for another gradient transport than this rank (Mpi)"),
+        out.contains("rank 1 asks for the Mpi gradient transport and rank 0 for Auto"),
         "{out}"
     );
 }
@@ -144,13 +147,14 @@ fn ranks_with_different_row_counts_some_with_none_train_like_one_process() {
 fn a_replica_that_panics_is_an_error_on_every_rank_not_an_abort() {
     let (ok, out, _) = mpirun(2, &["--replica-panic-rank", "1", "--fault-step", "3"]);
     assert!(!ok);
+    // Open MPI ends the job when the first rank exits, so either rank's report may be the one
+    // printed; each names the failing rank, the step and the panic.
+    let rank_1_says = out.contains("rank 1: step 3 failed");
+    let rank_0_says =
+        out.contains("rank 0: step 3 failed") && out.contains("rank 1 failed at step 3 (");
+    assert!(rank_1_says || rank_0_says, "{out}");
     assert!(
-        out.contains("rank 1: step 3 failed")
-            && out.contains("replica 0 on device Cpu panicked: fault injected in a replica"),
-        "{out}"
-    );
-    assert!(
-        out.contains("rank 0: step 3 failed") && out.contains("rank 1 failed at step 3"),
+        out.contains("replica 0 on device Cpu panicked: fault injected in a replica at step 3"),
         "{out}"
     );
     assert!(!out.contains("aborting the MPI job"), "{out}");
@@ -188,15 +192,9 @@ fn a_rank_taking_more_steps_is_an_error_not_a_hang() {
 #[test]
 fn the_train_example_runs_on_two_ranks_with_rank_0_speaking_and_checkpointing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tiny.json");
-    std::fs::write(
-        &config,
-        r#"{"data": {"features": 8, "classes": 3, "train_size": 600, "test_size": 200, "noise": 0.5},
-            "hidden_sizes": [16], "batch_size": 50, "epochs": 2, "lr": 0.01}"#,
-    )
-    .unwrap();
+    let config = tiny_config(dir.path(), 2);
     let out = dir.path().join("run");
-    let (config, out) = (config.to_str().unwrap(), out.to_str().unwrap());
+    let (config, out) = (config.as_str(), out.to_str().unwrap());
     let run = |extra: &[&str]| {
         let mut args = vec!["--mpi", "--config", config, "--out", out];
         args.extend_from_slice(extra);
@@ -253,15 +251,9 @@ fn processes_with(needle: &str) -> Vec<(u32, String)> {
 #[cfg(target_os = "linux")]
 fn killing_a_rank_of_train_stops_the_job_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("long.json");
-    std::fs::write(
-        &config,
-        r#"{"data": {"features": 8, "classes": 3, "train_size": 600, "test_size": 200, "noise": 0.5},
-            "hidden_sizes": [16], "batch_size": 50, "epochs": 100000, "lr": 0.01}"#,
-    )
-    .unwrap();
+    let config = tiny_config(dir.path(), 100000);
     let out = dir.path().join("run");
-    let (config, out_arg) = (config.to_str().unwrap(), out.to_str().unwrap());
+    let (config, out_arg) = (config.as_str(), out.to_str().unwrap());
     let start = Instant::now();
     let train = env!("CARGO_BIN_EXE_train");
     let mut job = spawn_mpirun(&[

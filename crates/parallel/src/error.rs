@@ -225,17 +225,19 @@ pub enum DataParallelError {
     NcclUnavailable {
         /// The lowest rank that cannot.
         rank: usize,
-        /// Why, as that rank saw it (or this rank's view of the failure).
+        /// Why, as that rank saw it.
         reason: String,
     },
 
-    /// Another rank failed this step (its own error is reported there); no step was taken.
-    #[error("rank {rank} failed at step {step}; no step was taken")]
+    /// Another rank failed this step; no step was taken.
+    #[error("rank {rank} failed at step {step} ({reason}); no step was taken")]
     PeerFailed {
         /// The lowest failing rank.
         rank: usize,
         /// The step.
         step: usize,
+        /// That rank's error, as it reported it.
+        reason: String,
     },
 
     /// The replicas returned lists of different lengths.

@@ -36,24 +36,30 @@ impl Exchange {
         device: &B::Device,
         wanted: GradientTransport,
     ) -> Result<Self> {
-        let code = wanted as u64;
-        let asked = mpi.all_gather_u64(&[code]);
-        if let Some(rank) = asked.iter().position(|&a| a != code) {
+        // The same message on every rank, whichever rank's Open MPI lets print.
+        let asked = mpi.all_gather_u64(&[wanted as u64]);
+        if let Some(rank) = asked.iter().position(|&a| a != asked[0]) {
+            let name = |code: u64| {
+                use GradientTransport::*;
+                [Auto, Mpi, Nccl]
+                    .into_iter()
+                    .find(|&t| t as u64 == code)
+                    .map_or_else(|| "unknown".to_owned(), |t| format!("{t:?}"))
+            };
             return Err(DataParallelError::Distributed {
                 message: format!(
-                    "rank {rank} asks for another gradient transport than this rank \
-                     ({wanted:?}): every rank must ask for the same"
+                    "rank {rank} asks for the {} gradient transport and rank 0 for {}: every \
+                     rank must ask for the same",
+                    name(asked[rank]),
+                    name(asked[0])
                 ),
             });
         }
         if wanted == GradientTransport::Mpi {
             return Ok(Self::Host);
         }
-        let refuse = |(rank, reason): (usize, Option<String>)| match wanted {
-            GradientTransport::Nccl => Err(DataParallelError::NcclUnavailable {
-                rank,
-                reason: reason.unwrap_or_else(|| format!("see rank {rank}'s own error")),
-            }),
+        let refuse = |(rank, reason): (usize, String)| match wanted {
+            GradientTransport::Nccl => Err(DataParallelError::NcclUnavailable { rank, reason }),
             _ => Ok(Self::Host),
         };
         #[cfg(feature = "cuda")]
@@ -66,13 +72,11 @@ impl Exchange {
         #[cfg(not(feature = "cuda"))]
         {
             let _ = device;
-            // The first call of `NcclComm::negotiate`, so that ranks of both builds agree.
+            // The first calls of `NcclComm::negotiate`, so that ranks of both builds agree.
             let ready = mpi.all_gather_u64(&[0]);
             let rank = ready.iter().position(|&r| r == 0).unwrap_or(0);
-            refuse((
-                rank,
-                (rank == mpi.rank()).then(|| "this build has no `cuda` feature".to_string()),
-            ))
+            let reason = "this build has no `cuda` feature".to_string();
+            refuse((rank, mpi.share_text_from(rank, Some(reason))))
         }
     }
 

@@ -25,9 +25,9 @@ use std::sync::Arc;
 /// Length of NCCL's unique id (`ncclUniqueId`).
 const ID_BYTES: usize = 128;
 
-/// Why NCCL cannot be used: the lowest rank that cannot, and its reason where this rank knows
-/// it.
-pub(crate) type Refusal = (usize, Option<String>);
+/// Why NCCL cannot be used: the lowest rank that cannot, and its reason (shared with every
+/// rank).
+pub(crate) type Refusal = (usize, String);
 
 /// One rank's NCCL communicator, on its own stream of the rank's GPU.
 pub(crate) struct NcclComm {
@@ -54,7 +54,7 @@ impl NcclComm {
         let gpu = ordinal::<B>(device).and_then(Gpu::open);
         let ready = mpi.all_gather_u64(&[u64::from(gpu.is_ok())]);
         if let Some(rank) = ready.iter().position(|&r| r == 0) {
-            return Err((rank, gpu.err().filter(|_| rank == mpi.rank())));
+            return Err((rank, mpi.share_text_from(rank, gpu.err())));
         }
         let gpu = gpu.expect("this rank said it was ready");
 
@@ -66,9 +66,9 @@ impl NcclComm {
             {
                 return Err((
                     rank,
-                    Some(format!(
+                    format!(
                         "it is on the same GPU as rank {other}, and NCCL needs one GPU per rank"
-                    )),
+                    ),
                 ));
             }
         }
@@ -77,7 +77,7 @@ impl NcclComm {
         let joined = mpi.all_gather_u64(&[u64::from(comm.is_ok())]);
         match joined.iter().position(|&j| j == 0) {
             None => Ok(comm.expect("this rank said it joined")),
-            Some(rank) => Err((rank, comm.err().filter(|_| rank == mpi.rank()))),
+            Some(rank) => Err((rank, mpi.share_text_from(rank, comm.err()))),
         }
     }
 

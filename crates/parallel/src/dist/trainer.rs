@@ -129,14 +129,11 @@ where
         let step = self.local.steps() as u64;
         let sent_rows = local_rows.as_ref().map_or(UNREADABLE, |&rows| rows as u64);
         let all = self.mpi.all_gather_u64(&[step, sent_rows]);
+        if let Some(rank) = (0..self.mpi.size()).find(|&r| all[2 * r + 1] == UNREADABLE) {
+            return Err(self.peer_failed(rank, step, local_rows.err()));
+        }
         let local_rows = local_rows?;
         for rank in 0..self.mpi.size() {
-            if all[2 * rank + 1] == UNREADABLE {
-                return Err(DataParallelError::PeerFailed {
-                    rank,
-                    step: step as usize,
-                });
-            }
             match all[2 * rank] {
                 FINISHED => {
                     return Err(DataParallelError::RankFinished {
@@ -173,13 +170,10 @@ where
         };
         // Every rank learns whether any failed before anyone waits on the gradients.
         let failed = self.mpi.all_gather_u64(&[u64::from(local.is_err())]);
-        let mut stats = local?;
         if let Some(rank) = failed.iter().position(|&f| f != 0) {
-            return Err(DataParallelError::PeerFailed {
-                rank,
-                step: step as usize,
-            });
+            return Err(self.peer_failed(rank, step, local.err()));
         }
+        let mut stats = local?;
 
         let weighted = match self.reduction {
             LossReduction::Mean => stats.loss * stats.rows as f64,
@@ -201,6 +195,25 @@ where
         })?;
         stats.reduce += start.elapsed();
         Ok(stats)
+    }
+
+    /// The error of a step that `rank` (the lowest failing one) could not take: this rank's
+    /// own error where it failed too, otherwise `rank`'s, whose message every rank receives
+    /// (Open MPI may end the job before `rank` has printed it). Collective.
+    fn peer_failed(
+        &self,
+        rank: usize,
+        step: u64,
+        own: Option<DataParallelError>,
+    ) -> DataParallelError {
+        let reason = self
+            .mpi
+            .share_text_from(rank, own.as_ref().map(ToString::to_string));
+        own.unwrap_or(DataParallelError::PeerFailed {
+            rank,
+            step: step as usize,
+            reason,
+        })
     }
 
     /// Ends training on this rank: checks that every rank ends after the same number of steps,

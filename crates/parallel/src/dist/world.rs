@@ -132,6 +132,25 @@ impl Mpi {
         self.world.process_at_rank(0).broadcast_into(buffer);
     }
 
+    /// `text` as rank `root` has it, on every rank (its first 512 bytes): so that every rank's
+    /// error says why, even when Open MPI ends the job before `root` has printed its own.
+    /// Collective.
+    pub(crate) fn share_text_from(&self, root: usize, text: Option<String>) -> String {
+        let mut buffer = [0u8; 512];
+        if self.rank() == root
+            && let Some(text) = text
+        {
+            let bytes = text.as_bytes();
+            let len = bytes.len().min(buffer.len());
+            buffer[..len].copy_from_slice(&bytes[..len]);
+        }
+        self.world
+            .process_at_rank(root as i32)
+            .broadcast_into(&mut buffer[..]);
+        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    }
+
     #[cfg(feature = "cuda")]
     pub(crate) fn broadcast_bytes_from_0(&self, buffer: &mut [u8]) {
         self.world.process_at_rank(0).broadcast_into(buffer);
