@@ -1,6 +1,9 @@
 //! The training example, run as a user runs it: it learns, checkpoints, resumes and stops
 //! cleanly on bad input.
 
+mod common;
+
+use common::tiny_config;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -28,18 +31,6 @@ fn latest(out: &Path) -> String {
     std::fs::read_to_string(out.join("latest")).unwrap()
 }
 
-/// A small, easy problem that trains in well under a second.
-fn tiny_config(dir: &Path) -> String {
-    let path = dir.join("tiny.json");
-    std::fs::write(
-        &path,
-        r#"{"data": {"features": 8, "classes": 3, "train_size": 600, "test_size": 200, "noise": 0.5},
-            "hidden_sizes": [16], "batch_size": 50, "epochs": 2, "lr": 0.01}"#,
-    )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
 #[test]
 fn the_defaults_reach_90_percent_held_out_accuracy() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +47,7 @@ fn the_defaults_reach_90_percent_held_out_accuracy() {
 #[test]
 fn a_tiny_config_runs_end_to_end_and_resuming_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path());
+    let config = tiny_config(dir.path(), 2);
     let straight = dir.path().join("straight");
     let (ok, _, stderr) = train(&straight, &["--config", &config, "--devices", "3"]);
     assert!(ok, "{stderr}");
@@ -96,7 +87,7 @@ fn a_tiny_config_runs_end_to_end_and_resuming_equals_an_uninterrupted_run() {
 #[test]
 fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path());
+    let config = tiny_config(dir.path(), 2);
     let out = dir.path().join("run");
     let (ok, _, stderr) = train(&out, &["--config", &config, "--epochs", "1"]);
     assert!(ok, "{stderr}");
@@ -130,7 +121,7 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
 #[test]
 fn a_checkpoint_of_another_model_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path());
+    let config = tiny_config(dir.path(), 2);
     let out = dir.path().join("run");
     let (ok, _, stderr) = train(&out, &["--config", &config, "--epochs", "1"]);
     assert!(ok, "{stderr}");
@@ -168,4 +159,30 @@ fn bad_configs_are_explained() {
     let (ok, _, stderr) = train(dir.path(), &["--batch-size", "0"]);
     assert!(!ok);
     assert!(stderr.contains("batch size"), "{stderr}");
+}
+
+#[test]
+fn folders_left_by_a_crash_while_checkpointing_are_ignored_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), 1);
+    let out = dir.path().join("run");
+    let (ok, _, stderr) = train(&out, &["--config", &config]);
+    assert!(ok, "{stderr}");
+    // What a crash part-way through writing epochs 2 and 7 leaves behind.
+    for name in [".epoch-0002.tmp", ".epoch-0007.tmp"] {
+        std::fs::create_dir_all(out.join(name)).unwrap();
+        std::fs::write(out.join(name).join("model.mpk"), b"half a model").unwrap();
+    }
+    assert_eq!(latest(&out), "epoch-0001");
+
+    let (ok, stdout, stderr) = train(&out, &["--config", &config, "--resume", "--epochs", "2"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("epoch-0001 (epoch 1,"), "{stdout}");
+    assert_eq!(latest(&out), "epoch-0002");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -29,6 +29,7 @@ pub trait Job {
 /// Runs `job` on the GPUs if there are any, else on the CPU, with `requested` devices
 /// (default: every GPU, or one CPU device).
 pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Result<()> {
+    share_matmul_threads(requested);
     #[cfg(feature = "cuda")]
     {
         let gpus = job.gpus(burn_data_parallel::cuda_devices());
@@ -53,22 +54,28 @@ pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Res
 #[cfg(feature = "ndarray")]
 fn run_on_cpu<J: Job>(count: usize, job: J) -> anyhow::Result<()> {
     use burn::backend::{Autodiff, NdArray};
-    share_matmul_threads(count);
     job.run::<Autodiff<NdArray>>(vec![Default::default(); count], "CPU devices")
 }
 
 /// burn-ndarray's matrix products run on one process-wide pool sized by `MATMUL_NUM_THREADS`
 /// (default: the physical cores, at most 4). Several CPU replicas multiplying at once would
-/// all queue on that pool, so each replica gets its share of the cores instead, unless the
-/// user chose a value.
-#[cfg(feature = "ndarray")]
-fn share_matmul_threads(replicas: usize) {
-    if replicas <= 1 || std::env::var_os("MATMUL_NUM_THREADS").is_some() {
+/// all queue on that pool, so each of the `replicas` gets its share of the cores instead,
+/// unless the user chose a value. (On a GPU the setting is harmless.)
+///
+/// It sets environment variables, so it must run while the program has a single thread:
+/// [`run_on_available`] calls it first, and a program that starts threads earlier (MPI does)
+/// calls it before that.
+pub fn share_matmul_threads(replicas: Option<usize>) {
+    let replicas = replicas.unwrap_or(1);
+    if !cfg!(feature = "ndarray")
+        || replicas <= 1
+        || std::env::var_os("MATMUL_NUM_THREADS").is_some()
+    {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let share = (cores / replicas).max(1);
-    // SAFETY: called before any tensor operation, while the program runs a single thread.
+    // SAFETY: see above: called while the program runs a single thread.
     // OPENBLAS_NUM_THREADS plays the same part for a build on OpenBLAS (feature `blas`).
     unsafe {
         std::env::set_var("MATMUL_NUM_THREADS", share.to_string());

@@ -22,11 +22,16 @@ const LATEST: &str = "latest";
 #[derive(Debug, Serialize, Deserialize)]
 pub struct State {
     pub config: TrainConfig,
-    /// Epochs completed.
-    pub epoch: usize,
     /// Optimizer steps taken.
     pub steps: usize,
     pub history: Vec<EpochReport>,
+}
+
+impl State {
+    /// Epochs completed: one report each.
+    pub fn epoch(&self) -> usize {
+        self.history.len()
+    }
 }
 
 /// A checkpoint read back.
@@ -50,7 +55,7 @@ pub fn latest(out: &Path) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
-/// Writes a checkpoint for `state.epoch` and makes it the latest; returns its folder.
+/// Writes a checkpoint for `state.epoch()` and makes it the latest; returns its folder.
 pub fn save<B, O>(
     out: &Path,
     model: &Mlp<B>,
@@ -61,7 +66,7 @@ where
     B: AutodiffBackend,
     O: Optimizer<Mlp<B>, B>,
 {
-    let name = format!("epoch-{:04}", state.epoch);
+    let name = format!("epoch-{:04}", state.epoch());
     let tmp = out.join(format!(".{name}.tmp"));
     let dir = out.join(&name);
     if tmp.exists() {
@@ -84,14 +89,17 @@ where
     fs::write(&pointer, &name)?;
     fs::rename(&pointer, out.join(LATEST))?;
 
-    // Older checkpoints are removed only once the new one is in place.
+    // Older checkpoints are removed only once the new one is in place, and so are the
+    // temporary folders a crash may have left.
     for entry in fs::read_dir(out)? {
         let path = entry?.path();
         let file_name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        if file_name.starts_with("epoch-") && file_name != name {
+        let stale_checkpoint = file_name.starts_with("epoch-") && file_name != name;
+        let crash_leftover = file_name.starts_with(".epoch-") && file_name.ends_with(".tmp");
+        if stale_checkpoint || crash_leftover {
             fs::remove_dir_all(&path)?;
         }
     }

@@ -75,13 +75,11 @@ fn merge(base: &mut Value, given: Value, at: &str) -> anyhow::Result<()> {
         (Value::Object(base), Value::Object(given)) => {
             for (key, value) in given {
                 let path = format!("{at}{key}");
-                if !base.contains_key(&key) {
+                let Some(slot) = base.get_mut(&key) else {
                     let known: Vec<&str> = base.keys().map(String::as_str).collect();
                     anyhow::bail!("unknown key `{path}` (known here: {})", known.join(", "));
-                }
-                if let Some(slot) = base.get_mut(&key) {
-                    merge(slot, value, &format!("{path}."))?;
-                }
+                };
+                merge(slot, value, &format!("{path}."))?;
             }
             Ok(())
         }

@@ -20,10 +20,12 @@ use burn::data::dataset::Dataset;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::AdamConfig;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
 use burn_data_parallel::{DataParallel, DataParallelTrainer};
 use clap::Parser;
 use config::TrainConfig;
-use dp_dataset::{ClassificationItem, ShardedSampler, SyntheticClassification, batch_of};
+use dp_dataset::{ClassificationBatch, ShardedSampler, SyntheticClassification, batch_of};
 use dp_model::Mlp;
 use report::{EpochReport, RunReport};
 use std::path::PathBuf;
@@ -89,6 +91,8 @@ fn main() -> anyhow::Result<()> {
     }
     config.validate()?;
     let devices = args.devices.map(|n| n as usize);
+    // Before MPI starts its threads.
+    backend::share_matmul_threads(devices);
     let ranks = ranks::Ranks::start(args.mpi, args.log_all_ranks)?;
     backend::run_on_available(
         devices,
@@ -150,7 +154,7 @@ fn train<B: AutodiffBackend>(
         ranks.say(format_args!(
             "Resuming from {} (epoch {}, step {}).",
             loaded.dir.display(),
-            loaded.state.epoch,
+            loaded.state.epoch(),
             loaded.state.steps
         ));
         let state = loaded.state;
@@ -191,6 +195,18 @@ fn train<B: AutodiffBackend>(
     let mut sampler =
         ShardedSampler::new(data.train.len(), ranks.size(), ranks.rank())?.with_seed(config.seed);
     let local_batch = config.batch_size.div_ceil(ranks.size());
+    // Both sets are stacked on the device once; each batch is then one `select` of its rows.
+    let train_set = batch_of::<B>(
+        &data.train,
+        &(0..data.train.len()).collect::<Vec<_>>(),
+        &device,
+    );
+    let test_set = batch_of::<B::InnerBackend>(
+        &data.test,
+        &(0..data.test.len()).collect::<Vec<_>>(),
+        &device,
+    );
+    let mut evaluator = DataParallel::new(trainer.module().valid(), devices.clone())?;
     let first_epoch = history.len();
     let mut trained_rows = 0usize;
     let mut trained_seconds = 0.0;
@@ -206,11 +222,16 @@ fn train<B: AutodiffBackend>(
         let start = Instant::now();
         let (mut loss_sum, mut rows) = (0.0, 0usize);
         for chunk in indices.chunks(local_batch) {
-            let batch = batch_of::<B>(&data.train, chunk, &device);
+            let picked = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(chunk.iter().map(|&i| i as i64).collect(), [chunk.len()]),
+                &device,
+            );
+            let batch = (
+                train_set.inputs.clone().select(0, picked.clone()),
+                train_set.targets.clone().select(0, picked),
+            );
             let stats = trainer
-                .step(config.lr, (batch.inputs, batch.targets), |model, (x, y)| {
-                    model.loss(x, y)
-                })
+                .step(config.lr, batch, |model, (x, y)| model.loss(x, y))
                 .with_context(|| {
                     format!(
                         "{}training stopped in epoch {}; the last checkpoint in {} is intact",
@@ -237,7 +258,8 @@ fn train<B: AutodiffBackend>(
             // Rank 0 measures accuracy and writes the checkpoints; the others go on training.
             continue;
         }
-        let accuracy = evaluate::<B>(trainer.module(), &data.test, &devices)?;
+        evaluator.set_module(trainer.module().valid());
+        let accuracy = evaluate(&mut evaluator, &test_set)?;
         let report = EpochReport {
             epoch: epoch + 1,
             train_loss: loss_sum / rows as f64,
@@ -256,7 +278,6 @@ fn train<B: AutodiffBackend>(
         history.push(report);
         let state = checkpoint::State {
             config: config.clone(),
-            epoch: epoch + 1,
             steps: trainer.steps(),
             history: history.clone(),
         };
@@ -286,20 +307,22 @@ fn train<B: AutodiffBackend>(
 }
 
 /// Held-out accuracy, with the rows split across the devices.
-fn evaluate<B: AutodiffBackend>(
-    model: &Mlp<B>,
-    test: &impl Dataset<ClassificationItem>,
-    devices: &[B::Device],
+fn evaluate<B: Backend>(
+    parallel: &mut DataParallel<B, Mlp<B>>,
+    test: &ClassificationBatch<B>,
 ) -> anyhow::Result<f64> {
-    let mut parallel = DataParallel::new(model.valid(), devices.to_vec())?;
-    let indices: Vec<usize> = (0..test.len()).collect();
+    let rows = test.targets.dims()[0];
     let mut correct = 0;
-    for chunk in indices.chunks(1024) {
-        let batch = batch_of::<B::InnerBackend>(test, chunk, &devices[0]);
-        let per_replica = parallel.try_map((batch.inputs, batch.targets), |m, (x, y)| {
+    for start in (0..rows).step_by(1024) {
+        let len = 1024.min(rows - start);
+        let batch = (
+            test.inputs.clone().narrow(0, start, len),
+            test.targets.clone().narrow(0, start, len),
+        );
+        let per_replica = parallel.try_map(batch, |m, (x, y)| {
             Ok::<_, std::convert::Infallible>(m.correct(x, y))
         })?;
         correct += per_replica.into_iter().sum::<usize>();
     }
-    Ok(correct as f64 / test.len().max(1) as f64)
+    Ok(correct as f64 / rows.max(1) as f64)
 }

@@ -65,11 +65,7 @@ impl Ranks {
         if !self.speaks() {
             return;
         }
-        if self.size > 1 {
-            println!("[rank {}] {line}", self.rank);
-        } else {
-            println!("{line}");
-        }
+        println!("{}{line}", self.prefix());
     }
 
     /// In a multi-process run, checks that every rank was given the same `value`; an error on
@@ -96,6 +92,15 @@ impl Ranks {
         all
     }
 
+    /// "[rank R] " in a multi-process run, to start printed lines with.
+    fn prefix(&self) -> String {
+        if self.size > 1 {
+            format!("[rank {}] ", self.rank)
+        } else {
+            String::new()
+        }
+    }
+
     /// "rank R: " in a multi-process run, to start error messages with.
     pub fn tag(&self) -> String {
         if self.size > 1 {
@@ -119,11 +124,7 @@ impl Ranks {
         if !self.speaks() {
             return ProgressBar::hidden();
         }
-        let prefix = if self.size > 1 {
-            format!("[rank {}] ", self.rank)
-        } else {
-            String::new()
-        };
+        let prefix = self.prefix();
         ProgressBar::new(len).with_style(
             ProgressStyle::with_template(&format!(
                 "{prefix}{{prefix}} [{{bar:20}}] {{pos}}/{{len}} {{msg}}"

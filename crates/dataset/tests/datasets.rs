@@ -53,6 +53,8 @@ fn synthetic_classification_is_reproducible_and_labelled() {
     let b = SyntheticClassification::new(&config);
     assert_eq!(a.train.get(17), b.train.get(17));
     assert_eq!(a.test.get(3), b.test.get(3));
+    let other = SyntheticClassification::new(&config.clone().with_seed(config.seed + 1));
+    assert_ne!(a.train.get(17), other.train.get(17), "the seed matters");
     assert_ne!(a.train.get(0), a.test.get(0));
     assert!(
         a.train

@@ -43,5 +43,10 @@ fn mlp_sizes_come_from_its_config_which_round_trips_through_a_json_file() {
         Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 0], [5]), &device);
     let loss: f32 = model.loss(x.clone(), targets.clone()).into_scalar();
     assert!(loss.is_finite() && loss > 0.0);
-    assert!(model.correct(x, targets) <= 5);
+    assert!(model.correct(x.clone(), targets) <= 5);
+    // `correct` counts the rows whose highest logit is the target: all of them for the
+    // model's own predictions, none for a class that is never the highest.
+    let predicted = model.forward(x.clone()).argmax(1).squeeze_dim::<1>(1);
+    assert_eq!(model.correct(x.clone(), predicted.clone()), 5);
+    assert_eq!(model.correct(x, (predicted + 1).remainder_scalar(4)), 0);
 }
