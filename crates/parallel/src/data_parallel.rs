@@ -9,6 +9,9 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::convert::Infallible;
 
+/// The module is only missing after an update that panicked.
+const LOST: &str = "the module was lost in an update that panicked";
+
 /// Runs a module over several devices: each call splits its input along `dim`, runs one replica
 /// per part concurrently, and concatenates the outputs on the output device.
 ///
@@ -17,8 +20,8 @@ use std::convert::Infallible;
 /// - **Replicate**: replica 0 is the module itself, on the first device; the others are copies
 ///   made the first time their device is used and kept until [`module_mut`] or [`set_module`]
 ///   changes the module.
-/// - **Apply**: replica 0 runs on the caller's thread, every other replica on its device's
-///   worker thread, started once and kept.
+/// - **Apply**: with several devices, each replica runs on its device's worker thread, started
+///   once and kept; with one, on the caller's thread.
 /// - **Gather**: outputs are concatenated along `dim` in replica order, on the output device
 ///   (the first device unless [`with_output_device`] says otherwise).
 ///
@@ -50,7 +53,8 @@ use std::convert::Infallible;
 /// [`with_output_device`]: DataParallel::with_output_device
 #[derive(Debug)]
 pub struct DataParallel<B: Backend, M> {
-    module: M,
+    /// Always there, except while [`update_module`](Self::update_module) runs.
+    module: Option<M>,
     devices: Vec<B::Device>,
     output_device: B::Device,
     dim: usize,
@@ -71,7 +75,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     pub fn new(module: M, devices: Vec<B::Device>) -> Result<Self> {
         let first = devices.first().ok_or(DataParallelError::NoDevices)?.clone();
         Ok(Self {
-            module: place_on(module, &first),
+            module: Some(place_on(module, &first)),
             output_device: first,
             devices,
             dim: 0,
@@ -101,9 +105,9 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
         self
     }
 
-    /// Gives each replica but the first `threads` threads for the compute the backend
-    /// parallelises with rayon (default 1, so that N replicas use N cores without competing).
-    /// Replica 0 runs on the caller's thread and uses the global rayon pool.
+    /// Gives each replica `threads` threads for the compute the backend parallelises with rayon
+    /// (default 1, so that N replicas use N cores without competing). A single replica runs on
+    /// the caller's thread and uses rayon's global pool, as the plain model would.
     ///
     /// On burn-ndarray, matrix products use their own pool instead, sized once per process by
     /// the `MATMUL_NUM_THREADS` environment variable: set it to 1 when running several CPU
@@ -130,7 +134,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
 
     /// The wrapped module (also replica 0).
     pub fn module(&self) -> &M {
-        &self.module
+        self.module.as_ref().expect(LOST)
     }
 
     /// The wrapped module, to change it: the replicas are dropped and made again, from the
@@ -138,7 +142,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     pub fn module_mut(&mut self) -> &mut M {
         self.replicas.invalidate();
         self.placed = false;
-        &mut self.module
+        self.module.as_mut().expect(LOST)
     }
 
     /// Replaces the wrapped module (after an optimizer step, a checkpoint load...); the replicas
@@ -149,7 +153,17 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
 
     /// Unwraps the module.
     pub fn into_inner(self) -> M {
-        self.module
+        self.module.expect(LOST)
+    }
+
+    /// Replaces the module with `update(module)` (an optimizer step). The replicas are dropped
+    /// first and `update` receives the module itself, not a copy, so that its parameters have
+    /// no other owner: backends then update them in place instead of writing new buffers.
+    pub(crate) fn update_module(&mut self, update: impl FnOnce(M) -> M) {
+        self.replicas.invalidate();
+        self.placed = false;
+        let module = self.module.take().expect(LOST);
+        self.module = Some(update(module));
     }
 
     /// How many replicas have been copied since creation: at most one per extra device until
@@ -208,13 +222,16 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
         let sizes = checked_sizes(self.policy.as_ref(), rows, self.devices.len())?;
 
         if !self.placed {
-            self.module = place_on(self.module.clone(), &self.devices[0]);
+            let module = self.module.take().expect(LOST);
+            self.module = Some(place_on(module, &self.devices[0]));
             self.placed = true;
         }
         self.workers.ensure(sizes.len())?;
-        let replicas = self
-            .replicas
-            .ensure::<B>(&self.module, &self.devices, sizes.len());
+        let replicas = self.replicas.ensure::<B>(
+            self.module.as_ref().expect(LOST),
+            &self.devices,
+            sizes.len(),
+        );
 
         let parts = input.scatter(dim, &sizes, &self.devices);
         if parts.len() != sizes.len() {

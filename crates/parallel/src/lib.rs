@@ -33,9 +33,9 @@
 //! - [`Scatter`] / [`Gather`]: how inputs are split and outputs merged (tensors of any rank and
 //!   kind, tuples, `Vec`s, and [`Whole`] values every replica receives entire);
 //! - replicas: made once per device, refreshed only when the module changes;
-//! - parallel apply: replica 0 on the caller's thread, the others on one long-lived worker
-//!   each; panics caught and reported as [`DataParallelError`]s, [`current_replica`] visible
-//!   from inside the model;
+//! - parallel apply: one long-lived worker per device (none with a single device, which runs
+//!   on the caller's thread); panics caught and reported as [`DataParallelError`]s,
+//!   [`current_replica`] visible from inside the model;
 //! - [`DataParallel`]: the four steps together;
 //! - [`DataParallelTrainer`]: the training step, gradients combined weighted by rows, with
 //!   micro-batch accumulation;
@@ -46,22 +46,28 @@
 //!
 //! # Threads on the CPU
 //!
-//! With N CPU "devices", N replicas compute at once: replica 0 on the caller's thread, the
-//! others on one long-lived worker each. Burn's ndarray backend has two thread pools of its
-//! own, and both must leave room for the replicas:
-//! - matrix products use `matrixmultiply`'s pool, sized once per process by the
-//!   `MATMUL_NUM_THREADS` environment variable (default: the physical cores, at most 4).
-//!   Set it to `cores / N` (1 on a 2-core machine with 2 replicas) before the first tensor
-//!   operation; the examples of this workspace do so when they run several CPU replicas;
-//! - other parallel operations use rayon: inside a replica they run on that replica's worker
-//!   pool, [`DataParallel::with_threads_per_replica`] threads wide (default 1).
+//! With N CPU "devices", N replicas compute at once, each on a long-lived worker that is a
+//! rayon pool [`DataParallel::with_threads_per_replica`] threads wide (default 1), so that the
+//! rayon work of Burn's Flex backend (matrix products included) and of burn-ndarray stays on
+//! the replica's own threads. burn-ndarray multiplies matrices on a pool of its own instead,
+//! `matrixmultiply`'s, sized once per process by the `MATMUL_NUM_THREADS` environment variable
+//! (default: the physical cores, at most 4): set it to `cores / N` (1 on a 2-core machine with
+//! 2 replicas) before the first tensor operation, or the replicas queue on it. What runs on
+//! the caller's thread between the replicas' work (gradient sum, optimizer step) uses rayon's
+//! global pool (`RAYON_NUM_THREADS`).
+//!
+//! The examples of this workspace set `MATMUL_NUM_THREADS` when they run several CPU replicas.
+//! These pools exist only with burn-ndarray's default feature `multi-threads` (Flex: `rayon`),
+//! which `burn` without its default features leaves out. On the CPU, Flex trains faster than
+//! ndarray and scales better across replicas, since its matrix product takes a transposed
+//! operand as it is where ndarray copies it (`BENCHMARKS.md`).
 //!
 //! Training also depends on the program's allocator: burn-ndarray allocates multi-megabyte
 //! buffers every step, which glibc's malloc maps and unmaps each time, so each replica faults
 //! its memory in again and the replicas queue on the kernel's memory-map lock. A library cannot
 //! choose the allocator; the workspace's examples use mimalloc (`#[global_allocator] static A:
-//! mimalloc::MiMalloc = mimalloc::MiMalloc;`), which took 2 CPU replicas of the W3 training
-//! benchmark from 1.23 to about 1.6 times one replica.
+//! mimalloc::MiMalloc = mimalloc::MiMalloc;`), which takes 2 CPU replicas of the W3 training
+//! benchmark from 1.25 to 1.72 times one replica.
 //!
 //! `BENCHMARKS.md` at the repository root has the measured effect of these settings.
 //!

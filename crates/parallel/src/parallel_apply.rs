@@ -1,9 +1,9 @@
 //! Runs one replica per device at the same time, and reports how each one ended.
 //!
-//! Replica 0 runs on the caller's thread (no other thread at all with one device); every other
-//! replica runs on its device's long-lived worker (see `workers`). A panic is caught on the
-//! thread where it happens, and no result is returned before every replica has finished, so a
-//! failing replica never leaves work behind or a caller waiting forever.
+//! With several devices, every replica runs on its device's long-lived worker (see `workers`);
+//! with one, it runs on the caller's thread and no other thread is involved. A panic is caught
+//! on the thread where it happens, and no result is returned before every replica has
+//! finished, so a failing replica never leaves work behind or a caller waiting forever.
 
 use crate::workers::Workers;
 use crate::{DataParallelError, Result};
@@ -66,7 +66,7 @@ enum Outcome<O> {
 }
 
 /// Runs `f(replicas[i], inputs[i])` for every `i` concurrently; `devices[i]` names replica `i`.
-/// `workers` must have a started worker for every replica but the first.
+/// `workers` must have a started worker for every replica when there are several.
 ///
 /// Returns the outputs in replica order, or the error of the lowest failing replica.
 pub(crate) fn parallel_apply<M, I, O, E, F, D>(
@@ -85,24 +85,15 @@ where
     D: Debug + Sync,
 {
     let mut outcomes: Vec<Option<Outcome<O>>> = replicas.iter().map(|_| None).collect();
-    let mut jobs = replicas.into_iter().zip(inputs);
-    let mut slots = outcomes.iter_mut();
-    if let (Some((first_replica, first_input)), Some(first_slot)) = (jobs.next(), slots.next()) {
-        let tasks = jobs
-            .zip(slots)
-            .enumerate()
-            .map(|(i, ((replica, input), slot))| {
-                move || *slot = Some(run_replica(replica_info(i + 1, devices), replica, input, f))
-            });
-        workers.run(tasks, || {
-            *first_slot = Some(run_replica(
-                replica_info(0, devices),
-                first_replica,
-                first_input,
-                f,
-            ));
+    let tasks = replicas
+        .into_iter()
+        .zip(inputs)
+        .zip(outcomes.iter_mut())
+        .enumerate()
+        .map(|(i, ((replica, input), slot))| {
+            move || *slot = Some(run_replica(replica_info(i, devices), replica, input, f))
         });
-    }
+    workers.run(tasks);
 
     outcomes
         .into_iter()

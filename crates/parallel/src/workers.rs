@@ -1,17 +1,22 @@
-//! The long-lived threads that run replicas `1..`: one per device, started the first time the
+//! The long-lived threads that run the replicas: one per device, started the first time the
 //! device is used and kept for the life of the [`DataParallel`](crate::DataParallel), so that a
 //! call starts no thread (PyTorch's `parallel_apply` starts one per replica per call).
 //!
 //! Each worker is a rayon pool of its own, `threads_per_replica` threads wide: compute that the
-//! backend parallelises with rayon inside a replica (burn-ndarray does for some operations) stays
-//! on that replica's threads instead of every replica competing for the global pool.
+//! backend parallelises with rayon inside a replica (Flex's matrix products, burn-ndarray's
+//! element-wise operations) stays on that replica's threads and runs there without a hand-off.
+//! With several replicas, replica 0 gets a worker too: on the caller's thread its rayon work
+//! would go to the global pool, one hand-off to another thread per operation, and compete with
+//! the other replicas for the cores. With one replica, it runs on the caller's thread, exactly
+//! as the plain model would.
+//!
 //! `in_place_scope` lets a call hand borrowed closures to the pools and returns only once they
 //! have all run, so no `unsafe` is needed to lend them the replicas and inputs.
 
 use crate::{DataParallelError, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-/// Worker pools; `pools[i]` runs replica `i + 1`.
+/// Worker pools; `pools[i]` runs replica `i`.
 #[derive(Debug)]
 pub(crate) struct Workers {
     pools: Vec<ThreadPool>,
@@ -26,10 +31,10 @@ impl Workers {
         }
     }
 
-    /// Starts workers so that `replicas` replicas can run (replica 0 needs none).
+    /// Starts workers so that `replicas` replicas can run (one replica needs none).
     pub(crate) fn ensure(&mut self, replicas: usize) -> Result<()> {
-        while self.pools.len() + 1 < replicas {
-            let replica = self.pools.len() + 1;
+        while replicas > 1 && self.pools.len() < replicas {
+            let replica = self.pools.len();
             let pool = ThreadPoolBuilder::new()
                 .num_threads(self.threads_per_replica)
                 .thread_name(move |i| format!("dp-replica-{replica}.{i}"))
@@ -43,31 +48,35 @@ impl Workers {
         Ok(())
     }
 
-    /// Runs `first` on the caller's thread and task `i` on worker `i` at the same time, and
-    /// returns when all are done. Needs one started worker per task.
-    pub(crate) fn run<T, F>(&self, tasks: T, first: F)
+    /// Runs task `i` on worker `i`, all at the same time, and returns when all are done; a
+    /// single task runs on the caller's thread. Needs one started worker per task (see
+    /// [`ensure`](Self::ensure)).
+    pub(crate) fn run<T>(&self, tasks: T)
     where
         T: IntoIterator,
         T::Item: FnOnce() + Send,
-        F: FnOnce(),
     {
-        fan_out(&self.pools, &mut tasks.into_iter(), first);
+        let mut tasks = tasks.into_iter().peekable();
+        let Some(first) = tasks.next() else { return };
+        if tasks.peek().is_none() {
+            first();
+        } else {
+            fan_out(&self.pools, &mut std::iter::once(first).chain(tasks));
+        }
     }
 }
 
 /// Hands one task to each pool, nesting the scopes so that every task is spawned before any is
-/// waited for, then runs `first` in the innermost scope.
-fn fan_out<I, F>(pools: &[ThreadPool], tasks: &mut I, first: F)
+/// waited for; the caller's thread then waits in the innermost scope.
+fn fan_out<I>(pools: &[ThreadPool], tasks: &mut I)
 where
     I: Iterator,
     I::Item: FnOnce() + Send,
-    F: FnOnce(),
 {
-    match (pools.split_first(), tasks.next()) {
-        (Some((pool, rest)), Some(task)) => pool.in_place_scope(|scope| {
+    if let (Some((pool, rest)), Some(task)) = (pools.split_first(), tasks.next()) {
+        pool.in_place_scope(|scope| {
             scope.spawn(move |_| task());
-            fan_out(rest, tasks, first);
-        }),
-        _ => first(),
+            fan_out(rest, tasks);
+        });
     }
 }

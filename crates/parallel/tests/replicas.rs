@@ -74,7 +74,7 @@ fn each_device_keeps_its_worker_thread_across_calls() {
         .unwrap();
     }
     let seen = seen.into_inner().unwrap();
-    for replica in 1..3 {
+    for replica in 0..3 {
         let threads: Vec<_> = seen.iter().filter(|s| s.0 == replica).collect();
         assert_eq!(threads.len(), 4);
         assert!(

@@ -298,11 +298,11 @@ where
     ) -> Result<()> {
         let grads = self.pending.take().unwrap_or_default();
         let grads = reduce(self.parallel.module(), grads)?;
-        let module = self.parallel.module().clone();
-        let module = self.optimizer.step(lr, module, grads);
+        let optimizer = &mut self.optimizer;
         // The copies on the other devices are made again from the new parameters on the next
         // call. On the CPU a copy shares the parameters' memory, so this costs no data movement.
-        self.parallel.set_module(module);
+        self.parallel
+            .update_module(|module| optimizer.step(lr, module, grads));
         self.steps += 1;
         Ok(())
     }
