@@ -42,18 +42,17 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let devices = args.devices.map(|n| n as usize);
-    let cpu_default = if cfg!(feature = "cuda") {
-        devices
-    } else {
-        devices.or(Some(4))
-    };
-    backend::run_on_available(cpu_default, Checks(args))
+    backend::run_on_available(args.devices.map(|n| n as usize), Checks(args))
 }
 
 struct Checks(Args);
 
 impl backend::Job for Checks {
+    /// One CPU device would only be compared with itself.
+    fn default_cpu_devices(&self) -> usize {
+        4
+    }
+
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
         let args = self.0;
         println!(

@@ -95,7 +95,7 @@ impl From<Transport> for GradientTransport {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before MPI starts its threads.
-    backend::share_matmul_threads(Some(args.devices_per_rank));
+    backend::share_cpu_threads(Some(args.devices_per_rank));
     let mpi = Mpi::init()?;
     backend::run_on_available(Some(args.devices_per_rank), Check { args, mpi })
 }

@@ -17,6 +17,13 @@ fn check_passes_on_cpu_devices() {
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
+    // `--features flex` (CI runs this test so too) must switch the CPU backend.
+    let backend = if cfg!(feature = "flex") {
+        "(autodiff<flex>)"
+    } else {
+        "(autodiff<ndarray>)"
+    };
+    assert!(stdout.contains(backend), "{stdout}");
 }
 
 #[test]

@@ -118,11 +118,11 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
     let mut specs = Vec::new();
     let one = if cuda { None } else { Some(1) };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let spec = |workload, runner, devices, matmul_threads| Spec {
+    let spec = |workload, runner, devices, threads| Spec {
         workload,
         runner,
         devices,
-        matmul_threads,
+        threads,
         seconds: args.seconds,
     };
     for name in &args.workloads {
@@ -183,10 +183,19 @@ fn run_child(spec: &Spec) -> anyhow::Result<Measurement> {
         Command::new(std::env::current_exe()?)
     };
     command.arg("--child").arg(serde_json::to_string(spec)?);
-    if let Some(threads) = spec.matmul_threads {
-        // matrixmultiply's pool (the default build) and OpenBLAS's (feature `blas`).
+    if let Some(threads) = spec.threads {
+        // matrixmultiply's pool (ndarray) and OpenBLAS's (feature `blas`) serve every replica.
         command.env("MATMUL_NUM_THREADS", threads.to_string());
         command.env("OPENBLAS_NUM_THREADS", threads.to_string());
+        // Rayon's global pool (Flex's matrix products, ndarray's other parallel operations)
+        // serves what runs on the main thread: the whole model for one device; for several,
+        // only the work between the replicas' (each replica has a pool of `threads`), which
+        // may use the cores the replicas use.
+        let global = match spec.runner {
+            Runner::DataParallel | Runner::BurnTrain => threads * spec.devices,
+            Runner::Plain | Runner::Ceiling | Runner::MpiRanks => threads,
+        };
+        command.env("RAYON_NUM_THREADS", global.to_string());
     }
     let output = command.output().context("cannot start the measurement")?;
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -39,6 +39,9 @@ impl Report {
         if cfg!(feature = "cuda") {
             features.push("cuda");
         }
+        if cfg!(feature = "flex") {
+            features.push("flex");
+        }
         if cfg!(feature = "blas") {
             features.push("blas (OpenBLAS)");
         }
@@ -150,7 +153,7 @@ fn find(
         m.spec.workload == w
             && m.spec.runner == r
             && m.spec.devices == devices
-            && m.spec.matmul_threads == threads
+            && m.spec.threads == threads
     })
 }
 
@@ -178,7 +181,7 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
             m.spec.workload,
             Runner::DataParallel,
             m.spec.devices,
-            m.spec.matmul_threads,
+            m.spec.threads,
         )
     };
     let plain_w1 = find(ms, Workload::W1, Runner::Plain, 1, None);

@@ -39,10 +39,10 @@ pub struct Spec {
     pub workload: Workload,
     pub runner: Runner,
     pub devices: usize,
-    /// Threads of the matrix-multiply pool (`MATMUL_NUM_THREADS`, and `OPENBLAS_NUM_THREADS` for
-    /// the `blas` build); `None` leaves the default (all the cores, at most 4 for burn-ndarray's
-    /// own pool).
-    pub matmul_threads: Option<usize>,
+    /// Threads of the backend's pools (`MATMUL_NUM_THREADS`, `OPENBLAS_NUM_THREADS` and
+    /// `RAYON_NUM_THREADS`); `None` leaves the defaults (every core; at most 4 for
+    /// burn-ndarray's matrix products).
+    pub threads: Option<usize>,
     /// How long to measure, after warm-up.
     pub seconds: f64,
 }
@@ -73,8 +73,14 @@ impl Spec {
                 crate::workloads::W3_BATCH.div_ceil(self.devices)
             ),
         };
-        let threads = match self.matmul_threads {
-            Some(t) => format!("{t} matmul thread{}", if t == 1 { "" } else { "s" }),
+        let threads = match self.threads {
+            Some(t) => {
+                let each = match self.runner {
+                    Runner::DataParallel | Runner::BurnTrain if self.devices > 1 => " per replica",
+                    _ => "",
+                };
+                format!("{t} thread{}{each}", if t == 1 { "" } else { "s" })
+            }
             None => "default threads".to_owned(),
         };
         format!("{runner}, {threads}")

@@ -9,6 +9,11 @@ pub trait Job {
     /// Runs on `devices` of backend `B`; `label` names them for messages ("CPU devices", ...).
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()>;
 
+    /// CPU devices to run on when none were requested and there is no GPU.
+    fn default_cpu_devices(&self) -> usize {
+        1
+    }
+
     /// Prints which backend was picked (a multi-process program prints from one rank).
     #[cfg(feature = "cuda")]
     fn announce(&self, line: std::fmt::Arguments) {
@@ -27,9 +32,10 @@ pub trait Job {
 }
 
 /// Runs `job` on the GPUs if there are any, else on the CPU, with `requested` devices
-/// (default: every GPU, or one CPU device).
+/// (default: every GPU, or [`Job::default_cpu_devices`]).
 pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Result<()> {
-    share_matmul_threads(requested);
+    let cpu_devices = requested.unwrap_or_else(|| job.default_cpu_devices());
+    share_cpu_threads(Some(cpu_devices));
     #[cfg(feature = "cuda")]
     {
         let gpus = job.gpus(burn_data_parallel::cuda_devices());
@@ -48,44 +54,52 @@ pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Res
             "No CUDA GPU available: running on the CPU instead."
         ));
     }
-    run_on_cpu(requested.unwrap_or(1), job)
+    run_on_cpu(cpu_devices, job)
 }
 
-#[cfg(feature = "ndarray")]
+/// Burn's Flex backend (feature `flex`): its matrix products go through `gemm`, which takes a
+/// transposed operand as it is where burn-ndarray copies it, and run on the calling thread's
+/// rayon pool, so each replica's worker bounds its replica's threads without any setting.
+#[cfg(feature = "flex")]
+fn run_on_cpu<J: Job>(count: usize, job: J) -> anyhow::Result<()> {
+    use burn::backend::{Autodiff, Flex};
+    job.run::<Autodiff<Flex>>(vec![Default::default(); count], "CPU devices")
+}
+
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
 fn run_on_cpu<J: Job>(count: usize, job: J) -> anyhow::Result<()> {
     use burn::backend::{Autodiff, NdArray};
     job.run::<Autodiff<NdArray>>(vec![Default::default(); count], "CPU devices")
 }
 
-/// burn-ndarray's matrix products run on one process-wide pool sized by `MATMUL_NUM_THREADS`
-/// (default: the physical cores, at most 4). Several CPU replicas multiplying at once would
-/// all queue on that pool, so each of the `replicas` gets its share of the cores instead,
-/// unless the user chose a value. (On a GPU the setting is harmless.)
+/// burn-ndarray multiplies matrices on one process-wide pool sized by `MATMUL_NUM_THREADS`
+/// (default: the physical cores, at most 4), where several CPU replicas would all queue, so
+/// each of the `replicas` gets its share of the cores instead, unless the user chose a value;
+/// `OPENBLAS_NUM_THREADS` plays that part for a build on OpenBLAS (feature `blas`). (Flex
+/// multiplies on each replica's own rayon pool and needs nothing; on a GPU the settings are
+/// harmless.)
 ///
 /// It sets environment variables, so it must run while the program has a single thread:
 /// [`run_on_available`] calls it first, and a program that starts threads earlier (MPI does)
 /// calls it before that.
-pub fn share_matmul_threads(replicas: Option<usize>) {
+pub fn share_cpu_threads(replicas: Option<usize>) {
     let replicas = replicas.unwrap_or(1);
-    if !cfg!(feature = "ndarray")
-        || replicas <= 1
-        || std::env::var_os("MATMUL_NUM_THREADS").is_some()
-    {
+    if replicas <= 1 {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let share = (cores / replicas).max(1);
-    // SAFETY: see above: called while the program runs a single thread.
-    // OPENBLAS_NUM_THREADS plays the same part for a build on OpenBLAS (feature `blas`).
-    unsafe {
-        std::env::set_var("MATMUL_NUM_THREADS", share.to_string());
-        if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
-            std::env::set_var("OPENBLAS_NUM_THREADS", share.to_string());
+    for variable in ["MATMUL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: see above: called while the program runs a single thread.
+            unsafe { std::env::set_var(variable, share.to_string()) };
         }
     }
 }
 
-#[cfg(not(feature = "ndarray"))]
+#[cfg(not(any(feature = "ndarray", feature = "flex")))]
 fn run_on_cpu<J: Job>(_count: usize, _job: J) -> anyhow::Result<()> {
-    anyhow::bail!("no GPU to run on, and this build has no CPU backend (enable feature `ndarray`)")
+    anyhow::bail!(
+        "no GPU to run on, and this build has no CPU backend (enable feature `ndarray` or `flex`)"
+    )
 }

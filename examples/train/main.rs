@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     config.validate()?;
     let devices = args.devices.map(|n| n as usize);
     // Before MPI starts its threads.
-    backend::share_matmul_threads(devices);
+    backend::share_cpu_threads(devices);
     let ranks = ranks::Ranks::start(args.mpi, args.log_all_ranks)?;
     backend::run_on_available(
         devices,
