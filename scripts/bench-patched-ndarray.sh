@@ -4,16 +4,24 @@
 # (scripts/burn-ndarray-matmul-strides.patch). The workspace is not changed: the patched copy
 # is used through `cargo --config patch...`, built in its own target folder.
 #
-# Usage: scripts/bench-patched-ndarray.sh [OUT.json] [bench arguments...]
+# Usage: scripts/bench-patched-ndarray.sh OUT.json [bench arguments...]
 set -euo pipefail
+if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
+  echo "usage: $0 OUT.json [bench arguments...]" >&2
+  exit 2
+fi
+out="$(realpath -m "$1")"
+shift
 cd "$(dirname "$0")/.."
-out="${1:-bench-patched-ndarray.json}"
-shift || true
 work="${TMPDIR:-/tmp}/burn-ndarray-patched"
 cargo fetch --quiet
-source=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 1 -mindepth 1 -type d \
-  -exec test -d {}/burn-ndarray-0.21.0 \; -print -quit)/burn-ndarray-0.21.0
-rm -rf "$work" && cp -r "$source" "$work"
+registry=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 1 -mindepth 1 -type d \
+  -exec test -d {}/burn-ndarray-0.21.0 \; -print -quit)
+if [ -z "$registry" ]; then
+  echo "burn-ndarray 0.21.0 is not in cargo's registry (cargo fetch failed?)" >&2
+  exit 1
+fi
+rm -rf "$work" && cp -r "$registry/burn-ndarray-0.21.0" "$work"
 patch -d "$work" -p1 --quiet < scripts/burn-ndarray-matmul-strides.patch
 # The patch is recorded in Cargo.lock while it builds; the lock file is put back afterwards.
 cp Cargo.lock "$work.lock"

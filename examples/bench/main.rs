@@ -187,15 +187,9 @@ fn run_child(spec: &Spec) -> anyhow::Result<Measurement> {
         // matrixmultiply's pool (ndarray) and OpenBLAS's (feature `blas`) serve every replica.
         command.env("MATMUL_NUM_THREADS", threads.to_string());
         command.env("OPENBLAS_NUM_THREADS", threads.to_string());
-        // Rayon's global pool (Flex's matrix products, ndarray's other parallel operations)
-        // serves what runs on the main thread: the whole model for one device; for several,
-        // only the work between the replicas' (each replica has a pool of `threads`), which
-        // may use the cores the replicas use.
-        let global = match spec.runner {
-            Runner::DataParallel | Runner::BurnTrain => threads * spec.devices,
-            Runner::Plain | Runner::Ceiling | Runner::MpiRanks => threads,
-        };
-        command.env("RAYON_NUM_THREADS", global.to_string());
+        if let Some(global) = spec.rayon_threads() {
+            command.env("RAYON_NUM_THREADS", global.to_string());
+        }
     }
     let output = command.output().context("cannot start the measurement")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -216,7 +210,13 @@ struct Child(Spec);
 
 impl backend::Job for Child {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, _label: &str) -> anyhow::Result<()> {
-        let measurement = workloads::measure::<B>(&self.0, devices)?;
+        let measurement = match self.0.single_device_pool() {
+            Some(threads) => rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?
+                .install(|| workloads::measure::<B>(&self.0, devices))?,
+            None => workloads::measure::<B>(&self.0, devices)?,
+        };
         println!("RESULT {}", serde_json::to_string(&measurement)?);
         Ok(())
     }

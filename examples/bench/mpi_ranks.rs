@@ -14,7 +14,12 @@ pub fn measure(_spec: &Spec) -> anyhow::Result<()> {
 pub fn measure(spec: &Spec) -> anyhow::Result<()> {
     use crate::spec::Measurement;
     use crate::workloads::{W3_BATCH, W3_LR, median, mlp_config, w3_batch};
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::Autodiff;
+    // The CPU backend the other rows of the report use.
+    #[cfg(feature = "flex")]
+    use burn::backend::Flex as Cpu;
+    #[cfg(not(feature = "flex"))]
+    use burn::backend::NdArray as Cpu;
     use burn::module::Module;
     use burn::optim::SgdConfig;
     use burn::tensor::backend::Backend;
@@ -22,7 +27,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
     use burn_data_parallel::{DataParallelTrainer, LossReduction};
     use std::time::Instant;
 
-    type B = Autodiff<NdArray>;
+    type B = Autodiff<Cpu>;
     let mpi = Mpi::init()?;
     let device = Default::default();
     let model = mlp_config().init::<B>(&device).fork(&device);

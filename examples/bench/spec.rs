@@ -61,6 +61,28 @@ pub struct Measurement {
 }
 
 impl Spec {
+    /// Threads of rayon's global pool (`RAYON_NUM_THREADS`): `threads` for one device (or one
+    /// MPI rank); for several replicas, `threads` each, which the work the caller does between
+    /// the replicas' parts (gradient sum, optimizer step) may use while they wait.
+    pub fn rayon_threads(&self) -> Option<usize> {
+        self.threads.map(|threads| match self.runner {
+            Runner::DataParallel | Runner::BurnTrain => threads * self.devices,
+            Runner::Plain | Runner::Ceiling | Runner::MpiRanks => threads,
+        })
+    }
+
+    /// For the one-device baselines with a thread count, the size of the rayon pool they run
+    /// in, the best way to run one device on `threads` threads and the way each replica runs:
+    /// from a thread outside every pool, each of burn-ndarray's parallel operations (and
+    /// Flex's matrix products) would be handed to another thread and waited for.
+    pub fn single_device_pool(&self) -> Option<usize> {
+        match self.runner {
+            Runner::Plain | Runner::Ceiling => self.threads,
+            Runner::DataParallel if self.devices == 1 => self.threads,
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> String {
         let runner = match self.runner {
             Runner::Plain => "plain model".to_owned(),

@@ -9,8 +9,8 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::convert::Infallible;
 
-/// The module is only missing after an update that panicked.
-const LOST: &str = "the module was lost in an update that panicked";
+/// The module is only missing after an update that panicked (until `set_module`).
+const LOST: &str = "the module was lost in an update that panicked; set a new one";
 
 /// Runs a module over several devices: each call splits its input along `dim`, runs one replica
 /// per part concurrently, and concatenates the outputs on the output device.
@@ -148,7 +148,9 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     /// Replaces the wrapped module (after an optimizer step, a checkpoint load...); the replicas
     /// are made again on the next call.
     pub fn set_module(&mut self, module: M) {
-        *self.module_mut() = module;
+        self.replicas.invalidate();
+        self.placed = false;
+        self.module = Some(module);
     }
 
     /// Unwraps the module.
@@ -157,8 +159,9 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     }
 
     /// Replaces the module with `update(module)` (an optimizer step). The replicas are dropped
-    /// first and `update` receives the module itself, not a copy, so that its parameters have
-    /// no other owner: backends then update them in place instead of writing new buffers.
+    /// first and `update` receives the module itself, not a copy, so that this wrapper holds no
+    /// other handle on its parameters: backends that update a tensor in place when it has a
+    /// single owner (burn-ndarray and Flex do) can then do so.
     pub(crate) fn update_module(&mut self, update: impl FnOnce(M) -> M) {
         self.replicas.invalidate();
         self.placed = false;
@@ -222,8 +225,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
         let sizes = checked_sizes(self.policy.as_ref(), rows, self.devices.len())?;
 
         if !self.placed {
-            let module = self.module.take().expect(LOST);
-            self.module = Some(place_on(module, &self.devices[0]));
+            self.module = Some(place_on(self.module().clone(), &self.devices[0]));
             self.placed = true;
         }
         self.workers.ensure(sizes.len())?;
@@ -241,5 +243,38 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
             });
         }
         parallel_apply(&self.workers, replicas, parts, &self.devices, &f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DataParallel;
+    use burn::backend::NdArray;
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Tensor;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    #[test]
+    fn a_new_module_can_be_set_after_an_update_that_panicked() {
+        let device = Default::default();
+        // `fork` materializes the lazy parameters, so that clones share them.
+        let linear = || {
+            LinearConfig::new(3, 2)
+                .init::<NdArray>(&device)
+                .fork(&device)
+        };
+        let mut dp = DataParallel::new(linear(), vec![device; 2]).unwrap();
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            dp.update_module(|_: Linear<NdArray>| panic!("optimizer failed"))
+        }));
+        assert!(panicked.is_err());
+        let replacement = linear();
+        dp.set_module(replacement.clone());
+        let x = Tensor::<NdArray, 2>::ones([4, 3], &device);
+        let out = dp.forward(x.clone(), |m, x| m.forward(x)).unwrap();
+        let expected = replacement.forward(x);
+        out.into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
     }
 }
