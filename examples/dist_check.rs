@@ -57,6 +57,10 @@ struct Args {
     /// This rank takes one step more than the others.
     #[arg(long)]
     extra_step_rank: Option<usize>,
+    /// This rank resumes as if one step had already been taken (it must be refused at the first
+    /// step, on every rank).
+    #[arg(long)]
+    resumed_rank: Option<usize>,
     /// This rank's replica panics at --fault-step (a caught panic: an error on every rank).
     #[arg(long)]
     replica_panic_rank: Option<usize>,
@@ -144,7 +148,9 @@ fn check<B: AutodiffBackend>(
     let model: Mlp<B> = MlpConfig::new(8, vec![hidden], 3)
         .init(&device)
         .fork(&device);
-    let local = DataParallelTrainer::new(model, SgdConfig::new().init(), devices)?;
+    let taken = usize::from(args.resumed_rank == Some(rank));
+    let local =
+        DataParallelTrainer::new(model, SgdConfig::new().init(), devices)?.with_steps_taken(taken);
     let transport = match (args.odd_transport_rank == Some(rank), args.transport) {
         (false, transport) => transport.into(),
         (true, Transport::Mpi) => GradientTransport::Auto,
@@ -227,6 +233,13 @@ fn check<B: AutodiffBackend>(
             );
         }
     }
+    // One all-reduce per step, over every parameter at once.
+    let exchanged = trainer.exchange_stats();
+    let params = trainer.module().num_params();
+    anyhow::ensure!(
+        exchanged.all_reduces == steps && exchanged.values == steps * params,
+        "rank {rank}: {steps} steps of {params} parameters exchanged {exchanged:?}"
+    );
     let (model, _) = trainer
         .finish()
         .with_context(|| format!("rank {rank}: cannot finish"))?;
@@ -241,7 +254,9 @@ fn check<B: AutodiffBackend>(
         "rank {rank}: parameters differ from single-process training by {diff:e}"
     );
     println!(
-        "[rank {rank}] PASS: {steps} steps on {size} ranks, max parameter difference {diff:e}"
+        "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces of {params} \
+         values, max parameter difference {diff:e}",
+        exchanged.all_reduces
     );
     Ok(())
 }

@@ -190,6 +190,59 @@ fn a_rank_taking_more_steps_is_an_error_not_a_hang() {
 }
 
 #[test]
+fn a_rank_resuming_at_another_step_is_refused_at_its_first_step_on_every_rank() {
+    let (ok, out, _) = mpirun(2, &["--resumed-rank", "1"]);
+    assert!(!ok);
+    // Whichever rank's report Open MPI lets print, it names the other rank and both steps.
+    assert!(
+        out.contains("rank 1 is at step 1 while this rank is at step 0")
+            || out.contains("rank 0 is at step 0 while this rank is at step 1"),
+        "{out}"
+    );
+    assert!(out.contains("step 0 failed"), "{out}");
+}
+
+#[test]
+fn every_step_makes_one_gradient_all_reduce_over_all_parameters() {
+    // dist_check refuses to pass unless its trainer counted one all-reduce per step carrying
+    // every parameter's gradient; the model is 8-16-3, 195 parameters.
+    let (ok, out, _) = mpirun(2, &["--steps", "4", "--devices-per-rank", "2"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.matches("PASS: 4 steps on 2 ranks, 4 gradient all-reduces of 195 values")
+            .count(),
+        2,
+        "{out}"
+    );
+}
+
+#[test]
+fn bench_measures_w3_over_mpi_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--seconds", "0.02", "--workloads", "w3", "--devices", "1"])
+        .args(["--mpi-ranks", "1,2", "--burn-train", "false", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // A measurement that fails is left out of the report, so count the MPI rows.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mpi: Vec<u64> = report["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["spec"]["runner"] == "MpiRanks")
+        .map(|m| m["spec"]["devices"].as_u64().unwrap())
+        .collect();
+    assert_eq!(mpi, [1, 2], "{stderr}");
+    let ratios = report["ratios"].to_string();
+    assert!(ratios.contains("MPI: 2 ranks / 1 rank"), "{ratios}");
+}
+
+#[test]
 fn the_train_example_runs_on_two_ranks_with_rank_0_speaking_and_checkpointing() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), 2);

@@ -206,7 +206,6 @@ fn train<B: AutodiffBackend>(
         &(0..data.test.len()).collect::<Vec<_>>(),
         &device,
     );
-    let mut evaluator = DataParallel::new(trainer.module().valid(), devices.clone())?;
     let first_epoch = history.len();
     let mut trained_rows = 0usize;
     let mut trained_seconds = 0.0;
@@ -258,8 +257,11 @@ fn train<B: AutodiffBackend>(
             // Rank 0 measures accuracy and writes the checkpoints; the others go on training.
             continue;
         }
-        evaluator.set_module(trainer.module().valid());
+        // Made for each evaluation and dropped after it: kept, its handles on the parameters
+        // would make the next optimizer step write new buffers instead of updating in place.
+        let mut evaluator = DataParallel::new(trainer.module().valid(), devices.clone())?;
         let accuracy = evaluate(&mut evaluator, &test_set)?;
+        drop(evaluator);
         let report = EpochReport {
             epoch: epoch + 1,
             train_loss: loss_sum / rows as f64,

@@ -23,6 +23,16 @@ pub enum GradientTransport {
     Nccl,
 }
 
+/// What the gradient exchange has carried so far: a step makes one all-reduce over every
+/// parameter at once, never one per parameter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExchangeStats {
+    /// All-reduces of gradients taken.
+    pub all_reduces: usize,
+    /// Gradient values they carried, from this rank, all together.
+    pub values: usize,
+}
+
 pub(crate) enum Exchange {
     Host,
     #[cfg(feature = "cuda")]

@@ -19,6 +19,6 @@ mod nccl;
 mod trainer;
 mod world;
 
-pub use exchange::GradientTransport;
+pub use exchange::{ExchangeStats, GradientTransport};
 pub use trainer::DistributedTrainer;
 pub use world::Mpi;

@@ -1,6 +1,6 @@
 //! `DistributedTrainer`: the data-parallel training step across MPI ranks.
 
-use super::exchange::{Exchange, GradientTransport};
+use super::exchange::{Exchange, ExchangeStats, GradientTransport};
 use super::{Mpi, flat};
 use crate::train::{BatchStats, DataParallelTrainer, LossReduction};
 use crate::{DataParallelError, Result, Scatter};
@@ -30,6 +30,7 @@ pub struct DistributedTrainer<'a, B: AutodiffBackend, M, O> {
     local: DataParallelTrainer<B, M, O>,
     reduction: LossReduction,
     exchange: Exchange,
+    exchanged: ExchangeStats,
 }
 
 impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
@@ -91,6 +92,7 @@ where
             local: local.with_loss_reduction(reduction),
             reduction,
             exchange,
+            exchanged: ExchangeStats::default(),
         })
     }
 
@@ -98,6 +100,11 @@ where
     /// [`GradientTransport::Nccl`], the same on every rank.
     pub fn transport(&self) -> GradientTransport {
         self.exchange.kind()
+    }
+
+    /// What the gradient exchange has carried on this rank since the start.
+    pub fn exchange_stats(&self) -> ExchangeStats {
+        self.exchanged
     }
 
     /// The module, the same on every rank after each step.
@@ -187,9 +194,11 @@ where
         stats.rows = total_rows;
 
         let start = Instant::now();
-        let (mpi, exchange) = (self.mpi, &self.exchange);
+        let (mpi, exchange, exchanged) = (self.mpi, &self.exchange, &mut self.exchanged);
         self.local.apply_reduced(lr, |module, grads| {
             let flat = flat::grads::<B, M>(module, &grads);
+            exchanged.all_reduces += 1;
+            exchanged.values += flat.dims()[0];
             let summed = exchange.all_reduce_sum(mpi, flat)?;
             Ok(flat::to_grads::<B, M>(module, summed))
         })?;

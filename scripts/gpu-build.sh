@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the binaries scripts/gpu-check.sh runs (feature `cuda`; no GPU or CUDA toolkit
+# needed here) and packs them, stripped, into one archive for the GPU machine: as built they
+# are over 100 MB together, the archive about 20 MB.
+#
+#   scripts/gpu-build.sh [ARCHIVE]        # default gpu-bin.tar.gz
+#   GPU_BUILD_MPI=1 scripts/gpu-build.sh  # also dist_check (features cuda,mpi) for the NCCL
+#                                         # checks; it needs Open MPI's libmpi on the GPU machine
+#
+# Then, on the GPU machine: scripts/gpu-check.sh gpu-bin.tar.gz gpu-results
+set -euo pipefail
+archive=${1:-gpu-bin.tar.gz}
+bins=(data_parallelism check bench)
+cargo build --release --features cuda --bin data_parallelism --bin check --bin bench
+if [ "${GPU_BUILD_MPI:-0}" = 1 ]; then
+  cargo build --release --features cuda,mpi --bin dist_check
+  bins+=(dist_check)
+fi
+target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+for name in "${bins[@]}"; do
+  cp "$target/release/$name" "$staging/"
+done
+if command -v strip >/dev/null 2>&1; then
+  strip "$staging"/*
+fi
+tar -czf "$archive" -C "$staging" .
+echo "$archive: ${bins[*]} ($(du -h "$archive" | cut -f1))"
