@@ -7,6 +7,10 @@
 #   GPU_BUILD_MPI=1 scripts/gpu-build.sh  # also dist_check (features cuda,mpi) for the NCCL
 #                                         # checks; it needs Open MPI's libmpi on the GPU machine
 #
+# Without nvcc here, cudarc binds the newest CUDA API it knows (13.4). To bind the version of
+# the GPU machine's driver instead (`nvidia-smi` prints it as "CUDA Version"), set it as cudarc
+# reads it, e.g. CUDARC_CUDA_VERSION=13000 for CUDA 13.0 (this rebuilds the CUDA crates).
+#
 # Then, on the GPU machine: scripts/gpu-check.sh gpu-bin.tar.gz gpu-results
 set -euo pipefail
 archive=${1:-gpu-bin.tar.gz}
