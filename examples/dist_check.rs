@@ -233,16 +233,18 @@ fn check<B: AutodiffBackend>(
             );
         }
     }
-    // One all-reduce per step, over every parameter at once.
     let exchanged = trainer.exchange_stats();
-    let params = trainer.module().num_params();
+    // Every rank finishes before any checks its own figures: a rank leaving early would leave
+    // the others waiting in `finish`.
+    let (model, _) = trainer
+        .finish()
+        .with_context(|| format!("rank {rank}: cannot finish"))?;
+    // One all-reduce per step, over every parameter at once.
+    let params = model.num_params();
     anyhow::ensure!(
         exchanged.all_reduces == steps && exchanged.values == steps * params,
         "rank {rank}: {steps} steps of {params} parameters exchanged {exchanged:?}"
     );
-    let (model, _) = trainer
-        .finish()
-        .with_context(|| format!("rank {rank}: cannot finish"))?;
     let moved = max_param_diff(&model, &initial);
     anyhow::ensure!(
         moved > 1e-4,

@@ -7,13 +7,15 @@
 #   GPU_BUILD_MPI=1 scripts/gpu-build.sh  # also dist_check (features cuda,mpi) for the NCCL
 #                                         # checks; it needs Open MPI's libmpi on the GPU machine
 #
-# Without nvcc here, cudarc binds the newest CUDA API it knows (13.4). To bind the version of
-# the GPU machine's driver instead (`nvidia-smi` prints it as "CUDA Version"), set it as cudarc
-# reads it, e.g. CUDARC_CUDA_VERSION=13000 for CUDA 13.0 (this rebuilds the CUDA crates).
+# The binaries bind the CUDA 13.0 API (CUDARC_CUDA_VERSION=13000), which every driver for CUDA
+# 13 serves (`nvidia-smi` prints the driver's as "CUDA Version"); without it and without nvcc,
+# cudarc would bind the newest it knows (13.4), which an older driver may lack. For a driver
+# of CUDA 12, set e.g. CUDARC_CUDA_VERSION=12080. Changing it rebuilds the CUDA crates.
 #
 # Then, on the GPU machine: scripts/gpu-check.sh gpu-bin.tar.gz gpu-results
 set -euo pipefail
 archive=${1:-gpu-bin.tar.gz}
+export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 bins=(data_parallelism check bench)
 cargo build --release --features cuda --bin data_parallelism --bin check --bin bench
 if [ "${GPU_BUILD_MPI:-0}" = 1 ]; then
@@ -29,5 +31,6 @@ done
 if command -v strip >/dev/null 2>&1; then
   strip "$staging"/*
 fi
+echo "$CUDARC_CUDA_VERSION" > "$staging/cuda-version.txt"
 tar -czf "$archive" -C "$staging" .
-echo "$archive: ${bins[*]} ($(du -h "$archive" | cut -f1))"
+echo "$archive: ${bins[*]} for CUDA API $CUDARC_CUDA_VERSION ($(du -h "$archive" | cut -f1))"

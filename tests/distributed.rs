@@ -220,14 +220,16 @@ fn every_step_makes_one_gradient_all_reduce_over_all_parameters() {
 fn bench_measures_w3_over_mpi_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+    let bench = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(["--seconds", "0.02", "--workloads", "w3", "--devices", "1"])
         .args(["--mpi-ranks", "1,2", "--burn-train", "false", "--json"])
         .arg(&json)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (ok, out) = wait_bounded(bench, "bench --mpi-ranks 1,2");
+    assert!(ok, "{out}");
     // A measurement that fails is left out of the report, so count the MPI rows.
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let mpi: Vec<u64> = report["measurements"]
@@ -237,7 +239,7 @@ fn bench_measures_w3_over_mpi_ranks() {
         .filter(|m| m["spec"]["runner"] == "MpiRanks")
         .map(|m| m["spec"]["devices"].as_u64().unwrap())
         .collect();
-    assert_eq!(mpi, [1, 2], "{stderr}");
+    assert_eq!(mpi, [1, 2], "{out}");
     let ratios = report["ratios"].to_string();
     assert!(ratios.contains("MPI: 2 ranks / 1 rank"), "{ratios}");
 }

@@ -102,7 +102,13 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 fn gpu_present() -> bool {
-    burn_data_parallel::cuda_device_count() > 0
+    match burn_data_parallel::cuda_availability() {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("No CUDA GPU available (CUDA: {why}): measuring on the CPU instead.");
+            false
+        }
+    }
 }
 
 #[cfg(not(feature = "cuda"))]

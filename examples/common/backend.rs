@@ -38,7 +38,13 @@ pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Res
     share_cpu_threads(Some(cpu_devices));
     #[cfg(feature = "cuda")]
     {
-        let gpus = job.gpus(burn_data_parallel::cuda_devices());
+        let gpus = match burn_data_parallel::cuda_availability() {
+            Ok(_) => job.gpus(burn_data_parallel::cuda_devices()),
+            Err(why) => {
+                job.announce(format_args!("CUDA: {why}."));
+                Vec::new()
+            }
+        };
         if let Some(first) = gpus.first() {
             let count = requested.unwrap_or(gpus.len());
             let devices: Vec<_> = gpus.iter().cycle().take(count).cloned().collect();

@@ -41,8 +41,8 @@
 //!   micro-batch accumulation;
 //! - `dist` (feature `mpi`): the same step across MPI ranks, one all-reduce per step (over
 //!   MPI, or NCCL for CUDA ranks with feature `cuda` too);
-//! - devices: `cuda_device_count` / `cuda_devices` (feature `cuda`) count GPUs without the panic
-//!   Burn gives where there is no CUDA driver.
+//! - devices: `cuda_availability` / `cuda_devices` (feature `cuda`) count GPUs without the
+//!   panic Burn gives where there is no CUDA driver or NVRTC, and say why there are none.
 //!
 //! # Threads on the CPU
 //!
@@ -89,7 +89,7 @@ mod workers;
 
 pub use data_parallel::DataParallel;
 #[cfg(feature = "cuda")]
-pub use devices::{cuda_device_count, cuda_devices};
+pub use devices::{CudaUnavailable, cuda_availability, cuda_device_count, cuda_devices};
 pub use error::{DataParallelError, Result};
 pub use parallel_apply::{ReplicaInfo, current_replica};
 pub use shard::{Gather, Scatter, ToDevice, Whole};

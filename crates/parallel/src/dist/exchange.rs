@@ -23,23 +23,41 @@ pub enum GradientTransport {
     Nccl,
 }
 
-/// What the gradient exchange has carried so far: a step makes one all-reduce over every
-/// parameter at once, never one per parameter.
+/// What the gradient exchange has carried: a step makes one all-reduce over every parameter at
+/// once, never one per parameter. Counted where the all-reduce is made, once it has succeeded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExchangeStats {
-    /// All-reduces of gradients taken.
+    /// All-reduces of gradients completed.
     pub all_reduces: usize,
     /// Gradient values they carried, from this rank, all together.
     pub values: usize,
 }
 
-pub(crate) enum Exchange {
+/// The engine chosen for this run, and what it has carried.
+pub(crate) struct Exchange {
+    engine: Engine,
+    stats: ExchangeStats,
+}
+
+enum Engine {
     Host,
     #[cfg(feature = "cuda")]
     Nccl(super::nccl::NcclComm),
 }
 
 impl Exchange {
+    fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            stats: ExchangeStats::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ExchangeStats {
+        self.stats
+    }
+
     /// Picks the transport for gradients that live on `device`. Collective.
     pub(crate) fn open<B: Backend>(
         mpi: &Mpi,
@@ -66,16 +84,16 @@ impl Exchange {
             });
         }
         if wanted == GradientTransport::Mpi {
-            return Ok(Self::Host);
+            return Ok(Self::new(Engine::Host));
         }
         let refuse = |(rank, reason): (usize, String)| match wanted {
             GradientTransport::Nccl => Err(DataParallelError::NcclUnavailable { rank, reason }),
-            _ => Ok(Self::Host),
+            _ => Ok(Self::new(Engine::Host)),
         };
         #[cfg(feature = "cuda")]
         {
             match super::nccl::NcclComm::negotiate::<B>(mpi, device) {
-                Ok(comm) => Ok(Self::Nccl(comm)),
+                Ok(comm) => Ok(Self::new(Engine::Nccl(comm))),
                 Err(refusal) => refuse(refusal),
             }
         }
@@ -92,19 +110,29 @@ impl Exchange {
 
     /// Which transport this is.
     pub(crate) fn kind(&self) -> GradientTransport {
-        match self {
-            Self::Host => GradientTransport::Mpi,
+        match self.engine {
+            Engine::Host => GradientTransport::Mpi,
             #[cfg(feature = "cuda")]
-            Self::Nccl(_) => GradientTransport::Nccl,
+            Engine::Nccl(_) => GradientTransport::Nccl,
         }
     }
 
     /// The element-wise sum of every rank's `flat`. Collective.
     pub(crate) fn all_reduce_sum<B: Backend>(
-        &self,
+        &mut self,
         mpi: &Mpi,
         flat: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>> {
+        let values = flat.dims()[0];
+        let summed = self.engine.all_reduce_sum(mpi, flat)?;
+        self.stats.all_reduces += 1;
+        self.stats.values += values;
+        Ok(summed)
+    }
+}
+
+impl Engine {
+    fn all_reduce_sum<B: Backend>(&self, mpi: &Mpi, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         match self {
             Self::Host => {
                 let device = flat.device();

@@ -30,7 +30,6 @@ pub struct DistributedTrainer<'a, B: AutodiffBackend, M, O> {
     local: DataParallelTrainer<B, M, O>,
     reduction: LossReduction,
     exchange: Exchange,
-    exchanged: ExchangeStats,
 }
 
 impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
@@ -92,7 +91,6 @@ where
             local: local.with_loss_reduction(reduction),
             reduction,
             exchange,
-            exchanged: ExchangeStats::default(),
         })
     }
 
@@ -102,9 +100,11 @@ where
         self.exchange.kind()
     }
 
-    /// What the gradient exchange has carried on this rank since the start.
+    /// What the gradient exchange has carried on this rank since this trainer was made (steps
+    /// counted by [`DataParallelTrainer::with_steps_taken`] are not included): one all-reduce
+    /// per step.
     pub fn exchange_stats(&self) -> ExchangeStats {
-        self.exchanged
+        self.exchange.stats()
     }
 
     /// The module, the same on every rank after each step.
@@ -194,11 +194,9 @@ where
         stats.rows = total_rows;
 
         let start = Instant::now();
-        let (mpi, exchange, exchanged) = (self.mpi, &self.exchange, &mut self.exchanged);
+        let (mpi, exchange) = (self.mpi, &mut self.exchange);
         self.local.apply_reduced(lr, |module, grads| {
             let flat = flat::grads::<B, M>(module, &grads);
-            exchanged.all_reduces += 1;
-            exchanged.values += flat.dims()[0];
             let summed = exchange.all_reduce_sum(mpi, flat)?;
             Ok(flat::to_grads::<B, M>(module, summed))
         })?;
