@@ -56,16 +56,10 @@ pub fn cuda_availability() -> Result<usize, CudaUnavailable> {
         },
         Ok(Err(err)) => Err(CudaUnavailable::DriverFailed(format!("{err:?}"))),
         // cudarc panics where the library it loaded lacks a function (not the real driver).
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            Err(CudaUnavailable::DriverFailed(format!(
-                "it panicked when asked for the GPUs: {message}"
-            )))
-        }
+        Err(payload) => Err(CudaUnavailable::DriverFailed(format!(
+            "it panicked when asked for the GPUs: {}",
+            crate::parallel_apply::panic_message(payload.as_ref())
+        ))),
     }
 }
 

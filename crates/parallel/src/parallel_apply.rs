@@ -149,7 +149,8 @@ fn device_name<D: Debug>(index: usize, devices: &[D]) -> String {
         .map_or_else(|| "?".to_owned(), |device| format!("{device:?}"))
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The message a panic was raised with.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
