@@ -13,6 +13,8 @@ mod allocator;
 mod backend;
 #[path = "common/compare.rs"]
 mod compare;
+#[path = "common/exit.rs"]
+mod exit;
 
 use burn::module::Module;
 use burn::nn::LinearConfig;
@@ -40,7 +42,11 @@ struct Args {
     step_tolerance: f32,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    exit::report(try_main())
+}
+
+fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     backend::run_on_available(args.devices.map(|n| n as usize), Checks(args))
 }

@@ -10,6 +10,8 @@
 mod allocator;
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/exit.rs"]
+mod exit;
 
 use anyhow::Context;
 use burn::data::dataloader::DataLoaderBuilder;
@@ -47,7 +49,11 @@ struct Args {
     seed: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    exit::report(try_main())
+}
+
+fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     backend::run_on_available(args.devices.map(|n| n as usize), Tutorial(args))
 }

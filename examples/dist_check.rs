@@ -16,6 +16,8 @@ mod allocator;
 mod backend;
 #[path = "common/compare.rs"]
 mod compare;
+#[path = "common/exit.rs"]
+mod exit;
 
 use anyhow::Context;
 use burn::module::Module;
@@ -96,7 +98,11 @@ impl From<Transport> for GradientTransport {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    exit::report(try_main())
+}
+
+fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before MPI starts its threads.
     backend::share_cpu_threads(Some(args.devices_per_rank));

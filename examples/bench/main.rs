@@ -16,6 +16,8 @@ mod allocator;
 #[path = "../common/backend.rs"]
 mod backend;
 mod burn_train;
+#[path = "../common/exit.rs"]
+mod exit;
 mod mpi_ranks;
 mod report;
 mod spec;
@@ -59,7 +61,11 @@ struct Args {
     child: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    exit::report(try_main())
+}
+
+fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(spec) = &args.child {
         let spec: Spec = serde_json::from_str(spec)?;

@@ -12,6 +12,8 @@ mod allocator;
 mod backend;
 mod checkpoint;
 mod config;
+#[path = "../common/exit.rs"]
+mod exit;
 mod ranks;
 mod report;
 
@@ -71,7 +73,11 @@ struct Args {
     log_all_ranks: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    exit::report(try_main())
+}
+
+fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => TrainConfig::from_json_file(path)?,

@@ -46,7 +46,9 @@ impl Mpi {
             if crate::current_replica().is_some() {
                 return;
             }
-            eprintln!("rank {rank}: panicked; aborting the MPI job");
+            // One write, so that Open MPI cannot mix it with another rank's output.
+            let line = format!("rank {rank}: panicked; aborting the MPI job\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             SimpleCommunicator::world().abort(101);
         }));
         Ok(Self {
