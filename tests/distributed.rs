@@ -14,6 +14,13 @@ fn mpirun(ranks: usize, args: &[&str]) -> (bool, String, Duration) {
     mpirun_binary(ranks, env!("CARGO_BIN_EXE_dist_check"), args)
 }
 
+/// Runs `dist_check` on `ranks` ranks, which must fail; returns what the job printed.
+fn mpirun_failing(ranks: usize, args: &[&str]) -> String {
+    let (ok, out, _) = mpirun(ranks, args);
+    assert!(!ok, "the job must fail: {out}");
+    out
+}
+
 /// Runs `binary` on `ranks` ranks of this machine.
 fn mpirun_binary(ranks: usize, binary: &str, args: &[&str]) -> (bool, String, Duration) {
     let ranks = ranks.to_string();
@@ -90,8 +97,7 @@ fn three_ranks_of_two_devices_each_with_an_uneven_batch() {
 
 #[test]
 fn a_rank_with_another_model_is_refused_before_any_step() {
-    let (ok, out, _) = mpirun(2, &["--mismatch-rank", "1"]);
-    assert!(!ok);
+    let out = mpirun_failing(2, &["--mismatch-rank", "1"]);
     assert!(
         out.contains("rank 1 holds a different model from rank 0"),
         "{out}"
@@ -101,8 +107,7 @@ fn a_rank_with_another_model_is_refused_before_any_step() {
 
 #[test]
 fn nccl_is_refused_clearly_where_the_gradients_are_not_on_a_cuda_gpu() {
-    let (ok, out, _) = mpirun(2, &["--transport", "nccl"]);
-    assert!(!ok);
+    let out = mpirun_failing(2, &["--transport", "nccl"]);
     assert!(
         out.contains("rank 0 cannot reduce gradients through NCCL")
             && (out.contains("no `cuda` feature") || out.contains("not on burn::backend::Cuda")),
@@ -123,8 +128,7 @@ fn auto_and_mpi_transports_on_the_cpu_both_go_through_mpi() {
 
 #[test]
 fn ranks_asking_for_different_transports_are_refused_not_left_waiting() {
-    let (ok, out, _) = mpirun(2, &["--odd-transport-rank", "1"]);
-    assert!(!ok);
+    let out = mpirun_failing(2, &["--odd-transport-rank", "1"]);
     // Every rank reports the same mismatch: whichever Open MPI lets print names both.
     assert!(
         out.contains("rank 1 asks for the Mpi gradient transport and rank 0 for Auto"),
@@ -145,8 +149,7 @@ fn ranks_with_different_row_counts_some_with_none_train_like_one_process() {
 
 #[test]
 fn a_replica_that_panics_is_an_error_on_every_rank_not_an_abort() {
-    let (ok, out, _) = mpirun(2, &["--replica-panic-rank", "1", "--fault-step", "3"]);
-    assert!(!ok);
+    let out = mpirun_failing(2, &["--replica-panic-rank", "1", "--fault-step", "3"]);
     // Open MPI ends the job when the first rank exits, so either rank's report may be the one
     // printed; each names the failing rank, the step and the panic.
     let rank_1_says = out.contains("rank 1: step 3 failed");
@@ -170,8 +173,7 @@ fn a_rank_that_panics_ends_the_job_and_is_named() {
 
 #[test]
 fn a_rank_that_exits_ends_the_job() {
-    let (ok, out, _) = mpirun(2, &["--exit-rank", "1", "--fault-step", "3"]);
-    assert!(!ok);
+    let out = mpirun_failing(2, &["--exit-rank", "1", "--fault-step", "3"]);
     // Open MPI names the process: [[job,1],1] is rank 1.
     assert!(
         out.contains(",1],1]") && out.contains("Exit code:    3"),
@@ -181,8 +183,7 @@ fn a_rank_that_exits_ends_the_job() {
 
 #[test]
 fn a_rank_taking_more_steps_is_an_error_not_a_hang() {
-    let (ok, out, _) = mpirun(2, &["--extra-step-rank", "1"]);
-    assert!(!ok);
+    let out = mpirun_failing(2, &["--extra-step-rank", "1"]);
     assert!(
         out.contains("rank 1 is still training") || out.contains("rank 0 finished training"),
         "{out}"
@@ -191,8 +192,7 @@ fn a_rank_taking_more_steps_is_an_error_not_a_hang() {
 
 #[test]
 fn a_rank_resuming_at_another_step_is_refused_at_its_first_step_on_every_rank() {
-    let (ok, out, _) = mpirun(2, &["--resumed-rank", "1"]);
-    assert!(!ok);
+    let out = mpirun_failing(2, &["--resumed-rank", "1"]);
     // Whichever rank's report Open MPI lets print, it names the other rank and both steps.
     assert!(
         out.contains("rank 1 is at step 1 while this rank is at step 0")

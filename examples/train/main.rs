@@ -263,11 +263,13 @@ fn train<B: AutodiffBackend>(
             // Rank 0 measures accuracy and writes the checkpoints; the others go on training.
             continue;
         }
-        // Made for each evaluation and dropped after it: kept, its handles on the parameters
-        // would make the next optimizer step write new buffers instead of updating in place.
-        let mut evaluator = DataParallel::new(trainer.module().valid(), devices.clone())?;
-        let accuracy = evaluate(&mut evaluator, &test_set)?;
-        drop(evaluator);
+        // The evaluator is made for this evaluation and dropped with the statement: kept, its
+        // handles on the parameters would make the next optimizer step write new buffers
+        // instead of updating in place.
+        let accuracy = evaluate(
+            &mut DataParallel::new(trainer.module().valid(), devices.clone())?,
+            &test_set,
+        )?;
         let report = EpochReport {
             epoch: epoch + 1,
             train_loss: loss_sum / rows as f64,

@@ -140,16 +140,14 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     /// The wrapped module, to change it: the replicas are dropped and made again, from the
     /// changed module, on the next call.
     pub fn module_mut(&mut self) -> &mut M {
-        self.replicas.invalidate();
-        self.placed = false;
+        self.module_changes();
         self.module.as_mut().expect(LOST)
     }
 
     /// Replaces the wrapped module (after an optimizer step, a checkpoint load...); the replicas
     /// are made again on the next call.
     pub fn set_module(&mut self, module: M) {
-        self.replicas.invalidate();
-        self.placed = false;
+        self.module_changes();
         self.module = Some(module);
     }
 
@@ -163,10 +161,15 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     /// other handle on its parameters: backends that update a tensor in place when it has a
     /// single owner (burn-ndarray and Flex do) can then do so.
     pub(crate) fn update_module(&mut self, update: impl FnOnce(M) -> M) {
-        self.replicas.invalidate();
-        self.placed = false;
+        self.module_changes();
         let module = self.module.take().expect(LOST);
         self.module = Some(update(module));
+    }
+
+    /// The module is about to change: its replicas are stale, and it may be on another device.
+    fn module_changes(&mut self) {
+        self.replicas.invalidate();
+        self.placed = false;
     }
 
     /// How many replicas have been copied since creation: at most one per extra device until
