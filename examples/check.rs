@@ -24,7 +24,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{DataParallel, DataParallelTrainer};
 use clap::Parser;
 use compare::{max_abs_diff, max_param_diff};
-use dp_model::{Mlp, MlpConfig};
+use dp_model::{Classifier, Mlp, MlpConfig};
 
 /// Checks that data parallelism gives the single-device numbers on this machine's devices.
 #[derive(Debug, Parser)]

@@ -29,7 +29,7 @@ use burn_data_parallel::{DataParallelTrainer, LossReduction, chunk_sizes};
 use clap::Parser;
 use compare::max_param_diff;
 use dp_dataset::ShardedSampler;
-use dp_model::{Mlp, MlpConfig};
+use dp_model::{Classifier, Mlp, MlpConfig};
 
 /// Trains on every rank's shard of seeded global batches and compares with single-process
 /// training.

@@ -7,7 +7,7 @@ use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{DataParallel, DataParallelTrainer};
-use dp_model::{Mlp, MlpConfig};
+use dp_model::{Classifier, Mlp, MlpConfig};
 use std::time::{Duration, Instant};
 
 pub const W3_BATCH: usize = 256;
@@ -86,7 +86,7 @@ fn w2<B: Backend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Result<Vec<f6
 }
 
 /// Times `f(model, x)`, called directly or through `DataParallel`.
-fn forward<B: Backend, M: Module<B> + Sync>(
+fn forward<B: Backend, M: burn_data_parallel::Replicate<B> + Sync>(
     spec: &Spec,
     devices: Vec<B::Device>,
     model: M,

@@ -28,7 +28,7 @@ use burn_data_parallel::{DataParallel, DataParallelTrainer};
 use clap::Parser;
 use config::TrainConfig;
 use dp_dataset::{ClassificationBatch, ShardedSampler, SyntheticClassification, batch_of};
-use dp_model::Mlp;
+use dp_model::{Classifier, Mlp};
 use report::{EpochReport, RunReport};
 use std::path::PathBuf;
 use std::time::Instant;

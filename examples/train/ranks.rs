@@ -141,7 +141,7 @@ impl Ranks {
     ) -> anyhow::Result<Trainer<'_, B, M, O>>
     where
         B: AutodiffBackend,
-        M: AutodiffModule<B> + Sync,
+        M: AutodiffModule<B> + burn_data_parallel::Replicate<B> + Sync,
         O: Optimizer<M, B>,
     {
         #[cfg(feature = "mpi")]
@@ -169,7 +169,7 @@ pub enum Trainer<'a, B: AutodiffBackend, M, O> {
 impl<B, M, O> Trainer<'_, B, M, O>
 where
     B: AutodiffBackend,
-    M: AutodiffModule<B> + Sync,
+    M: AutodiffModule<B> + burn_data_parallel::Replicate<B> + Sync,
     O: Optimizer<M, B>,
 {
     pub fn step<I, F>(

@@ -3,6 +3,8 @@
 //! - [`RandomDataset`]: the PyTorch tutorial's `RandomDataset`, rows of standard-normal `f32`,
 //!   seeded so that a run is reproducible, with [`RowBatcher`] to stack rows into a tensor.
 //! - [`SyntheticClassification`]: Gaussian clusters a small MLP can learn, with a held-out split.
+//! - [`SyntheticImages`]: one pattern per class, shifted and noisy, for a convolutional network.
+//! - [`SyntheticSequences`]: token sequences classified by their keywords, for a transformer.
 //! - [`ShardedSampler`]: the rows each rank reads, by PyTorch `DistributedSampler`'s rules.
 //!
 //! ```
@@ -18,12 +20,16 @@
 //! assert_eq!(sizes, [[30, 5], [30, 5], [30, 5], [10, 5]]);
 //! ```
 
+mod images;
 mod random;
 mod sampler;
+mod sequences;
 mod synthetic;
 
+pub use images::{ImageConfig, ImageItem, SyntheticImages, image_batch};
 pub use random::{RandomDataset, RowBatcher};
 pub use sampler::{SamplerError, ShardedSampler};
+pub use sequences::{SequenceConfig, SequenceItem, SyntheticSequences, sequence_batch};
 pub use synthetic::{
     ClassificationBatch, ClassificationBatcher, ClassificationItem, SyntheticClassification,
     SyntheticConfig, batch_of,

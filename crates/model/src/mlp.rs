@@ -1,13 +1,14 @@
 //! A multilayer perceptron classifier whose sizes come from a JSON-serialisable config.
 
+use crate::Classifier;
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig, Relu};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Relu};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor};
 
-/// Sizes of an [`Mlp`]: `input_size -> hidden_sizes[0] -> ReLU -> ... -> num_classes`.
+/// Sizes of an [`Mlp`]: `input_size -> hidden_sizes[0] -> ReLU -> dropout -> ... ->
+/// num_classes`.
 ///
 /// Saved and loaded as JSON with Burn's `Config::save` / `Config::load`.
 ///
@@ -27,6 +28,9 @@ pub struct MlpConfig {
     pub hidden_sizes: Vec<usize>,
     /// Classes, the width of the output (logits).
     pub num_classes: usize,
+    /// Probability that dropout zeroes a hidden value (on autodiff backends only: training).
+    #[config(default = 0.0)]
+    pub dropout: f64,
 }
 
 impl MlpConfig {
@@ -42,15 +46,17 @@ impl MlpConfig {
                 .map(|w| LinearConfig::new(w[0], w[1]).init(device))
                 .collect(),
             activation: Relu::new(),
+            dropout: DropoutConfig::new(self.dropout).init(),
         }
     }
 }
 
-/// A stack of `Linear` layers with a ReLU between each two.
+/// A stack of `Linear` layers with a ReLU and dropout between each two.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     layers: Vec<Linear<B>>,
     activation: Relu,
+    dropout: Dropout,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -60,29 +66,18 @@ impl<B: Backend> Mlp<B> {
         self.layers.iter().enumerate().fold(input, |x, (i, layer)| {
             let x = layer.forward(x);
             if i < last {
-                self.activation.forward(x)
+                self.dropout.forward(self.activation.forward(x))
             } else {
                 x
             }
         })
     }
+}
 
-    /// Mean cross-entropy of the logits against `targets` (class indices).
-    pub fn loss(&self, input: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-        let logits = self.forward(input);
-        CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits, targets)
-    }
+impl<B: Backend> Classifier<B> for Mlp<B> {
+    type Input = Tensor<B, 2>;
 
-    /// Rows of `input` whose predicted class (highest logit) equals the target.
-    pub fn correct(&self, input: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
-        let predicted = self.forward(input).argmax(1).squeeze_dim::<1>(1);
-        predicted
-            .equal(targets)
-            .int()
-            .sum()
-            .into_scalar()
-            .elem::<i64>() as usize
+    fn logits(&self, input: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.forward(input)
     }
 }

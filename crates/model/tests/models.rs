@@ -3,7 +3,7 @@
 use burn::backend::NdArray;
 use burn::config::Config;
 use burn::tensor::{Int, Tensor, TensorData};
-use dp_model::{MlpConfig, TutorialModelConfig};
+use dp_model::{Classifier, MlpConfig, TutorialModelConfig};
 use std::sync::Mutex;
 
 type B = NdArray;

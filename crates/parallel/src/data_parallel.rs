@@ -1,11 +1,13 @@
 //! `DataParallel`: split the input, run the replicas, gather the outputs.
 
+use crate::buffers::Buffers;
 use crate::parallel_apply::parallel_apply;
-use crate::replicas::{Replicas, place_on};
+use crate::replicas::{Link, Replicas, Replicate, place_on, replica};
 use crate::split::{Chunk, SplitPolicy, checked_sizes};
 use crate::workers::Workers;
-use crate::{DataParallelError, Gather, Result, Scatter};
-use burn::module::Module;
+use crate::{DataParallelError, Gather, Result, Scatter, round_trip};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use std::convert::Infallible;
 
@@ -17,16 +19,56 @@ const LOST: &str = "the module was lost in an update that panicked; set a new on
 ///
 /// - **Scatter**: by a [`SplitPolicy`], [`Chunk`] (PyTorch's rule) unless told otherwise. Parts
 ///   go to the first devices of the list; there can be fewer parts than devices.
-/// - **Replicate**: replica 0 is the module itself, on the first device; the others are copies
-///   made the first time their device is used and kept until [`module_mut`] or [`set_module`]
-///   changes the module.
+/// - **Replicate**: replica 0 is the module itself, on the first device. For inference the
+///   others are copies made the first time their device is used and kept until [`module_mut`]
+///   or [`set_module`] changes the module. For training (see below) they are made on every
+///   call.
 /// - **Apply**: with several devices, each replica runs on its device's worker thread, started
 ///   once and kept; with one, on the caller's thread.
 /// - **Gather**: outputs are concatenated along `dim` in replica order, on the output device
 ///   (the first device unless [`with_output_device`] says otherwise).
 ///
-/// Replicas are meant for inference and evaluation: they are detached from the wrapped module's
-/// autodiff graph.
+/// # Training through the wrapper
+///
+/// On an autodiff backend, with a module that has parameters requiring a gradient, the call is
+/// differentiable as PyTorch's is: every replica's parameters are device moves of the module's
+/// own, so `loss.backward()` on the gathered output followed by
+/// `GradientsParams::from_grads(grads, dp.module())` gives the gradient of the plain forward over
+/// the whole batch. The cost, each call: one copy of every parameter per extra device (none on
+/// the CPU, whose devices share memory), and one autodiff graph for all replicas, whose steps
+/// are recorded one at a time. [`DataParallelTrainer`](crate::DataParallelTrainer) avoids both
+/// (one backward pass per replica, kept replicas).
+///
+/// Buffers that the forward pass updates (BatchNorm's running statistics) are each replica's
+/// own; after a call on an autodiff backend the module's become the row-weighted mean of the
+/// replicas' (see the crate documentation, "What stays exact").
+///
+/// ```
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::module::Module;
+/// use burn::nn::LinearConfig;
+/// use burn::optim::GradientsParams;
+/// use burn::tensor::{Distribution, Tensor};
+/// use burn_data_parallel::DataParallel;
+///
+/// type B = Autodiff<NdArray>;
+/// let device = Default::default();
+/// let model = LinearConfig::new(5, 2).init::<B>(&device).fork(&device);
+/// let mut dp = DataParallel::new(model, vec![device; 4])?;
+/// let x = Tensor::<B, 2>::random([30, 5], Distribution::Default, &device);
+///
+/// let loss = dp.forward(x.clone(), |m, x| m.forward(x))?.powi_scalar(2).mean();
+/// let grads = GradientsParams::from_grads(loss.backward(), dp.module());
+///
+/// let plain = dp.module().forward(x).powi_scalar(2).mean();
+/// let expected = GradientsParams::from_grads(plain.backward(), dp.module());
+/// let id = dp.module().weight.id;
+/// grads.get::<NdArray, 2>(id).unwrap().into_data().assert_approx_eq::<f32>(
+///     &expected.get::<NdArray, 2>(id).unwrap().into_data(),
+///     Default::default(),
+/// );
+/// # Ok::<(), burn_data_parallel::DataParallelError>(())
+/// ```
 ///
 /// ```
 /// use burn::backend::NdArray;
@@ -64,9 +106,46 @@ pub struct DataParallel<B: Backend, M> {
     /// False after the module was handed out mutably: it must be put back on the first device
     /// (and its parameters materialized) before it is copied again.
     placed: bool,
+    /// What the module is made of, found when it is placed; `None` after it was replaced.
+    layout: Option<Layout>,
+    /// `verified[k]`: tensors are known to make the round trip between the first device and
+    /// device `k` (the output device is checked with the last index).
+    verified: Vec<bool>,
 }
 
-impl<B: Backend, M: Module<B>> DataParallel<B, M> {
+/// What decides how a module is replicated, found once per module.
+#[derive(Debug)]
+struct Layout {
+    /// On an autodiff backend, and some parameter requires a gradient.
+    trains: bool,
+    /// The buffers replicas update in a training forward pass (found on autodiff backends only).
+    buffers: Buffers,
+}
+
+impl Layout {
+    fn of<B: Backend, M: Module<B>>(module: &M, device: &B::Device) -> Self {
+        if !B::ad_enabled(device) {
+            return Self {
+                trains: false,
+                buffers: Buffers::default(),
+            };
+        }
+        struct AnyTrainable(bool);
+        impl<B: Backend> ModuleVisitor<B> for AnyTrainable {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0 |= param.val().is_require_grad();
+            }
+        }
+        let mut trainable = AnyTrainable(false);
+        module.visit(&mut trainable);
+        Self {
+            trains: trainable.0,
+            buffers: Buffers::of(module),
+        }
+    }
+}
+
+impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     /// Wraps `module` for `devices`, splitting along dimension 0 by the [`Chunk`] rule and
     /// gathering on `devices[0]`.
     ///
@@ -83,6 +162,8 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
             replicas: Replicas::default(),
             workers: Workers::new(1),
             placed: true,
+            layout: None,
+            verified: Vec::new(),
         })
     }
 
@@ -141,6 +222,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     /// changed module, on the next call.
     pub fn module_mut(&mut self) -> &mut M {
         self.module_changes();
+        self.layout = None;
         self.module.as_mut().expect(LOST)
     }
 
@@ -148,6 +230,7 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
     /// are made again on the next call.
     pub fn set_module(&mut self, module: M) {
         self.module_changes();
+        self.layout = None;
         self.module = Some(module);
     }
 
@@ -166,14 +249,16 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
         self.module = Some(update(module));
     }
 
-    /// The module is about to change: its replicas are stale, and it may be on another device.
+    /// The module's values are about to change (its parameters and buffers keep their ids and
+    /// their kind): its replicas are stale, and it may be on another device.
     fn module_changes(&mut self) {
         self.replicas.invalidate();
         self.placed = false;
     }
 
-    /// How many replicas have been copied since creation: at most one per extra device until
-    /// the module changes, however many calls were made.
+    /// How many replicas have been copied and kept since creation: at most one per extra device
+    /// until the module changes, however many calls were made. (The replicas of a module
+    /// trained through this wrapper are made on every call and not counted.)
     pub fn replica_builds(&self) -> usize {
         self.replicas.builds()
     }
@@ -218,6 +303,20 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Fn(&M, I) -> Result<O, E> + Sync,
     {
+        self.run(input, f, None)
+    }
+
+    /// Runs `f` on every part as [`try_map`](Self::try_map) does, on replicas linked as `link`
+    /// says, or as the module calls for when `None` (connected when it trains, else kept
+    /// detached copies).
+    pub(crate) fn run<I, O, E, F>(&mut self, input: I, f: F, link: Option<Link>) -> Result<Vec<O>>
+    where
+        M: Sync,
+        I: Scatter<B>,
+        O: Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: Fn(&M, I) -> Result<O, E> + Sync,
+    {
         let dim = self.dim;
         let rows = input
             .rows(dim)?
@@ -226,17 +325,35 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
             return Err(DataParallelError::EmptyInput { dim });
         }
         let sizes = checked_sizes(self.policy.as_ref(), rows, self.devices.len())?;
+        self.verify_devices(sizes.len())?;
 
         if !self.placed {
             self.module = Some(place_on(self.module().clone(), &self.devices[0]));
             self.placed = true;
         }
+        let first = &self.devices[0];
+        let module = self.module.as_ref().expect(LOST);
+        let layout = self.layout.get_or_insert_with(|| Layout::of(module, first));
         self.workers.ensure(sizes.len())?;
-        let replicas = self.replicas.ensure::<B>(
-            self.module.as_ref().expect(LOST),
-            &self.devices,
-            sizes.len(),
-        );
+
+        let link = link.unwrap_or(if layout.trains {
+            Link::Connected
+        } else {
+            Link::Detached
+        });
+        let connected: Vec<M>;
+        let replicas = match link {
+            Link::Detached => self
+                .replicas
+                .ensure::<B>(module, &self.devices, sizes.len()),
+            Link::Connected => {
+                connected = self.devices[1..sizes.len()]
+                    .iter()
+                    .map(|device| replica(module, device, Link::Connected))
+                    .collect();
+                std::iter::once(module).chain(&connected).collect()
+            }
+        };
 
         let parts = input.scatter(dim, &sizes, &self.devices);
         if parts.len() != sizes.len() {
@@ -245,7 +362,38 @@ impl<B: Backend, M: Module<B>> DataParallel<B, M> {
                 found: parts.len(),
             });
         }
-        parallel_apply(&self.workers, replicas, parts, &self.devices, &f)
+        let in_turn = link == Link::Connected;
+        let outputs = parallel_apply(
+            &self.workers,
+            replicas.clone(),
+            parts,
+            &self.devices,
+            &f,
+            in_turn,
+        );
+        // Kept replicas receive the combined buffers too; connected ones are dropped now.
+        layout.buffers.combine(&replicas, &sizes, first);
+        outputs
+    }
+
+    /// Checks, once per device, that tensors make the round trip between the first device and
+    /// each of the first `count` devices, and the output device.
+    fn verify_devices(&mut self, count: usize) -> Result<()> {
+        let slots = self.devices.len() + 1;
+        if self.verified.len() != slots {
+            self.verified = vec![false; slots];
+        }
+        let first = &self.devices[0];
+        let wanted = (1..count).chain(std::iter::once(self.devices.len()));
+        for slot in wanted {
+            if self.verified[slot] {
+                continue;
+            }
+            let device = self.devices.get(slot).unwrap_or(&self.output_device);
+            round_trip::check::<B>(first, device)?;
+            self.verified[slot] = true;
+        }
+        Ok(())
     }
 }
 

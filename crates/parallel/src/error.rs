@@ -240,6 +240,23 @@ pub enum DataParallelError {
         reason: String,
     },
 
+    /// Tensors do not make the round trip between two of the devices intact: the backend cannot
+    /// copy between them (Burn 0.21 copies between devices on CUDA and the CPU backends only).
+    #[error(
+        "{backend} cannot move tensors from {from} to {to} and back intact ({reason}); use \
+         devices of one kind on a backend that copies between them (CUDA, or the CPU)"
+    )]
+    DeviceTransfer {
+        /// The backend, as it names itself.
+        backend: String,
+        /// The device the values were sent from.
+        from: String,
+        /// The device that failed.
+        to: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The replicas returned lists of different lengths.
     #[error(
         "cannot gather: replica {replica} returned {found} items, replica 0 returned {expected}"

@@ -75,6 +75,7 @@
 //! truncated, a replica's panic is an error naming the replica and its device, and replicas are
 //! not re-copied on every call.
 
+mod buffers;
 mod data_parallel;
 mod devices;
 #[cfg(feature = "mpi")]
@@ -82,6 +83,7 @@ pub mod dist;
 mod error;
 mod parallel_apply;
 mod replicas;
+mod round_trip;
 mod shard;
 mod split;
 mod train;
@@ -92,6 +94,7 @@ pub use data_parallel::DataParallel;
 pub use devices::{CudaUnavailable, cuda_availability, cuda_device_count, cuda_devices};
 pub use error::{DataParallelError, Result};
 pub use parallel_apply::{ReplicaInfo, current_replica};
+pub use replicas::Replicate;
 pub use shard::{Gather, Scatter, ToDevice, Whole};
 pub use split::{Balanced, Chunk, SplitPolicy, chunk_sizes};
 pub use train::{BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming};

@@ -65,8 +65,9 @@ enum Outcome<O> {
     Panicked(String),
 }
 
-/// Runs `f(replicas[i], inputs[i])` for every `i` concurrently; `devices[i]` names replica `i`.
-/// `workers` must have a started worker for every replica when there are several.
+/// Runs `f(replicas[i], inputs[i])` for every `i`, concurrently unless `in_turn`; `devices[i]`
+/// names replica `i`. `workers` must have a started worker for every replica when there are
+/// several.
 ///
 /// Returns the outputs in replica order, or the error of the lowest failing replica.
 pub(crate) fn parallel_apply<M, I, O, E, F, D>(
@@ -75,6 +76,7 @@ pub(crate) fn parallel_apply<M, I, O, E, F, D>(
     inputs: Vec<I>,
     devices: &[D],
     f: &F,
+    in_turn: bool,
 ) -> Result<Vec<O>>
 where
     M: Sync,
@@ -93,7 +95,11 @@ where
         .map(|(i, ((replica, input), slot))| {
             move || *slot = Some(run_replica(replica_info(i, devices), replica, input, f))
         });
-    workers.run(tasks);
+    if in_turn {
+        workers.run_in_turn(tasks);
+    } else {
+        workers.run(tasks);
+    }
 
     outcomes
         .into_iter()

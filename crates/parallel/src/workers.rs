@@ -66,6 +66,26 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Runs task `i` on worker `i`, one after another: each starts once the one before has
+    /// returned. A single task runs on the caller's thread.
+    pub(crate) fn run_in_turn<T>(&self, tasks: T)
+    where
+        T: IntoIterator,
+        T::Item: FnOnce() + Send,
+    {
+        let mut tasks = tasks.into_iter().peekable();
+        let Some(first) = tasks.next() else { return };
+        if tasks.peek().is_none() {
+            first();
+        } else {
+            for (pool, task) in self.pools.iter().zip(std::iter::once(first).chain(tasks)) {
+                pool.install(task);
+            }
+        }
+    }
+}
+
 /// Hands one task to each pool, nesting the scopes so that every task is spawned before any is
 /// waited for; the caller's thread then waits in the innermost scope.
 fn fan_out<I>(pools: &[ThreadPool], tasks: &mut I)

@@ -10,7 +10,7 @@ use burn_data_parallel::{
     Balanced, DataParallelError, DataParallelTrainer, LossReduction, SplitPolicy,
 };
 use common::{cpu, cpus, max_param_diff};
-use dp_model::{Mlp, MlpConfig};
+use dp_model::{Classifier, Mlp, MlpConfig};
 
 type AB = Autodiff<common::B>;
 type Batch = (Tensor<AB, 2>, Tensor<AB, 1, Int>);

@@ -3,7 +3,7 @@
 use super::exchange::{Exchange, ExchangeStats, GradientTransport};
 use super::{Mpi, flat};
 use crate::train::{BatchStats, DataParallelTrainer, LossReduction};
-use crate::{DataParallelError, Result, Scatter};
+use crate::{DataParallelError, Replicate, Result, Scatter};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::Tensor;
@@ -35,7 +35,7 @@ pub struct DistributedTrainer<'a, B: AutodiffBackend, M, O> {
 impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
 where
     B: AutodiffBackend,
-    M: AutodiffModule<B> + Sync,
+    M: AutodiffModule<B> + Replicate<B> + Sync,
     O: Optimizer<M, B>,
 {
     /// Joins the ranks: refuses a model whose parameter shapes differ from rank 0's (on every

@@ -1,7 +1,8 @@
 //! `DataParallelTrainer`: the data-parallel training step.
 
 use super::reduce::GradientSum;
-use crate::{DataParallel, DataParallelError, Result, Scatter, SplitPolicy};
+use crate::replicas::Link;
+use crate::{DataParallel, DataParallelError, Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
@@ -98,7 +99,7 @@ pub struct DataParallelTrainer<B: AutodiffBackend, M, O> {
 impl<B, M, O> DataParallelTrainer<B, M, O>
 where
     B: AutodiffBackend,
-    M: AutodiffModule<B> + Sync,
+    M: AutodiffModule<B> + Replicate<B> + Sync,
     O: Optimizer<M, B>,
 {
     /// Trains `module` with `optimizer` over `devices`; the module and the optimizer's state
@@ -201,27 +202,32 @@ where
     {
         let dim = self.parallel.dim();
         let reduction = self.reduction;
-        let results = self.parallel.try_map(batch, |replica, part: I| {
-            let start = Instant::now();
-            let rows = part.rows(dim).ok().flatten().unwrap_or(0);
-            let value = loss(replica, part);
-            let scalar: f64 = value.clone().into_scalar().elem();
-            let grads = scalar.is_finite().then(|| {
-                // The replica's share of the rows: the replicas' gradients then add up to the
-                // gradient over every row (see `reduce`).
-                let weight = match reduction {
-                    LossReduction::Mean => rows as f64 / rows_so_far.max(1) as f64,
-                    LossReduction::Sum => 1.0,
-                };
-                GradientsParams::from_grads(value.mul_scalar(weight).backward(), replica)
-            });
-            Ok::<_, Infallible>(ReplicaResult {
-                loss: scalar,
-                rows,
-                grads,
-                compute: start.elapsed(),
-            })
-        })?;
+        let results = self.parallel.run(
+            batch,
+            |replica: &M, part: I| {
+                let start = Instant::now();
+                let rows = part.rows(dim).ok().flatten().unwrap_or(0);
+                let value = loss(replica, part);
+                let scalar: f64 = value.clone().into_scalar().elem();
+                let grads = scalar.is_finite().then(|| {
+                    // The replica's share of the rows: the replicas' gradients then add up to the
+                    // gradient over every row (see `reduce`).
+                    let weight = match reduction {
+                        LossReduction::Mean => rows as f64 / rows_so_far.max(1) as f64,
+                        LossReduction::Sum => 1.0,
+                    };
+                    GradientsParams::from_grads(value.mul_scalar(weight).backward(), replica)
+                });
+                Ok::<_, Infallible>(ReplicaResult {
+                    loss: scalar,
+                    rows,
+                    grads,
+                    compute: start.elapsed(),
+                })
+            },
+            // One backward pass per replica: each replica's parameters are leaves of its own.
+            Some(Link::Detached),
+        )?;
 
         let rows: usize = results.iter().map(|r| r.rows).sum();
         let loss = match reduction {

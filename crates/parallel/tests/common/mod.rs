@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod zoo;
+
 use burn::backend::NdArray;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;

@@ -1,0 +1,158 @@
+//! Buffers: the state a module changes in its own forward pass instead of through gradients,
+//! BatchNorm's running mean and variance (Burn's `RunningState`).
+//!
+//! In a data-parallel training forward every replica updates its own copy from its part of the
+//! batch. Afterwards the module's buffers become the **row-weighted mean** of the replicas'
+//! (replica `k` weighing `rows_k / rows`), and every replica kept for the next call receives
+//! that value too. A running mean then equals single-device training's exactly: each replica's
+//! update is `(1 - m) * old + m * mean_k`, and the row-weighted mean of the `mean_k` is the
+//! mean over the whole batch. A running variance gets the row-weighted mean of the replicas'
+//! variances, which leaves out the spread between the parts' means (see the crate docs).
+//! PyTorch's `DataParallel` instead keeps replica 0's update alone.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+
+/// The ids of a module's buffers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Buffers {
+    ids: HashSet<ParamId>,
+}
+
+impl Buffers {
+    /// Finds the buffers of `module`, leaving it as it was.
+    ///
+    /// Burn 0.21 shows a buffer to visitors and mappers exactly as it shows a parameter. What
+    /// tells them apart is that every clone of a module shares its `RunningState`s: mapping a
+    /// clone changes the module's buffers and none of its parameters. So each tensor of a clone
+    /// is swapped for an empty one, the buffers are those that come out empty in the module,
+    /// and their values are put back.
+    pub(crate) fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
+        let mut saved = Swap {
+            saved: HashMap::new(),
+        };
+        let _ = module.clone().map(&mut saved);
+        let mut found = FindEmptied(HashSet::new());
+        module.visit(&mut found);
+        if !found.0.is_empty() {
+            saved.saved.retain(|id, _| found.0.contains(id));
+            let _ = module.clone().map(&mut Put(saved.saved));
+        }
+        Self { ids: found.0 }
+    }
+
+    /// Sets the buffers of every replica (the module first) to the row-weighted mean of their
+    /// values, `rows[k]` being the rows replica `k` ran on. The mean is computed on `device`.
+    pub(crate) fn combine<B: Backend, M: Module<B>>(
+        &self,
+        replicas: &[&M],
+        rows: &[usize],
+        device: &B::Device,
+    ) {
+        if self.ids.is_empty() || replicas.len() < 2 {
+            return;
+        }
+        let total = rows.iter().sum::<usize>().max(1) as f64;
+        let mut sum = WeightedSum {
+            ids: &self.ids,
+            device,
+            weight: 0.0,
+            sums: HashMap::new(),
+        };
+        for (replica, &rows) in replicas.iter().zip(rows) {
+            crate::replicas::settle(*replica);
+            sum.weight = rows as f64 / total;
+            replica.visit(&mut sum);
+        }
+        let mut put = Put(sum.sums);
+        for replica in replicas {
+            // A clone shares the replica's buffers: mapping it writes into them.
+            let _ = (*replica).clone().map(&mut put);
+        }
+    }
+
+    /// The ids, for tests and for the exchange across processes.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn contains(&self, id: &ParamId) -> bool {
+        self.ids.contains(id)
+    }
+}
+
+/// Replaces every float tensor by an empty one, keeping the originals.
+struct Swap {
+    saved: HashMap<ParamId, Box<dyn Any + Send>>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Swap {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let id = param.id;
+        let saved = &mut self.saved;
+        param.map(|tensor| {
+            let empty = Tensor::empty([0; D], &tensor.device());
+            saved.insert(id, Box::new(tensor));
+            empty
+        })
+    }
+}
+
+/// Ids of the float tensors that have no element.
+struct FindEmptied(HashSet<ParamId>);
+
+impl<B: Backend> ModuleVisitor<B> for FindEmptied {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if param.val().shape().num_elements() == 0 {
+            self.0.insert(param.id);
+        }
+    }
+}
+
+/// Gives the float tensors whose ids it holds their value, on their own device.
+struct Put(HashMap<ParamId, Box<dyn Any + Send>>);
+
+impl<B: Backend> ModuleMapper<B> for Put {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        match self
+            .0
+            .get(&param.id)
+            .and_then(|v| v.downcast_ref::<Tensor<B, D>>())
+        {
+            Some(value) => {
+                let value = value.clone();
+                param.map(|old| value.to_device(&old.device()))
+            }
+            None => param,
+        }
+    }
+}
+
+/// Adds `weight` times each buffer it visits into `sums`, on `device`.
+struct WeightedSum<'a, B: Backend> {
+    ids: &'a HashSet<ParamId>,
+    device: &'a B::Device,
+    weight: f64,
+    sums: HashMap<ParamId, Box<dyn Any + Send>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for WeightedSum<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.ids.contains(&param.id) {
+            return;
+        }
+        let part = param
+            .val()
+            .detach()
+            .to_device(self.device)
+            .mul_scalar(self.weight);
+        let total = match self.sums.remove(&param.id) {
+            Some(sum) => match sum.downcast::<Tensor<B, D>>() {
+                Ok(sum) => *sum + part,
+                Err(_) => part,
+            },
+            None => part,
+        };
+        self.sums.insert(param.id, Box::new(total));
+    }
+}

@@ -1,0 +1,307 @@
+//! Every model of the zoo through every entry point, against single-device Burn on the same
+//! batches: the evaluation forward, a forward and `backward()` through `DataParallel` (the
+//! PyTorch habit), a trainer step with SGD and Adam, accumulated micro-batches, and a
+//! checkpoint resumed. Splits of 8, 8, 8, 6 rows and of 3, 3, 3, 1 (a one-row part).
+
+mod common;
+
+use burn::module::{AutodiffModule, ParamId};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::{Int, Tensor};
+use burn_data_parallel::{
+    DataParallel, DataParallelTrainer, Gather, Replicate, Scatter, chunk_sizes,
+};
+use common::zoo::*;
+use common::{B, cpus};
+use dp_model::Classifier;
+use std::collections::HashSet;
+
+const TOLERANCE: f32 = 1e-5;
+/// Adam divides by the root of the squared gradient (plus 1e-5), which turns rounding in a
+/// near-zero gradient into a step of up to `lr`: its rate keeps that under the tolerance.
+const ADAM_LR: f64 = 0.002;
+const SGD_LR: f64 = 0.1;
+/// (devices, rows): 8, 8, 8, 6 and 3, 3, 3, 1.
+const SPLITS: [(usize, usize); 2] = [(4, 30), (4, 10)];
+
+type Targets<Bk> = Tensor<Bk, 1, Int>;
+
+/// The evaluation forward (inner backend: batch norm on running statistics, no dropout)
+/// equals the plain one on every split.
+fn eval_forward<M>(model: &M, batch: impl Fn(usize, u64) -> (M::Input, Targets<B>))
+where
+    M: Classifier<B> + Replicate<B> + Sync,
+    M::Input: Scatter<B>,
+{
+    for (devices, rows) in [(1, 7), (2, 5), (3, 9), (4, 30), (4, 10)] {
+        let (x, _) = batch(rows, rows as u64);
+        let mut dp = DataParallel::new(model.clone(), cpus(devices)).unwrap();
+        let out = dp.forward(x.clone(), |m, x| m.logits(x)).unwrap();
+        let plain = model.logits(x);
+        let diff = param_free_diff(out, plain);
+        assert!(diff <= TOLERANCE, "{rows} rows on {devices}: {diff}");
+    }
+}
+
+fn param_free_diff(a: Tensor<B, 2>, b: Tensor<B, 2>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let size: f32 = b.clone().abs().max().into_scalar();
+    let diff: f32 = (a - b).abs().max().into_scalar();
+    diff / size.max(1.0)
+}
+
+/// `dp.forward`, the loss on the gathered output, `backward()` and `from_grads(dp.module())`
+/// give the single-device gradient.
+fn backward_through_data_parallel<M>(
+    make: impl Fn() -> M,
+    batch: impl Fn(usize, u64) -> (M::Input, Targets<AB>),
+    ghost: bool,
+) where
+    M: Classifier<AB> + AutodiffModule<AB> + Replicate<AB> + Sync,
+    M::Input: Scatter<AB> + Gather<AB>,
+{
+    let start = make();
+    for (devices, rows) in [(4, 30), (4, 10), (3, 5), (2, 2), (1, 7)] {
+        let (x, y) = batch(rows, 100 + rows as u64);
+        let sizes = chunk_sizes(rows, devices);
+
+        let reference = copy(&start);
+        let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost);
+        let expected = GradientsParams::from_grads(loss.backward(), &reference);
+
+        let mut dp = DataParallel::new(copy(&start), cpus(devices)).unwrap();
+        let logits = dp.forward(x, |m, x| m.logits(x)).unwrap();
+        let grads = GradientsParams::from_grads(cross_entropy(logits, y).backward(), dp.module());
+
+        let (diff, size) = grad_diff(dp.module(), &grads, &expected);
+        assert!(
+            size > 1e-4,
+            "{rows} rows on {devices}: no gradient to compare"
+        );
+        assert!(
+            diff <= TOLERANCE,
+            "{rows} rows on {devices}: gradients differ by {diff}"
+        );
+    }
+}
+
+/// One trainer step equals the single-device step; frozen parameters stay as they were.
+fn trainer_step<M, O>(
+    make: impl Fn() -> M,
+    batch: impl Fn(usize, u64) -> (M::Input, Targets<AB>),
+    ghost: bool,
+    buffers: impl Fn(&M) -> HashSet<ParamId>,
+    optimizer: impl Fn() -> O,
+    lr: f64,
+) where
+    M: Classifier<AB> + AutodiffModule<AB> + Replicate<AB> + Sync,
+    M::Input: Scatter<AB>,
+    O: Optimizer<M, AB>,
+{
+    let start = make();
+    for (devices, rows) in SPLITS {
+        let (x, y) = batch(rows, 200 + rows as u64);
+        let sizes = chunk_sizes(rows, devices);
+        let reference = copy(&start);
+        let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost);
+        let grads = GradientsParams::from_grads(loss.backward(), &reference);
+        let reference = optimizer().step(lr, reference, grads);
+
+        let mut trainer =
+            DataParallelTrainer::new(copy(&start), optimizer(), cpus(devices)).unwrap();
+        let stats = trainer
+            .step(lr, (x, y), |m: &M, (x, y)| m.loss(x, y))
+            .unwrap();
+        assert_eq!(stats.replicas.len(), sizes.len());
+
+        // Buffers follow their own rule (tests/buffers.rs).
+        let skip = buffers(&start);
+        let moved = param_diff(&reference, &start, &skip);
+        assert!(
+            moved > 1e-4,
+            "{rows} rows on {devices}: the step moved nothing"
+        );
+        let diff = param_diff(trainer.module(), &reference, &skip);
+        assert!(
+            diff <= TOLERANCE,
+            "{rows} rows on {devices}: parameters differ by {diff}"
+        );
+    }
+}
+
+/// Micro-batches accumulated, then one optimizer step, equal one step on their union.
+fn accumulation<M, O>(
+    make: impl Fn() -> M,
+    batch: impl Fn(usize, u64) -> (M::Input, Targets<AB>),
+    ghost: bool,
+    buffers: impl Fn(&M) -> HashSet<ParamId>,
+    optimizer: impl Fn() -> O,
+    lr: f64,
+) where
+    M: Classifier<AB> + AutodiffModule<AB> + Replicate<AB> + Sync,
+    M::Input: Scatter<AB> + Gather<AB>,
+    O: Optimizer<M, AB>,
+{
+    let start = make();
+    let devices = 3;
+    let micro: Vec<_> = [7, 12, 5]
+        .into_iter()
+        .enumerate()
+        .map(|(i, rows)| batch(rows, 300 + i as u64))
+        .collect();
+    let total: usize = micro.iter().map(|(_, y)| y.dims()[0]).sum();
+
+    let reference = copy(&start);
+    let loss = micro
+        .iter()
+        .map(|(x, y)| {
+            let rows = y.dims()[0];
+            let sizes = chunk_sizes(rows, devices);
+            reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost)
+                .mul_scalar(rows as f64 / total as f64)
+        })
+        .reduce(|a, b| a + b)
+        .unwrap();
+    let grads = GradientsParams::from_grads(loss.backward(), &reference);
+    let reference = optimizer().step(lr, reference, grads);
+
+    let mut trainer = DataParallelTrainer::new(copy(&start), optimizer(), cpus(devices)).unwrap();
+    for b in micro {
+        trainer.accumulate(b, |m: &M, (x, y)| m.loss(x, y)).unwrap();
+    }
+    trainer.apply(lr).unwrap();
+    let skip = buffers(&start);
+    let diff = param_diff(trainer.module(), &reference, &skip);
+    assert!(diff <= TOLERANCE, "parameters differ by {diff}");
+}
+
+/// Training saved after three steps and resumed in a new trainer takes the same next three
+/// steps as training that was never interrupted.
+fn resume<M, O>(
+    make: impl Fn() -> M,
+    batch: impl Fn(usize, u64) -> (M::Input, Targets<AB>),
+    optimizer: impl Fn() -> O,
+    lr: f64,
+) where
+    M: Classifier<AB> + AutodiffModule<AB> + Replicate<AB> + Sync,
+    M::Input: Scatter<AB>,
+    O: Optimizer<M, AB>,
+{
+    let loss = |m: &M, (x, y): (M::Input, Targets<AB>)| m.loss(x, y);
+    let mut trainer = DataParallelTrainer::new(make(), optimizer(), cpus(4)).unwrap();
+    for step in 0..3 {
+        trainer.step(lr, batch(30, 400 + step), loss).unwrap();
+    }
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let model_bytes = recorder
+        .record(trainer.module().clone().into_record(), ())
+        .unwrap();
+    let optim_bytes =
+        Recorder::<AB>::record(&recorder, trainer.optimizer().to_record(), ()).unwrap();
+    for step in 3..6 {
+        trainer.step(lr, batch(30, 400 + step), loss).unwrap();
+    }
+
+    let model =
+        make().load_record(Recorder::<AB>::load(&recorder, model_bytes, &common::cpu()).unwrap());
+    let optim = optimizer()
+        .load_record(Recorder::<AB>::load(&recorder, optim_bytes, &common::cpu()).unwrap());
+    let mut resumed = DataParallelTrainer::new(model, optim, cpus(4))
+        .unwrap()
+        .with_steps_taken(3);
+    for step in 3..6 {
+        resumed.step(lr, batch(30, 400 + step), loss).unwrap();
+    }
+    assert_eq!(resumed.steps(), trainer.steps());
+    let diff = param_diff(resumed.module(), trainer.module(), &HashSet::new());
+    assert!(diff <= TOLERANCE, "resumed training differs by {diff}");
+}
+
+fn sgd<M: AutodiffModule<AB>>() -> impl Optimizer<M, AB> {
+    SgdConfig::new().init::<AB, M>()
+}
+
+fn adam<M: AutodiffModule<AB>>() -> impl Optimizer<M, AB> {
+    AdamConfig::new().init::<AB, M>()
+}
+
+fn no_buffers<M>(_: &M) -> HashSet<ParamId> {
+    HashSet::new()
+}
+
+/// The tests of one zoo model.
+macro_rules! zoo {
+    ($name:ident, $make:expr, $batch:ident, ghost: $ghost:expr, buffers: $buffers:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn eval_forward_equals_plain() {
+                eval_forward(&$make().valid(), |r, s| $batch::<B>(r, s));
+            }
+
+            #[test]
+            fn backward_through_data_parallel_equals_single_device() {
+                backward_through_data_parallel($make, |r, s| $batch::<AB>(r, s), $ghost);
+            }
+
+            #[test]
+            fn sgd_step_equals_single_device() {
+                trainer_step(
+                    $make,
+                    |r, s| $batch::<AB>(r, s),
+                    $ghost,
+                    $buffers,
+                    sgd,
+                    SGD_LR,
+                );
+            }
+
+            #[test]
+            fn adam_step_equals_single_device() {
+                trainer_step(
+                    $make,
+                    |r, s| $batch::<AB>(r, s),
+                    $ghost,
+                    $buffers,
+                    adam,
+                    ADAM_LR,
+                );
+            }
+
+            #[test]
+            fn accumulation_equals_one_step_on_the_union() {
+                accumulation(
+                    $make,
+                    |r, s| $batch::<AB>(r, s),
+                    $ghost,
+                    $buffers,
+                    sgd,
+                    SGD_LR,
+                );
+                accumulation(
+                    $make,
+                    |r, s| $batch::<AB>(r, s),
+                    $ghost,
+                    $buffers,
+                    adam,
+                    ADAM_LR,
+                );
+            }
+
+            #[test]
+            fn resumed_training_continues_the_same() {
+                resume($make, |r, s| $batch::<AB>(r, s), adam, ADAM_LR);
+            }
+        }
+    };
+}
+
+zoo!(mlp, mlp, rows, ghost: false, buffers: no_buffers);
+zoo!(cnn, cnn, images, ghost: true, buffers: cnn_buffers);
+zoo!(transformer, transformer, tokens, ghost: false, buffers: no_buffers);
+zoo!(finetune_transformer, frozen_transformer, tokens, ghost: false, buffers: no_buffers);
+zoo!(finetune_cnn, frozen_cnn, images, ghost: true, buffers: cnn_buffers);
+zoo!(tied, tied, tokens, ghost: false, buffers: no_buffers);
+zoo!(branchy, branchy, branch_rows, ghost: false, buffers: no_buffers);
