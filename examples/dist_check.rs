@@ -1,6 +1,7 @@
 //! Multi-process training check, run under `mpirun` (feature `mpi`): every rank trains on its
 //! shard of the same global batches, and every rank's parameters must end equal to plain
-//! single-process training on those batches. Flags inject the faults the tests exercise.
+//! single-process training on those batches, for any model of the zoo (`--model`). Flags
+//! inject the faults the tests exercise.
 //!
 //! ```text
 //! cargo build --release --features mpi --bin dist_check
@@ -20,16 +21,21 @@ mod compare;
 mod exit;
 
 use anyhow::Context;
-use burn::module::Module;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{BasicOps, ElementConversion, Int, Tensor, TensorData, TensorKind};
 use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
-use burn_data_parallel::{DataParallelTrainer, LossReduction, chunk_sizes};
+use burn_data_parallel::{
+    DataParallelTrainer, LossReduction, Replicate, Scatter, SplitPolicy, chunk_sizes,
+};
 use clap::Parser;
 use compare::max_param_diff;
 use dp_dataset::ShardedSampler;
-use dp_model::{Classifier, Mlp, MlpConfig};
+use dp_model::{
+    BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
+};
 
 /// Trains on every rank's shard of seeded global batches and compares with single-process
 /// training.
@@ -79,6 +85,119 @@ struct Args {
     /// This rank asks for another transport than --transport (it must be refused).
     #[arg(long)]
     odd_transport_rank: Option<usize>,
+    /// The model trained.
+    #[arg(long, value_enum, default_value_t = Model::Mlp)]
+    model: Model,
+    /// The optimizer.
+    #[arg(long, value_enum, default_value_t = Optim::Sgd)]
+    optimizer: Optim,
+}
+
+/// The models of the zoo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Model {
+    /// Linear layers and ReLUs.
+    Mlp,
+    /// Convolutions and batch normalization (checked against per-part normalization).
+    Cnn,
+    /// Embeddings and a transformer encoder with a padding mask.
+    Transformer,
+    /// The transformer with its encoder frozen: fine-tuning the head.
+    Finetune,
+    /// One embedding matrix used for the input and the output.
+    Tied,
+    /// A layer few rows go through, so that some steps give it no gradient on any rank.
+    Branchy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Optim {
+    Sgd,
+    Adam,
+    /// Adam with weight decay, which must leave frozen parameters alone.
+    Adamw,
+}
+
+impl Optim {
+    /// Adam divides by the root of the squared gradient (plus 1e-5), which turns rounding in a
+    /// near-zero gradient into a step of up to `lr`: its rate keeps that under the tolerance.
+    fn lr(self) -> f64 {
+        match self {
+            Self::Sgd => 0.1,
+            Self::Adam | Self::Adamw => 0.0005,
+        }
+    }
+}
+
+/// Single-process training on every rank's rows.
+enum Reference<B: AutodiffBackend, M, O> {
+    /// One module on one device, the whole union at once.
+    Plain(Option<M>, O),
+    /// The parts the ranks' replicas make, each a replica of a `DataParallelTrainer`.
+    Parts(DataParallelTrainer<B, M, O>),
+}
+
+impl<B, M, O> Reference<B, M, O>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Replicate<B> + Sync,
+    O: Optimizer<M, B>,
+{
+    fn new(
+        start: &M,
+        optimizer: O,
+        parts: Option<Vec<usize>>,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        let module = M::from_inner(start.valid());
+        Ok(match parts {
+            None => Self::Plain(Some(module), optimizer),
+            Some(parts) => {
+                let devices = vec![device.clone(); parts.len()];
+                let parts: Vec<usize> = parts.into_iter().filter(|&rows| rows > 0).collect();
+                Self::Parts(
+                    DataParallelTrainer::new(module, optimizer, devices)?
+                        .with_split_policy(Fixed(parts)),
+                )
+            }
+        })
+    }
+
+    fn step<I: Scatter<B>>(
+        &mut self,
+        lr: f64,
+        batch: I,
+        loss: impl Fn(&M, I) -> Tensor<B, 1> + Sync,
+    ) -> anyhow::Result<f64> {
+        match self {
+            Self::Plain(module, optimizer) => {
+                let m = module.take().expect("the reference module is there");
+                let l = loss(&m, batch);
+                let value: f64 = l.clone().into_scalar().elem();
+                let grads = GradientsParams::from_grads(l.backward(), &m);
+                *module = Some(optimizer.step(lr, m, grads));
+                Ok(value)
+            }
+            Self::Parts(trainer) => Ok(trainer.step(lr, batch, loss)?.loss),
+        }
+    }
+
+    fn module(&self) -> &M {
+        match self {
+            Self::Plain(module, _) => module.as_ref().expect("the reference module is there"),
+            Self::Parts(trainer) => trainer.module(),
+        }
+    }
+}
+
+/// The same sizes whatever the rows: the ranks' parts, in rank order.
+#[derive(Debug)]
+struct Fixed(Vec<usize>);
+
+impl SplitPolicy for Fixed {
+    fn sizes(&self, _rows: usize, _devices: usize) -> Vec<usize> {
+        self.0.clone()
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -136,27 +255,155 @@ impl backend::Job for Check {
     }
 }
 
+/// Classes of every model; the tied model predicts one of its tokens.
+const CLASSES: usize = 3;
+const VOCAB: usize = 12;
+const LENGTH: usize = 6;
+
 fn check<B: AutodiffBackend>(
     args: &Args,
     mpi: &Mpi,
     devices: Vec<B::Device>,
 ) -> anyhow::Result<()> {
+    // Each rank starts from different weights: the broadcast must make them rank 0's.
+    B::seed(&devices[0], 1 + mpi.rank() as u64);
+    let odd = args.mismatch_rank == Some(mpi.rank());
+    match args.model {
+        Model::Mlp => {
+            let hidden = if odd { 17 } else { 16 };
+            let model = |d: &B::Device| MlpConfig::new(8, vec![hidden], CLASSES).init::<B>(d);
+            train::<B, _, _, _>(args, mpi, devices, model, rows::<B, 8>, false, 0)
+        }
+        Model::Cnn => {
+            let widths = if odd { vec![4, 7] } else { vec![4, 6] };
+            let model = |d: &B::Device| {
+                CnnConfig::new(1, CLASSES)
+                    .with_widths(widths.clone())
+                    .init::<B>(d)
+            };
+            // Each batch norm's running mean and variance.
+            train::<B, _, _, _>(args, mpi, devices, model, images::<B>, true, 2 * (4 + 6))
+        }
+        Model::Transformer | Model::Finetune => {
+            let frozen = args.model == Model::Finetune;
+            let model = |d: &B::Device| {
+                let model = TextClassifierConfig::new(VOCAB, LENGTH, CLASSES)
+                    .with_d_model(if odd { 12 } else { 8 })
+                    .with_heads(2)
+                    .with_layers(1)
+                    .with_d_ff(16)
+                    .init::<B>(d);
+                if frozen {
+                    model.freeze_encoder()
+                } else {
+                    model
+                }
+            };
+            train::<B, _, _, _>(args, mpi, devices, model, tokens::<B>, false, 0)
+        }
+        Model::Tied => {
+            let model = |d: &B::Device| {
+                TiedEmbeddingsConfig::new(VOCAB)
+                    .with_d_model(if odd { 9 } else { 8 })
+                    .init::<B>(d)
+            };
+            train::<B, _, _, _>(args, mpi, devices, model, tokens::<B>, false, 0)
+        }
+        Model::Branchy => {
+            // Few rows exceed 1.8 in their first feature: some steps have none on any rank.
+            let model = |d: &B::Device| {
+                BranchyConfig::new(8, if odd { 9 } else { 8 }, CLASSES)
+                    .with_threshold(1.8)
+                    .init::<B>(d)
+            };
+            train::<B, _, _, _>(args, mpi, devices, model, rows::<B, 8>, false, 0)
+        }
+    }
+}
+
+/// Trains `model` on every rank's shard of seeded global batches, beside a single-process
+/// reference on the union of the shards, and compares.
+///
+/// `ghost`: the model normalizes by batch statistics, so the reference runs each part (one per
+/// rank and local replica) on its own and weights their losses by rows. `buffer_values`: the
+/// values of the model's buffers, which travel with the gradients.
+fn train<B, M, const D: usize, K>(
+    args: &Args,
+    mpi: &Mpi,
+    devices: Vec<B::Device>,
+    model: impl Fn(&B::Device) -> M,
+    batch: fn(usize, usize, &B::Device) -> (Tensor<B, D, K>, Tensor<B, 1, Int>),
+    ghost: bool,
+    buffer_values: usize,
+) -> anyhow::Result<()>
+where
+    B: AutodiffBackend,
+    M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
+    K: TensorKind<B> + BasicOps<B> + 'static,
+    Tensor<B, D, K>: Scatter<B>,
+{
+    match args.optimizer {
+        Optim::Sgd => train_with(
+            args,
+            mpi,
+            devices,
+            model,
+            batch,
+            ghost,
+            buffer_values,
+            || SgdConfig::new().init::<B, M>(),
+        ),
+        Optim::Adam => train_with(
+            args,
+            mpi,
+            devices,
+            model,
+            batch,
+            ghost,
+            buffer_values,
+            || AdamConfig::new().init::<B, M>(),
+        ),
+        Optim::Adamw => train_with(
+            args,
+            mpi,
+            devices,
+            model,
+            batch,
+            ghost,
+            buffer_values,
+            || {
+                AdamConfig::new()
+                    .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
+                    .init::<B, M>()
+            },
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_with<B, M, O, const D: usize, K>(
+    args: &Args,
+    mpi: &Mpi,
+    devices: Vec<B::Device>,
+    model: impl Fn(&B::Device) -> M,
+    batch: fn(usize, usize, &B::Device) -> (Tensor<B, D, K>, Tensor<B, 1, Int>),
+    ghost: bool,
+    buffer_values: usize,
+    optimizer: impl Fn() -> O,
+) -> anyhow::Result<()>
+where
+    B: AutodiffBackend,
+    M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
+    O: Optimizer<M, B>,
+    K: TensorKind<B> + BasicOps<B> + 'static,
+    Tensor<B, D, K>: Scatter<B>,
+{
     let (rank, size) = (mpi.rank(), mpi.size());
     let device = devices[0].clone();
-
-    // Each rank starts from different weights: the broadcast must make them rank 0's.
-    B::seed(&device, 1 + rank as u64);
-    let hidden = if args.mismatch_rank == Some(rank) {
-        17
-    } else {
-        16
-    };
-    let model: Mlp<B> = MlpConfig::new(8, vec![hidden], 3)
-        .init(&device)
-        .fork(&device);
+    let local_devices = devices.len();
+    let model = model(&device).fork(&device);
     let taken = usize::from(args.resumed_rank == Some(rank));
-    let local =
-        DataParallelTrainer::new(model, SgdConfig::new().init(), devices)?.with_steps_taken(taken);
+    let local = DataParallelTrainer::new(model, optimizer(), devices)?.with_steps_taken(taken);
     let transport = match (args.odd_transport_rank == Some(rank), args.transport) {
         (false, transport) => transport.into(),
         (true, Transport::Mpi) => GradientTransport::Auto,
@@ -173,8 +420,6 @@ fn check<B: AutodiffBackend>(
     }
 
     let initial = trainer.module().clone();
-    let mut reference = initial.clone();
-    let mut reference_optim = SgdConfig::new().init::<B, Mlp<B>>();
     // Each rank's rows of a global batch, by DistributedSampler's rules: when the ranks do not
     // divide the batch, some rows are repeated, and single-process training sees the same rows.
     let indices_of = |r: usize| -> anyhow::Result<Vec<i64>> {
@@ -191,15 +436,20 @@ fn check<B: AutodiffBackend>(
         let n = indices.len();
         Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [n]), &device)
     };
-    let shard = as_tensor(indices_of(rank)?);
-    let union = as_tensor(
-        (0..size)
-            .map(indices_of)
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .concat(),
-    );
-    let loss = |m: &Mlp<B>, (x, y): (Tensor<B, 2>, Tensor<B, 1, Int>)| m.loss(x, y);
+    let shards: Vec<Vec<i64>> = (0..size).map(indices_of).collect::<anyhow::Result<_>>()?;
+    let shard = as_tensor(shards[rank].clone());
+    let union = as_tensor(shards.concat());
+    // The reference, in one process: plain training on the union of the shards; for a model
+    // that normalizes by batch statistics, a `DataParallelTrainer` (itself checked against
+    // per-part single-device training) over the same parts as every rank's replicas make.
+    let parts: Vec<usize> = shards
+        .iter()
+        .flat_map(|shard| chunk_sizes(shard.len(), local_devices))
+        .collect();
+    let mut reference = Reference::new(&initial, optimizer(), ghost.then_some(parts), &device)?;
+    let loss = |m: &M, (x, y): (Tensor<B, D, K>, Tensor<B, 1, Int>)| m.loss(x, y);
     let steps = args.steps + usize::from(args.extra_step_rank == Some(rank));
+    let lr = args.optimizer.lr();
     for step in 0..steps {
         if step == args.fault_step && args.panic_rank == Some(rank) {
             panic!("fault injected at step {step}");
@@ -208,15 +458,15 @@ fn check<B: AutodiffBackend>(
             std::process::exit(3);
         }
         let replica_panics = step == args.fault_step && args.replica_panic_rank == Some(rank);
-        let (x, y) = global_batch::<B>(step, args.global_batch, &device);
+        let (x, y) = batch(step, args.global_batch, &device);
         let stats = trainer
             .step(
-                0.1,
+                lr,
                 (
                     x.clone().select(0, shard.clone()),
                     y.clone().select(0, shard.clone()),
                 ),
-                |m: &Mlp<B>, batch| {
+                |m: &M, batch| {
                     assert!(
                         !replica_panics,
                         "fault injected in a replica at step {step}"
@@ -225,13 +475,11 @@ fn check<B: AutodiffBackend>(
                 },
             )
             .with_context(|| format!("rank {rank}: step {step} failed"))?;
-        let l = loss(
-            &reference,
+        let reference_loss = reference.step(
+            lr,
             (x.select(0, union.clone()), y.select(0, union.clone())),
-        );
-        let reference_loss: f32 = l.clone().into_scalar().elem();
-        let grads = GradientsParams::from_grads(l.backward(), &reference);
-        reference = reference_optim.step(0.1, reference, grads);
+            loss,
+        )?;
         if rank == 0 {
             println!(
                 "[rank 0] step {step}: loss {:.6} (single process {reference_loss:.6})",
@@ -245,42 +493,114 @@ fn check<B: AutodiffBackend>(
     let (model, _) = trainer
         .finish()
         .with_context(|| format!("rank {rank}: cannot finish"))?;
-    // One all-reduce per step, over every parameter at once.
-    let params = model.num_params();
+    // One all-reduce per step, carrying the trainable parameters' gradients, a flag per
+    // trainable tensor, and the buffers; frozen parameters never travel.
+    let (trainable, tensors) = trainable(&initial);
+    let per_step = trainable + tensors + buffer_values;
     anyhow::ensure!(
-        exchanged.all_reduces == steps && exchanged.values == steps * params,
-        "rank {rank}: {steps} steps of {params} parameters exchanged {exchanged:?}"
+        exchanged.all_reduces == steps && exchanged.values == steps * per_step,
+        "rank {rank}: {steps} steps of {per_step} values each ({trainable} trainable parameters \
+         in {tensors} tensors, {buffer_values} buffer values) exchanged {exchanged:?}"
     );
     let moved = max_param_diff(&model, &initial);
     anyhow::ensure!(
         moved > 1e-4,
         "rank {rank}: training did not move the parameters ({moved:e})"
     );
-    let diff = max_param_diff(&model, &reference);
+    let diff = max_param_diff(&model, reference.module());
     anyhow::ensure!(
         diff <= args.tolerance,
         "rank {rank}: parameters differ from single-process training by {diff:e}"
     );
     println!(
-        "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces of {params} \
-         values, max parameter difference {diff:e}",
-        exchanged.all_reduces
+        "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces of {per_step} \
+         values ({} parameters, {trainable} trainable), max parameter difference {diff:e}",
+        exchanged.all_reduces,
+        model.num_params(),
     );
     Ok(())
 }
 
-/// The same seeded global batch on every rank.
-fn global_batch<B: AutodiffBackend>(
+/// Values and tensors of the parameters that require a gradient.
+fn trainable<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> (usize, usize) {
+    struct Count(usize, usize);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let value = param.val();
+            if value.is_require_grad() {
+                self.0 += value.shape().num_elements();
+                self.1 += 1;
+            }
+        }
+    }
+    let mut count = Count(0, 0);
+    model.visit(&mut count);
+    (count.0, count.1)
+}
+
+fn generator(step: usize) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::seed_from_u64(1000 + step as u64)
+}
+
+fn targets<B: Backend>(
+    rows: usize,
+    rng: &mut rand::rngs::StdRng,
+    device: &B::Device,
+) -> Tensor<B, 1, Int> {
+    use rand::RngExt;
+    let y: Vec<i64> = (0..rows)
+        .map(|_| rng.random_range(0..CLASSES as i64))
+        .collect();
+    Tensor::from_data(TensorData::new(y, [rows]), device)
+}
+
+/// The same seeded global batch on every rank: rows of `F` features.
+fn rows<B: Backend, const F: usize>(
     step: usize,
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + step as u64);
-    let x: Vec<f32> = (0..rows * 8).map(|_| rng.random_range(-2.0..2.0)).collect();
-    let y: Vec<i64> = (0..rows).map(|_| rng.random_range(0..3)).collect();
-    (
-        Tensor::from_data(TensorData::new(x, [rows, 8]), device),
-        Tensor::from_data(TensorData::new(y, [rows]), device),
-    )
+    use rand::RngExt;
+    let mut rng = generator(step);
+    let x: Vec<f32> = (0..rows * F).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let x = Tensor::from_data(TensorData::new(x, [rows, F]), device);
+    (x, targets::<B>(rows, &mut rng, device))
+}
+
+/// 6x6 one-channel images.
+fn images<B: Backend>(
+    step: usize,
+    rows: usize,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    use rand::RngExt;
+    let mut rng = generator(step);
+    let x: Vec<f32> = (0..rows * 36)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let x = Tensor::from_data(TensorData::new(x, [rows, 1, 6, 6]), device);
+    (x, targets::<B>(rows, &mut rng, device))
+}
+
+/// Token sequences of 1 to `LENGTH` tokens, padded with 0.
+fn tokens<B: Backend>(
+    step: usize,
+    rows: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
+    use rand::RngExt;
+    let mut rng = generator(step);
+    let ids: Vec<i64> = (0..rows)
+        .flat_map(|_| {
+            let len = rng.random_range(1..=LENGTH);
+            let mut row: Vec<i64> = (0..len)
+                .map(|_| rng.random_range(1..VOCAB as i64))
+                .collect();
+            row.resize(LENGTH, 0);
+            row
+        })
+        .collect();
+    let x = Tensor::from_data(TensorData::new(ids, [rows, LENGTH]), device);
+    (x, targets::<B>(rows, &mut rng, device))
 }

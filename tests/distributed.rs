@@ -205,11 +205,12 @@ fn a_rank_resuming_at_another_step_is_refused_at_its_first_step_on_every_rank() 
 #[test]
 fn every_step_makes_one_gradient_all_reduce_over_all_parameters() {
     // dist_check refuses to pass unless its trainer counted one all-reduce per step carrying
-    // every parameter's gradient; the model is 8-16-3, 195 parameters.
+    // every parameter's gradient and a flag per parameter tensor; the model is 8-16-3, 195
+    // parameters in 4 tensors.
     let (ok, out, _) = mpirun(2, &["--steps", "4", "--devices-per-rank", "2"]);
     assert!(ok, "{out}");
     assert_eq!(
-        out.matches("PASS: 4 steps on 2 ranks, 4 gradient all-reduces of 195 values")
+        out.matches("PASS: 4 steps on 2 ranks, 4 gradient all-reduces of 199 values (195")
             .count(),
         2,
         "{out}"
@@ -408,4 +409,54 @@ fn ranks_started_with_other_settings_are_refused_before_any_step() {
         "refused before training: {text}"
     );
     assert!(!std::path::Path::new(out).join("latest").exists());
+}
+
+/// Every model of the zoo, on 2 and 3 ranks of 2 devices each, with SGD and with Adam and
+/// weight decay: every rank ends with single-process training's parameters and buffers. The
+/// fine-tuning model's frozen encoder never travels nor changes; the branch few rows take gets
+/// no gradient on the steps where no rank has such a row.
+fn zoo_model_trains_like_one_process(model: &str) {
+    for ranks in [2, 3] {
+        for optimizer in ["sgd", "adamw"] {
+            let args = [
+                "--model",
+                model,
+                "--optimizer",
+                optimizer,
+                "--devices-per-rank",
+                "2",
+                "--global-batch",
+                "31",
+            ];
+            let (ok, out, _) = mpirun(ranks, &args);
+            assert!(ok, "{model}, {optimizer}, {ranks} ranks: {out}");
+            let pass = format!("PASS: 10 steps on {ranks} ranks");
+            assert_eq!(out.matches(&pass).count(), ranks, "{out}");
+        }
+    }
+}
+
+#[test]
+fn a_cnn_with_batch_norm_trains_like_one_process() {
+    zoo_model_trains_like_one_process("cnn");
+}
+
+#[test]
+fn a_transformer_trains_like_one_process() {
+    zoo_model_trains_like_one_process("transformer");
+}
+
+#[test]
+fn a_frozen_encoder_stays_frozen_across_ranks() {
+    zoo_model_trains_like_one_process("finetune");
+}
+
+#[test]
+fn tied_embeddings_train_like_one_process() {
+    zoo_model_trains_like_one_process("tied");
+}
+
+#[test]
+fn a_branch_no_rank_took_gets_no_gradient() {
+    zoo_model_trains_like_one_process("branchy");
 }

@@ -4,6 +4,7 @@
 //! collective); rank 0 reports.
 
 use crate::spec::Spec;
+use dp_model::Classifier;
 
 #[cfg(not(feature = "mpi"))]
 pub fn measure(_spec: &Spec) -> anyhow::Result<()> {

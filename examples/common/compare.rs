@@ -18,9 +18,12 @@ pub fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>
     (a - b).abs().max().into_scalar().elem()
 }
 
-/// The largest absolute difference between the float parameters of two modules; infinite when
-/// they do not have the same parameters.
+/// The largest absolute difference between the float parameters (and buffers) of two modules;
+/// infinite when they do not have the same parameters.
 pub fn max_param_diff<B: Backend, M: Module<B>>(a: &M, b: &M) -> f32 {
+    // A buffer (BatchNorm's running statistics) keeps each thread's last update apart until it
+    // is saved or read back on that thread: saving a clone folds them in.
+    let _ = (a.clone().into_record(), b.clone().into_record());
     struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
     impl<B: Backend> ModuleVisitor<B> for Collect<B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

@@ -306,6 +306,17 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         self.run(input, f, None)
     }
 
+    /// The module's buffers (found on autodiff backends only).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn buffers(&mut self) -> &Buffers {
+        let first = &self.devices[0];
+        let module = self.module.as_ref().expect(LOST);
+        &self
+            .layout
+            .get_or_insert_with(|| Layout::of(module, first))
+            .buffers
+    }
+
     /// Runs `f` on every part as [`try_map`](Self::try_map) does, on replicas linked as `link`
     /// says, or as the module calls for when `None` (connected when it trains, else kept
     /// detached copies).

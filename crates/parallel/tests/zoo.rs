@@ -305,3 +305,81 @@ zoo!(finetune_transformer, frozen_transformer, tokens, ghost: false, buffers: no
 zoo!(finetune_cnn, frozen_cnn, images, ghost: true, buffers: cnn_buffers);
 zoo!(tied, tied, tokens, ghost: false, buffers: no_buffers);
 zoo!(branchy, branchy, branch_rows, ghost: false, buffers: no_buffers);
+
+/// Fine-tuning: frozen parameters stay exactly as they were after data-parallel steps, weight
+/// decay included, while the head trains as on one device.
+mod frozen {
+    use super::*;
+    use burn::optim::decay::WeightDecayConfig;
+
+    fn adam_with_decay<M: AutodiffModule<AB>>() -> impl Optimizer<M, AB> {
+        AdamConfig::new()
+            .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
+            .init::<AB, M>()
+    }
+
+    fn backbone_untouched<M: Classifier<AB> + AutodiffModule<AB> + Replicate<AB> + Sync>(
+        model: M,
+        backbone: impl Fn(&M) -> HashSet<ParamId>,
+        batch: impl Fn(usize, u64) -> (M::Input, Targets<AB>),
+        buffers: HashSet<ParamId>,
+    ) where
+        M::Input: Scatter<AB>,
+    {
+        let frozen = backbone(&model);
+        assert!(!frozen.is_empty());
+        let trained: HashSet<ParamId> = ids::<AB, _>(&model).difference(&frozen).copied().collect();
+        let start = copy(&model);
+        let mut trainer = DataParallelTrainer::new(model, adam_with_decay(), cpus(4)).unwrap();
+        for step in 0..5 {
+            trainer
+                .step(ADAM_LR, batch(10, 500 + step), |m: &M, (x, y)| m.loss(x, y))
+                .unwrap();
+        }
+        // Only the frozen backbone is compared (buffers, which train, aside)...
+        let skip: HashSet<ParamId> = trained.union(&buffers).copied().collect();
+        assert_eq!(param_diff(trainer.module(), &start, &skip), 0.0);
+        // ... and the head did train.
+        let head_only: HashSet<ParamId> = frozen.union(&buffers).copied().collect();
+        assert!(param_diff(trainer.module(), &start, &head_only) > 1e-4);
+    }
+
+    #[test]
+    fn a_frozen_encoder_stays_frozen_under_weight_decay() {
+        let model = frozen_transformer();
+        backbone_untouched(
+            model,
+            |m| ids::<AB, _>(&m.encoder),
+            |r, s| tokens::<AB>(r, s),
+            HashSet::new(),
+        );
+        trainer_step(
+            frozen_transformer,
+            |r, s| tokens::<AB>(r, s),
+            false,
+            no_buffers,
+            adam_with_decay,
+            ADAM_LR,
+        );
+    }
+
+    #[test]
+    fn frozen_convolutions_stay_frozen_under_weight_decay() {
+        let model = frozen_cnn();
+        let buffers = cnn_buffers(&model);
+        backbone_untouched(
+            model,
+            |m| ids::<AB, _>(&m.blocks),
+            |r, s| images::<AB>(r, s),
+            buffers,
+        );
+        trainer_step(
+            frozen_cnn,
+            |r, s| images::<AB>(r, s),
+            true,
+            cnn_buffers,
+            adam_with_decay,
+            ADAM_LR,
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! `DistributedTrainer`: the data-parallel training step across MPI ranks.
 
+use super::Mpi;
 use super::exchange::{Exchange, ExchangeStats, GradientTransport};
-use super::{Mpi, flat};
+use super::flat::Layout;
 use crate::train::{BatchStats, DataParallelTrainer, LossReduction};
 use crate::{DataParallelError, Replicate, Result, Scatter};
 use burn::module::AutodiffModule;
@@ -30,6 +31,7 @@ pub struct DistributedTrainer<'a, B: AutodiffBackend, M, O> {
     local: DataParallelTrainer<B, M, O>,
     reduction: LossReduction,
     exchange: Exchange,
+    layout: Layout,
 }
 
 impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
@@ -59,9 +61,10 @@ where
         reduction: LossReduction,
         transport: GradientTransport,
     ) -> Result<Self> {
-        let shapes = flat::shapes::<B, M>(local.module());
-        let count: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-        let signature = [fingerprint(&shapes), count as u64];
+        let buffers = local.buffers().clone();
+        let layout = Layout::of::<B, M>(local.module(), &buffers);
+        let count = layout.values();
+        let signature = [super::world::fnv1a(&layout.signature()), count as u64];
         let all = mpi.all_gather_u64(&signature);
         if let Some(rank) = (1..mpi.size()).find(|&r| all[2 * r..2 * r + 2] != all[0..2]) {
             return Err(DataParallelError::ModelMismatch {
@@ -71,12 +74,12 @@ where
             });
         }
         let mut buffer = if mpi.rank() == 0 {
-            flat::params::<B, M>(local.module())
+            layout.params::<B, M>(local.module())
         } else {
             vec![0.0; count]
         };
         mpi.broadcast_f32_from_0(&mut buffer);
-        let module = flat::with_params::<B, M>(local.module().clone(), &buffer);
+        let module = layout.with_params::<B, M>(local.module().clone(), &buffer);
         local.replace_module(module);
         // The gradients are gathered where the module's first parameter lives.
         let device = local
@@ -91,6 +94,7 @@ where
             local: local.with_loss_reduction(reduction),
             reduction,
             exchange,
+            layout,
         })
     }
 
@@ -194,11 +198,14 @@ where
         stats.rows = total_rows;
 
         let start = Instant::now();
-        let (mpi, exchange) = (self.mpi, &mut self.exchange);
+        let (mpi, exchange, layout) = (self.mpi, &mut self.exchange, &self.layout);
+        // Buffers are weighted by this rank's share of the rows: summed, every rank holds
+        // their row-weighted mean.
+        let share = local_rows as f64 / total_rows as f64;
         self.local.apply_reduced(lr, |module, grads| {
-            let flat = flat::grads::<B, M>(module, &grads);
+            let flat = layout.pack::<B, M>(module, &grads, share);
             let summed = exchange.all_reduce_sum(mpi, flat)?;
-            Ok(flat::to_grads::<B, M>(module, summed))
+            Ok(layout.unpack::<B, M>(module, summed))
         })?;
         stats.reduce += start.elapsed();
         Ok(stats)
@@ -246,15 +253,4 @@ where
         }
         Ok(self.local.into_parts())
     }
-}
-
-/// A hash of the shapes: equal on two ranks exactly when their models have the same parameter
-/// shapes in the same order (up to a 2^-64 chance).
-fn fingerprint(shapes: &[Vec<usize>]) -> u64 {
-    let bytes: Vec<u8> = shapes
-        .iter()
-        .flat_map(|dims| std::iter::once(dims.len()).chain(dims.iter().copied()))
-        .flat_map(|value| (value as u64).to_le_bytes())
-        .collect();
-    super::world::fnv1a(&bytes)
 }

@@ -289,6 +289,12 @@ where
         self.apply_reduced(lr, |_, grads| Ok(grads))
     }
 
+    /// The module's buffers.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn buffers(&mut self) -> &crate::buffers::Buffers {
+        self.parallel.buffers()
+    }
+
     /// The dimension batches are split along.
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn dim(&self) -> usize {

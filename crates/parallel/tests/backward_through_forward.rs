@@ -1,0 +1,151 @@
+//! The PyTorch habit: call the wrapped model, compute the loss on the gathered output, call
+//! `backward()`, read the gradients of `dp.module()`. Every replica's rows reach the gradient,
+//! whatever the backend's devices, the split and the number of replicas.
+
+mod common;
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn_data_parallel::{Balanced, Chunk, DataParallel, SplitPolicy};
+use common::zoo::AB;
+use common::{B, cpu, cpus};
+
+/// The case: a two-parameter model (`Linear(1, 1)` with its bias).
+fn two_parameters() -> Linear<AB> {
+    LinearConfig::new(1, 1).init::<AB>(&cpu()).fork(&cpu())
+}
+
+fn data(rows: usize) -> (Tensor<AB, 2>, Tensor<AB, 2>) {
+    let x: Vec<f32> = (0..rows).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let y: Vec<f32> = (0..rows).map(|i| (i as f32 * 0.11).cos()).collect();
+    (
+        Tensor::from_data(burn::tensor::TensorData::new(x, [rows, 1]), &cpu()),
+        Tensor::from_data(burn::tensor::TensorData::new(y, [rows, 1]), &cpu()),
+    )
+}
+
+fn loss(out: Tensor<AB, 2>, y: Tensor<AB, 2>) -> Tensor<AB, 1> {
+    (out - y).powi_scalar(2).mean()
+}
+
+fn gradient(grads: &GradientsParams, model: &Linear<AB>) -> Vec<f32> {
+    let weight = grads
+        .get::<B, 2>(model.weight.id)
+        .expect("a weight gradient");
+    let bias = grads
+        .get::<B, 1>(model.bias.as_ref().unwrap().id)
+        .expect("a bias gradient");
+    let mut values = weight.into_data().to_vec::<f32>().unwrap();
+    values.extend(bias.into_data().to_vec::<f32>().unwrap());
+    values
+}
+
+fn check(devices: usize, rows: usize, policy: impl SplitPolicy + 'static) {
+    let model = two_parameters();
+    let (x, y) = data(rows);
+    let plain = loss(model.forward(x.clone()), y.clone());
+    let expected = gradient(
+        &GradientsParams::from_grads(plain.backward(), &model),
+        &model,
+    );
+
+    let mut dp = DataParallel::new(model, cpus(devices))
+        .unwrap()
+        .with_split_policy(policy);
+    let out = dp.forward(x, |m, x| m.forward(x)).unwrap();
+    let grads = GradientsParams::from_grads(loss(out, y).backward(), dp.module());
+    let found = gradient(&grads, dp.module());
+    for (f, e) in found.iter().zip(&expected) {
+        assert!(
+            (f - e).abs() <= 1e-5 * e.abs().max(1.0),
+            "{rows} rows on {devices}: gradient {found:?}, plain {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn every_split_and_replica_count_gives_the_plain_gradient() {
+    for devices in 1..=4 {
+        for rows in [1, 2, 3, 5, 7, 10, 30, 33] {
+            check(devices, rows, Chunk);
+            check(devices, rows, Balanced);
+        }
+    }
+}
+
+#[test]
+fn gradients_reach_the_inputs_through_the_split() {
+    let model = two_parameters();
+    let (x, y) = data(10);
+    let x = x.require_grad();
+    let plain = loss(model.forward(x.clone()), y.clone());
+    let expected = x.grad(&plain.backward()).unwrap();
+
+    let mut dp = DataParallel::new(model, cpus(4)).unwrap();
+    let out = dp.forward(x.clone(), |m, x| m.forward(x)).unwrap();
+    let found = x.grad(&loss(out, y).backward()).unwrap();
+    found
+        .into_data()
+        .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+}
+
+#[test]
+fn per_replica_losses_from_try_map_reach_the_module_too() {
+    let model = two_parameters();
+    let (x, y) = data(30);
+    let plain = loss(model.forward(x.clone()), y.clone());
+    let expected = gradient(
+        &GradientsParams::from_grads(plain.backward(), &model),
+        &model,
+    );
+
+    let mut dp = DataParallel::new(model, cpus(4)).unwrap();
+    // Each replica returns its summed squared error; their sum over 30 rows is the mean.
+    let parts = dp
+        .try_map((x, y), |m, (x, y)| {
+            Ok::<_, std::convert::Infallible>((m.forward(x) - y).powi_scalar(2).sum())
+        })
+        .unwrap();
+    let total = parts
+        .into_iter()
+        .map(|p| p.to_device(&cpu()))
+        .reduce(|a, b| a + b)
+        .unwrap()
+        .div_scalar(30.0);
+    let found = gradient(
+        &GradientsParams::from_grads(total.backward(), dp.module()),
+        dp.module(),
+    );
+    for (f, e) in found.iter().zip(&expected) {
+        assert!((f - e).abs() <= 1e-5, "{found:?} against {expected:?}");
+    }
+}
+
+#[test]
+fn inference_keeps_its_replicas_and_training_makes_none_to_keep() {
+    // Evaluation (no autodiff): replicas are made once and kept.
+    let mut eval = DataParallel::new(LinearConfig::new(1, 1).init::<B>(&cpu()), cpus(4)).unwrap();
+    for _ in 0..3 {
+        eval.forward(Tensor::<B, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
+            .unwrap();
+    }
+    assert_eq!(eval.replica_builds(), 3);
+    // Training through the wrapper links fresh replicas to the module every call: none kept.
+    let mut train = DataParallel::new(two_parameters(), cpus(4)).unwrap();
+    for _ in 0..3 {
+        train
+            .forward(Tensor::<AB, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
+            .unwrap();
+    }
+    assert_eq!(train.replica_builds(), 0);
+    // A frozen module trains nothing: its replicas are kept as for inference.
+    let mut frozen = DataParallel::new(two_parameters().no_grad(), cpus(4)).unwrap();
+    for _ in 0..3 {
+        frozen
+            .forward(Tensor::<AB, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
+            .unwrap();
+    }
+    assert_eq!(frozen.replica_builds(), 3);
+}
