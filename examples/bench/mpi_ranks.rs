@@ -4,7 +4,6 @@
 //! collective); rank 0 reports.
 
 use crate::spec::Spec;
-use dp_model::Classifier;
 
 #[cfg(not(feature = "mpi"))]
 pub fn measure(_spec: &Spec) -> anyhow::Result<()> {
@@ -26,6 +25,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
     use burn::tensor::backend::Backend;
     use burn_data_parallel::dist::{DistributedTrainer, Mpi};
     use burn_data_parallel::{DataParallelTrainer, LossReduction};
+    use dp_model::Classifier;
     use std::time::Instant;
 
     type B = Autodiff<Cpu>;
