@@ -1,20 +1,24 @@
 //! Checks, on whatever backend runs here (CUDA GPUs when built with `--features cuda` and a GPU
 //! is present, else the CPU), that data parallelism changes no number: the data-parallel forward
-//! equals the plain forward, and a data-parallel training step equals the single-device step.
-//! Prints one line per check and exits non-zero if any fails. Used by `scripts/gpu-check.sh`.
+//! equals the plain forward, and a data-parallel training step equals the single-device step,
+//! on every model of the zoo (`zoo.rs`); and that buffers stay on their devices and replicas
+//! draw their own dropout masks (`placement.rs`). Prints one line per check and exits non-zero
+//! if any fails. Used by `scripts/gpu-check.sh`.
 //!
 //! ```text
 //! cargo run --release --bin check -- --devices 4
 //! ```
 
-#[path = "common/allocator.rs"]
+#[path = "../common/allocator.rs"]
 mod allocator;
-#[path = "common/backend.rs"]
+#[path = "../common/backend.rs"]
 mod backend;
-#[path = "common/compare.rs"]
+#[path = "../common/compare.rs"]
 mod compare;
-#[path = "common/exit.rs"]
+#[path = "../common/exit.rs"]
 mod exit;
+mod placement;
+mod zoo;
 
 use burn::module::Module;
 use burn::nn::LinearConfig;
@@ -73,6 +77,12 @@ impl backend::Job for Checks {
             args.forward_tolerance,
         )?);
         results.extend(step_checks::<B>(&devices, args.step_tolerance)?);
+        for outcome in zoo::checks::<B>(&devices, args.step_tolerance)?
+            .into_iter()
+            .chain(placement::checks::<B>(&devices)?)
+        {
+            results.push(outcome.report());
+        }
         let failed = results.iter().filter(|ok| !**ok).count();
         println!("{} passed, {failed} failed", results.len() - failed);
         anyhow::ensure!(failed == 0, "{failed} check(s) failed");
@@ -81,12 +91,37 @@ impl backend::Job for Checks {
 }
 
 fn report(name: String, diff: f32, tolerance: f32) -> bool {
-    let ok = diff <= tolerance;
-    println!(
-        "{} {name}: max abs difference {diff:e} (tolerance {tolerance:e})",
-        if ok { "PASS" } else { "FAIL" }
-    );
-    ok
+    Outcome::new(name, diff, tolerance).report()
+}
+
+/// One check's result.
+pub struct Outcome {
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+impl Outcome {
+    /// A difference within `tolerance`.
+    pub fn new(name: String, diff: f32, tolerance: f32) -> Self {
+        Self {
+            name,
+            ok: diff <= tolerance,
+            detail: format!("max abs difference {diff:e} (tolerance {tolerance:e})"),
+        }
+    }
+
+    /// A condition, and what was seen.
+    pub fn check(name: String, ok: bool, detail: String) -> Self {
+        Self { name, ok, detail }
+    }
+
+    /// Prints the line; whether it passed.
+    fn report(self) -> bool {
+        let verdict = if self.ok { "PASS" } else { "FAIL" };
+        println!("{verdict} {}: {}", self.name, self.detail);
+        self.ok
+    }
 }
 
 fn forward_checks<B: Backend>(devices: &[B::Device], tolerance: f32) -> anyhow::Result<Vec<bool>> {

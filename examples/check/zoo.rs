@@ -1,0 +1,343 @@
+//! The model zoo on this machine's devices: for each model, the evaluation forward, a forward
+//! and `backward()` through `DataParallel`, and trainer steps with SGD and Adam, against
+//! single-device Burn on the first device (per-part normalization for batch norm).
+
+use crate::Outcome;
+use crate::compare::{max_abs_diff, max_param_diff};
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_data_parallel::{DataParallel, DataParallelTrainer, Replicate, Scatter, chunk_sizes};
+use dp_model::{
+    BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const CLASSES: usize = 4;
+const VOCAB: usize = 32;
+const LENGTH: usize = 12;
+/// Adam divides by the root of the squared gradient (plus 1e-5), so rounding in a near-zero
+/// gradient moves a parameter by up to about `lr * 1e-4`: the rate keeps that under 1e-6.
+const ADAM_LR: f64 = 0.002;
+const SGD_LR: f64 = 0.1;
+
+/// Seeded batches of one kind of input, on any backend.
+pub trait Data {
+    type Input<Bk: Backend>: Scatter<Bk> + Clone + Send;
+    fn batch<Bk: Backend>(
+        rows: usize,
+        seed: u64,
+        device: &Bk::Device,
+    ) -> (Self::Input<Bk>, Tensor<Bk, 1, Int>);
+}
+
+fn values(count: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..count).map(|_| rng.random_range(-2.0..2.0)).collect()
+}
+
+fn targets<Bk: Backend>(rows: usize, rng: &mut StdRng, device: &Bk::Device) -> Tensor<Bk, 1, Int> {
+    let y: Vec<i64> = (0..rows)
+        .map(|_| rng.random_range(0..CLASSES as i64))
+        .collect();
+    Tensor::from_data(TensorData::new(y, [rows]), device)
+}
+
+/// Rows of 16 features.
+pub struct Rows;
+
+impl Data for Rows {
+    type Input<Bk: Backend> = Tensor<Bk, 2>;
+    fn batch<Bk: Backend>(
+        rows: usize,
+        seed: u64,
+        device: &Bk::Device,
+    ) -> (Tensor<Bk, 2>, Tensor<Bk, 1, Int>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let x = Tensor::from_data(
+            TensorData::new(values(rows * 16, &mut rng), [rows, 16]),
+            device,
+        );
+        (x, targets(rows, &mut rng, device))
+    }
+}
+
+/// 3-channel 12x12 images.
+pub struct Images;
+
+impl Data for Images {
+    type Input<Bk: Backend> = Tensor<Bk, 4>;
+    fn batch<Bk: Backend>(
+        rows: usize,
+        seed: u64,
+        device: &Bk::Device,
+    ) -> (Tensor<Bk, 4>, Tensor<Bk, 1, Int>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let shape = [rows, 3, 12, 12];
+        let x = Tensor::from_data(TensorData::new(values(rows * 432, &mut rng), shape), device);
+        (x, targets(rows, &mut rng, device))
+    }
+}
+
+/// Token sequences of 1 to `LENGTH` tokens, padded with 0.
+pub struct Tokens;
+
+impl Data for Tokens {
+    type Input<Bk: Backend> = Tensor<Bk, 2, Int>;
+    fn batch<Bk: Backend>(
+        rows: usize,
+        seed: u64,
+        device: &Bk::Device,
+    ) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 1, Int>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ids: Vec<i64> = (0..rows)
+            .flat_map(|_| {
+                let len = rng.random_range(1..=LENGTH);
+                let mut row: Vec<i64> = (0..len)
+                    .map(|_| rng.random_range(1..VOCAB as i64))
+                    .collect();
+                row.resize(LENGTH, 0);
+                row
+            })
+            .collect();
+        let x = Tensor::from_data(TensorData::new(ids, [rows, LENGTH]), device);
+        (x, targets(rows, &mut rng, device))
+    }
+}
+
+/// Every model of the zoo through every entry point.
+pub fn checks<B: AutodiffBackend>(
+    devices: &[B::Device],
+    tolerance: f32,
+) -> anyhow::Result<Vec<Outcome>> {
+    let d = &devices[0];
+    let mut out = Vec::new();
+    out.extend(model::<B, _, Rows>(
+        "MLP",
+        devices,
+        tolerance,
+        false,
+        || {
+            MlpConfig::new(16, vec![64, 64], CLASSES)
+                .init::<B>(d)
+                .fork(d)
+        },
+    )?);
+    out.extend(model::<B, _, Images>(
+        "CNN (batch norm)",
+        devices,
+        tolerance,
+        true,
+        || CnnConfig::new(3, CLASSES).init::<B>(d).fork(d),
+    )?);
+    let transformer = || {
+        TextClassifierConfig::new(VOCAB, LENGTH, CLASSES)
+            .with_d_model(16)
+            .init::<B>(d)
+            .fork(d)
+    };
+    out.extend(model::<B, _, Tokens>(
+        "transformer",
+        devices,
+        tolerance,
+        false,
+        transformer,
+    )?);
+    out.extend(model::<B, _, Tokens>(
+        "frozen encoder",
+        devices,
+        tolerance,
+        false,
+        || transformer().freeze_encoder(),
+    )?);
+    out.extend(model::<B, _, Tokens>(
+        "tied embeddings",
+        devices,
+        tolerance,
+        false,
+        || TiedEmbeddingsConfig::new(VOCAB).init::<B>(d).fork(d),
+    )?);
+    out.extend(model::<B, _, Rows>(
+        "branch",
+        devices,
+        tolerance,
+        false,
+        || BranchyConfig::new(16, 32, CLASSES).init::<B>(d).fork(d),
+    )?);
+    Ok(out)
+}
+
+/// The checks of one model. `ghost`: it normalizes by batch statistics, so the single-device
+/// reference runs each part on its own and weights the parts' losses by rows.
+fn model<B, M, X>(
+    name: &str,
+    devices: &[B::Device],
+    tolerance: f32,
+    ghost: bool,
+    make: impl Fn() -> M,
+) -> anyhow::Result<Vec<Outcome>>
+where
+    B: AutodiffBackend,
+    X: Data,
+    M: Classifier<B, Input = X::Input<B>> + AutodiffModule<B> + Replicate<B> + Sync,
+    M::InnerModule: Classifier<B::InnerBackend, Input = X::Input<B::InnerBackend>>
+        + Replicate<B::InnerBackend>
+        + Sync,
+{
+    let d = &devices[0];
+    let mut out = Vec::new();
+    for rows in [30, 10, 257] {
+        let model = make().valid();
+        let (x, _) = X::batch::<B::InnerBackend>(rows, rows as u64, d);
+        let mut dp = DataParallel::new(model.clone(), devices.to_vec())?;
+        let found = dp.forward(x.clone(), |m, x| m.logits(x))?;
+        let diff = max_abs_diff(found, model.logits(x));
+        out.push(Outcome::new(
+            format!("{name}: evaluation forward, {rows} rows"),
+            diff,
+            tolerance,
+        ));
+    }
+    for rows in [30, 10] {
+        let start = make();
+        let (x, y) = X::batch::<B>(rows, 100 + rows as u64, d);
+        let sizes = chunk_sizes(rows, devices.len());
+        let reference = M::from_inner(start.valid());
+        let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost, d);
+        let expected = GradientsParams::from_grads(loss.backward(), &reference);
+        let expected = optimizer_free_step(reference, expected);
+
+        let mut dp = DataParallel::new(M::from_inner(start.valid()), devices.to_vec())?;
+        let logits = dp.forward(x, |m, x| m.logits(x))?;
+        let loss = CrossEntropyLossConfig::new()
+            .init(d)
+            .forward(logits, y.to_device(d));
+        let grads = GradientsParams::from_grads(loss.backward(), dp.module());
+        let found = optimizer_free_step(dp.into_inner(), grads);
+        let diff = if ghost {
+            without_buffers(&found, &expected)
+        } else {
+            max_param_diff(&found, &expected)
+        };
+        out.push(Outcome::new(
+            format!("{name}: backward through DataParallel, {rows} rows"),
+            diff,
+            tolerance,
+        ));
+    }
+    for rows in [30, 10] {
+        for (optimizer, adam) in [("SGD", false), ("Adam", true)] {
+            let diff = if adam {
+                step::<B, M, X, _>(&make, devices, rows, ghost, ADAM_LR, || {
+                    AdamConfig::new().init()
+                })?
+            } else {
+                step::<B, M, X, _>(&make, devices, rows, ghost, SGD_LR, || {
+                    SgdConfig::new().init()
+                })?
+            };
+            out.push(Outcome::new(
+                format!("{name}: {optimizer} step, {rows} rows"),
+                diff,
+                tolerance,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Gradients compared through what they do: one plain SGD step of rate 1 (a parameter without
+/// a gradient stays), so that one parameter comparison covers them all.
+fn optimizer_free_step<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: M,
+    grads: GradientsParams,
+) -> M {
+    SgdConfig::new().init::<B, M>().step(1.0, module, grads)
+}
+
+fn reference_loss<B: AutodiffBackend, M: Classifier<B>>(
+    model: &M,
+    batch: (M::Input, Tensor<B, 1, Int>),
+    sizes: &[usize],
+    ghost: bool,
+    device: &B::Device,
+) -> Tensor<B, 1>
+where
+    M::Input: Scatter<B>,
+{
+    if !ghost {
+        return model.loss(batch.0, batch.1);
+    }
+    let total: usize = sizes.iter().sum();
+    batch
+        .scatter(0, sizes, &vec![device.clone(); sizes.len()])
+        .into_iter()
+        .zip(sizes)
+        .map(|((x, y), &rows)| model.loss(x, y).mul_scalar(rows as f64 / total as f64))
+        .reduce(|a, b| a + b)
+        .expect("a batch has rows")
+}
+
+/// Largest parameter difference after one data-parallel and one single-device step.
+fn step<B, M, X, O>(
+    make: &impl Fn() -> M,
+    devices: &[B::Device],
+    rows: usize,
+    ghost: bool,
+    lr: f64,
+    optimizer: impl Fn() -> O,
+) -> anyhow::Result<f32>
+where
+    B: AutodiffBackend,
+    X: Data,
+    M: Classifier<B, Input = X::Input<B>> + AutodiffModule<B> + Replicate<B> + Sync,
+    O: Optimizer<M, B>,
+{
+    let d = &devices[0];
+    let start = make();
+    let (x, y) = X::batch::<B>(rows, 200 + rows as u64, d);
+    let sizes = chunk_sizes(rows, devices.len());
+    let reference = M::from_inner(start.valid());
+    let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost, d);
+    let grads = GradientsParams::from_grads(loss.backward(), &reference);
+    let reference = optimizer().step(lr, reference, grads);
+    // A step that moved nothing would make the comparison pass whatever the trainer did.
+    let moved = max_param_diff(&reference, &start);
+    anyhow::ensure!(
+        moved > 1e-6,
+        "the reference step did not move the parameters ({moved:e})"
+    );
+    let mut trainer =
+        DataParallelTrainer::new(M::from_inner(start.valid()), optimizer(), devices.to_vec())?;
+    trainer.step(lr, (x, y), |m: &M, (x, y)| m.loss(x, y))?;
+    let buffers_aside = ghost.then(|| without_buffers(trainer.module(), &reference));
+    Ok(buffers_aside.unwrap_or_else(|| max_param_diff(trainer.module(), &reference)))
+}
+
+/// For batch norm, the running statistics follow their own documented rule (row-weighted over
+/// the parts; the placement checks look at them): the parameters alone are compared.
+fn without_buffers<B: AutodiffBackend, M: AutodiffModule<B>>(a: &M, b: &M) -> f32 {
+    // Parameters require a gradient unless frozen; buffers never do. Every parameter of the
+    // checked batch-norm model trains, so comparing those that require one compares them all.
+    struct Trainable<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Trainable<B> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let value = param.val();
+            if value.is_require_grad() {
+                self.0.push(value.flatten(0, D - 1));
+            }
+        }
+    }
+    let (mut ta, mut tb) = (Trainable(Vec::new()), Trainable(Vec::new()));
+    a.visit(&mut ta);
+    b.visit(&mut tb);
+    if ta.0.len() != tb.0.len() {
+        return f32::INFINITY;
+    }
+    ta.0.into_iter()
+        .zip(tb.0)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max)
+}
