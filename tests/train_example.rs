@@ -186,3 +186,88 @@ fn folders_left_by_a_crash_while_checkpointing_are_ignored_then_removed() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A small run of `model` (`cnn` or `transformer`) for `epochs` epochs, written to
+/// `dir/<model>.json`.
+fn small_config(dir: &Path, model: &str, epochs: usize) -> String {
+    let sizes = match model {
+        "cnn" => r#""images": {"train_size": 512, "test_size": 256}, "widths": [8, 8]"#,
+        _ => {
+            r#""sequences": {"train_size": 512, "test_size": 256},
+               "transformer": {"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32}"#
+        }
+    };
+    let path = dir.join(format!("{model}.json"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"model": "{model}", {sizes}, "epochs": {epochs}, "batch_size": 64, "lr": 0.01}}"#
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// `--model cnn` (batch norm: its running statistics are in the checkpoint) and `--model
+/// transformer` learn their data, and a run resumed from a checkpoint goes on exactly as an
+/// uninterrupted one. (The README's accuracies are those of the default, larger runs.)
+fn learns_and_resumes(model: &str, accuracy_at_least: f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), model, 3);
+    let straight = dir.path().join("straight");
+    let (ok, stdout, stderr) = train(&straight, &["--config", &config, "--devices", "2"]);
+    assert!(ok, "{stderr}");
+    let accuracy = report(&straight)["final_test_accuracy"].as_f64().unwrap();
+    assert!(
+        accuracy >= accuracy_at_least,
+        "{model}: {accuracy}\n{stdout}"
+    );
+
+    let resumed = dir.path().join("resumed");
+    let args = ["--config", &config, "--devices", "2"];
+    let (ok, _, stderr) = train(&resumed, &[&args[..], &["--epochs", "1"]].concat());
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = train(&resumed, &[&args[..], &["--resume"]].concat());
+    assert!(ok, "{stderr}");
+    let (a, b) = (report(&straight), report(&resumed));
+    let (a, b) = (
+        a["epochs"].as_array().unwrap(),
+        b["epochs"].as_array().unwrap(),
+    );
+    assert_eq!(b.len(), 3);
+    for (x, y) in a.iter().zip(b) {
+        let loss = (x["train_loss"].as_f64().unwrap() - y["train_loss"].as_f64().unwrap()).abs();
+        assert!(loss <= 1e-6, "{model}: {x} vs {y}");
+        assert_eq!(x["test_accuracy"], y["test_accuracy"]);
+    }
+}
+
+#[test]
+fn a_cnn_learns_and_resumes_exactly() {
+    learns_and_resumes("cnn", 0.5);
+}
+
+#[test]
+fn a_transformer_learns_and_resumes_exactly() {
+    learns_and_resumes("transformer", 0.7);
+}
+
+#[test]
+fn a_checkpoint_of_one_model_kind_is_refused_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), "transformer", 1);
+    let out = dir.path().join("run");
+    let (ok, _, stderr) = train(&out, &["--config", &config]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = train(
+        &out,
+        &[
+            "--config", &config, "--model", "mlp", "--resume", "--epochs", "2",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("was made for the model \"transformer\""),
+        "{stderr}"
+    );
+}

@@ -7,11 +7,10 @@
 use crate::config::TrainConfig;
 use crate::report::EpochReport;
 use anyhow::Context;
-use burn::module::Module;
+use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use dp_model::Mlp;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,8 +34,8 @@ impl State {
 }
 
 /// A checkpoint read back.
-pub struct Loaded<B: AutodiffBackend, O> {
-    pub model: Mlp<B>,
+pub struct Loaded<M, O> {
+    pub model: M,
     pub optimizer: O,
     pub state: State,
     pub dir: PathBuf,
@@ -56,15 +55,11 @@ pub fn latest(out: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// Writes a checkpoint for `state.epoch()` and makes it the latest; returns its folder.
-pub fn save<B, O>(
-    out: &Path,
-    model: &Mlp<B>,
-    optimizer: &O,
-    state: &State,
-) -> anyhow::Result<PathBuf>
+pub fn save<B, M, O>(out: &Path, model: &M, optimizer: &O, state: &State) -> anyhow::Result<PathBuf>
 where
     B: AutodiffBackend,
-    O: Optimizer<Mlp<B>, B>,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
 {
     let name = format!("epoch-{:04}", state.epoch());
     let tmp = out.join(format!(".{name}.tmp"));
@@ -106,16 +101,19 @@ where
     Ok(dir)
 }
 
-/// Reads the latest checkpoint in `out`, refusing one made for another model.
-pub fn load<B, O>(
+/// Reads the latest checkpoint in `out` into `model` (a model of `config`), refusing one made
+/// for another model.
+pub fn load<B, M, O>(
     out: &Path,
     config: &TrainConfig,
+    model: M,
     optimizer: O,
     device: &B::Device,
-) -> anyhow::Result<Loaded<B, O>>
+) -> anyhow::Result<Loaded<M, O>>
 where
     B: AutodiffBackend,
-    O: Optimizer<Mlp<B>, B>,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
 {
     let dir = latest(out)?.with_context(|| {
         format!(
@@ -133,17 +131,14 @@ where
             dir.join("state.json").display()
         )
     })?;
+    let (saved, asked) = (state.config.model_description(), config.model_description());
     anyhow::ensure!(
-        state.config.model() == config.model(),
-        "the checkpoint in {} was made for the model {}, but this run asks for {}; nothing was \
-         changed (use the same --config, or another --out)",
+        saved == asked,
+        "the checkpoint in {} was made for the model {saved}, but this run asks for {asked}; \
+         nothing was changed (use the same --config and --model, or another --out)",
         dir.display(),
-        one_line(&state.config.model().to_string()),
-        one_line(&config.model().to_string()),
     );
-    let model = config
-        .model()
-        .init::<B>(device)
+    let model = model
         .load_file(dir.join("model"), &recorder(), device)
         .with_context(|| format!("cannot load the model from {}", dir.display()))?;
     let record = Recorder::<B>::load(&recorder(), dir.join("optimizer"), device)
@@ -154,8 +149,4 @@ where
         state,
         dir,
     })
-}
-
-fn one_line(json: &str) -> String {
-    json.split_whitespace().collect::<Vec<_>>().join(" ")
 }
