@@ -243,6 +243,24 @@ fn bench_measures_w3_over_mpi_ranks() {
     assert_eq!(mpi, [1, 2], "{out}");
     let ratios = report["ratios"].to_string();
     assert!(ratios.contains("MPI: 2 ranks / 1 rank"), "{ratios}");
+    // Fine-tuning rows: only the last layer (1024 * 10 weights and 10 biases, and a flag for
+    // each tensor) travels, where training every layer sends all 1,323,018 parameters and 6
+    // flags.
+    let exchanged = |runner: &str| -> Vec<u64> {
+        report["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["spec"]["runner"] == runner)
+            .map(|m| m["exchanged_values"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(exchanged("MpiRanks"), [1_323_024, 1_323_024], "{out}");
+    assert_eq!(exchanged("MpiRanksFineTune"), [10_252, 10_252], "{out}");
+    assert!(
+        ratios.contains("last layer trained / all layers trained"),
+        "{ratios}"
+    );
 }
 
 #[test]

@@ -150,6 +150,7 @@ mod with_burn_train {
             iterations: steps,
             median_seconds,
             rows_per_second: W3_BATCH as f64 / median_seconds,
+            exchanged_values: None,
         })
     }
 }

@@ -69,7 +69,7 @@ fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(spec) = &args.child {
         let spec: Spec = serde_json::from_str(spec)?;
-        if spec.runner == Runner::MpiRanks {
+        if spec.over_mpi() {
             return mpi_ranks::measure(&spec);
         }
         return backend::run_on_available(Some(spec.devices), Child(spec));
@@ -171,6 +171,7 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
         if workload == Workload::W3 {
             for &ranks in &args.mpi_ranks {
                 specs.push(spec(workload, Runner::MpiRanks, ranks, Some(1)));
+                specs.push(spec(workload, Runner::MpiRanksFineTune, ranks, Some(1)));
             }
         }
     }
@@ -179,7 +180,7 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
 
 /// Runs `spec` in a child process with its thread settings, and reads its result.
 fn run_child(spec: &Spec) -> anyhow::Result<Measurement> {
-    let mut command = if spec.runner == Runner::MpiRanks {
+    let mut command = if spec.over_mpi() {
         let mut mpirun = Command::new("mpirun");
         mpirun
             .args([

@@ -32,6 +32,11 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
     let mpi = Mpi::init()?;
     let device = Default::default();
     let model = mlp_config().init::<B>(&device).fork(&device);
+    let model = if spec.runner == crate::spec::Runner::MpiRanksFineTune {
+        model.freeze_hidden_layers()
+    } else {
+        model
+    };
     let local = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device])?;
     let mut trainer = DistributedTrainer::new(&mpi, local, LossReduction::Mean)?;
     let (x, y) = w3_batch::<B>(&device);
@@ -56,6 +61,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
         step()?;
         samples.push(t.elapsed().as_secs_f64());
     }
+    let exchanged = trainer.exchange_stats();
     trainer.finish()?;
     let (_, median_seconds) = median(samples);
     if mpi.rank() == 0 {
@@ -65,6 +71,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
             iterations,
             median_seconds,
             rows_per_second: W3_BATCH as f64 / median_seconds,
+            exchanged_values: Some(exchanged.values / exchanged.all_reduces.max(1)),
         };
         println!("RESULT {}", serde_json::to_string(&measurement)?);
     }

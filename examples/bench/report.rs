@@ -109,8 +109,11 @@ impl Report {
                 title(workload)
             ));
             for m in rows {
+                let exchanged = m
+                    .exchanged_values
+                    .map_or_else(String::new, |v| format!("; {v} values exchanged per step"));
                 md.push_str(&format!(
-                    "| {} | {:.2} | {:.0} | {} |\n",
+                    "| {}{exchanged} | {:.2} | {:.0} | {} |\n",
                     m.spec.label(),
                     m.median_seconds * per,
                     m.rows_per_second,
@@ -287,6 +290,20 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 ),
                 data_parallel_like(m),
                 Some(m),
+            ));
+        }
+        for m in ms
+            .iter()
+            .filter(|m| m.spec.workload == w && m.spec.runner == Runner::MpiRanksFineTune)
+        {
+            out.extend(ratio(
+                w,
+                format!(
+                    "MPI {} ranks: last layer trained / all layers trained",
+                    m.spec.devices
+                ),
+                Some(m),
+                find(ms, w, Runner::MpiRanks, m.spec.devices, Some(1)),
             ));
         }
         for m in ms

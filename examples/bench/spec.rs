@@ -26,6 +26,9 @@ pub enum Runner {
     BurnTrain,
     /// W3 only: `devices` MPI ranks of one CPU device each, under `mpirun` (feature `mpi`).
     MpiRanks,
+    /// W3 only: as `MpiRanks`, fine-tuning: every layer but the last frozen, so that only the
+    /// last layer's gradients travel.
+    MpiRanksFineTune,
     /// W3 only: the largest replica's share of the batch (`ceil(256 / N)` rows), forward and
     /// backward alone on one thread, counted as if it had done the whole batch. N replicas
     /// cannot beat this, even with free gradient combination and optimizer step: it is the
@@ -58,6 +61,9 @@ pub struct Measurement {
     pub median_seconds: f64,
     /// Rows (W1, W2) or samples (W3) per second, from the median.
     pub rows_per_second: f64,
+    /// MPI rows: values each rank sends in a step's gradient all-reduce.
+    #[serde(default)]
+    pub exchanged_values: Option<usize>,
 }
 
 impl Spec {
@@ -67,7 +73,9 @@ impl Spec {
     pub fn rayon_threads(&self) -> Option<usize> {
         self.threads.map(|threads| match self.runner {
             Runner::DataParallel | Runner::BurnTrain => threads * self.devices,
-            Runner::Plain | Runner::Ceiling | Runner::MpiRanks => threads,
+            Runner::Plain | Runner::Ceiling | Runner::MpiRanks | Runner::MpiRanksFineTune => {
+                threads
+            }
         })
     }
 
@@ -83,12 +91,21 @@ impl Spec {
         }
     }
 
+    /// Runs under `mpirun`.
+    pub fn over_mpi(&self) -> bool {
+        matches!(self.runner, Runner::MpiRanks | Runner::MpiRanksFineTune)
+    }
+
     pub fn label(&self) -> String {
         let runner = match self.runner {
             Runner::Plain => "plain model".to_owned(),
             Runner::DataParallel => format!("DataParallel x{}", self.devices),
             Runner::BurnTrain => format!("burn-train multi x{}", self.devices),
             Runner::MpiRanks => format!("MPI, {} rank(s) of 1 device", self.devices),
+            Runner::MpiRanksFineTune => format!(
+                "MPI, {} rank(s) of 1 device, all but the last layer frozen",
+                self.devices
+            ),
             Runner::Ceiling => format!(
                 "ceiling for x{}: one share of {} rows alone, forward+backward",
                 self.devices,

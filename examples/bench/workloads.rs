@@ -68,6 +68,7 @@ pub fn measure<B: AutodiffBackend>(
         iterations,
         median_seconds,
         rows_per_second: rows as f64 / median_seconds,
+        exchanged_values: None,
     })
 }
 

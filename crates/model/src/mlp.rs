@@ -60,6 +60,15 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// The same model with every layer but the last frozen (no gradient, never changed by an
+    /// optimizer): fine-tuning the output layer alone.
+    pub fn freeze_hidden_layers(mut self) -> Self {
+        let last = self.layers.pop();
+        self.layers = self.layers.no_grad();
+        self.layers.extend(last);
+        self
+    }
+
     /// Logits, `[rows, num_classes]`.
     pub fn forward(&self, input: Tensor<B, 2>) -> Tensor<B, 2> {
         let last = self.layers.len().saturating_sub(1);
