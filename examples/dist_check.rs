@@ -15,6 +15,8 @@
 mod allocator;
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/batches.rs"]
+mod batches;
 #[path = "common/compare.rs"]
 mod compare;
 #[path = "common/exit.rs"]
@@ -272,7 +274,16 @@ fn check<B: AutodiffBackend>(
         Model::Mlp => {
             let hidden = if odd { 17 } else { 16 };
             let model = |d: &B::Device| MlpConfig::new(8, vec![hidden], CLASSES).init::<B>(d);
-            train::<B, _, _, _>(args, mpi, devices, model, rows::<B, 8>, false, 0)
+            Case {
+                args,
+                mpi,
+                devices,
+                model,
+                batch: rows::<B, 8>,
+                ghost: false,
+                buffer_values: 0,
+            }
+            .run()
         }
         Model::Cnn => {
             let widths = if odd { vec![4, 7] } else { vec![4, 6] };
@@ -281,8 +292,17 @@ fn check<B: AutodiffBackend>(
                     .with_widths(widths.clone())
                     .init::<B>(d)
             };
-            // Each batch norm's running mean and variance.
-            train::<B, _, _, _>(args, mpi, devices, model, images::<B>, true, 2 * (4 + 6))
+            Case {
+                args,
+                mpi,
+                devices,
+                model,
+                batch: images::<B>,
+                ghost: true,
+                // Each batch norm's running mean and variance.
+                buffer_values: 2 * (4 + 6),
+            }
+            .run()
         }
         Model::Transformer | Model::Finetune => {
             let frozen = args.model == Model::Finetune;
@@ -299,7 +319,16 @@ fn check<B: AutodiffBackend>(
                     model
                 }
             };
-            train::<B, _, _, _>(args, mpi, devices, model, tokens::<B>, false, 0)
+            Case {
+                args,
+                mpi,
+                devices,
+                model,
+                batch: tokens::<B>,
+                ghost: false,
+                buffer_values: 0,
+            }
+            .run()
         }
         Model::Tied => {
             let model = |d: &B::Device| {
@@ -307,7 +336,16 @@ fn check<B: AutodiffBackend>(
                     .with_d_model(if odd { 9 } else { 8 })
                     .init::<B>(d)
             };
-            train::<B, _, _, _>(args, mpi, devices, model, tokens::<B>, false, 0)
+            Case {
+                args,
+                mpi,
+                devices,
+                model,
+                batch: tokens::<B>,
+                ghost: false,
+                buffer_values: 0,
+            }
+            .run()
         }
         Model::Branchy => {
             // Few rows exceed 1.8 in their first feature: some steps have none on any rank.
@@ -316,209 +354,189 @@ fn check<B: AutodiffBackend>(
                     .with_threshold(1.8)
                     .init::<B>(d)
             };
-            train::<B, _, _, _>(args, mpi, devices, model, rows::<B, 8>, false, 0)
+            Case {
+                args,
+                mpi,
+                devices,
+                model,
+                batch: rows::<B, 8>,
+                ghost: false,
+                buffer_values: 0,
+            }
+            .run()
         }
     }
 }
 
-/// Trains `model` on every rank's shard of seeded global batches, beside a single-process
-/// reference on the union of the shards, and compares.
-///
-/// `ghost`: the model normalizes by batch statistics, so the reference runs each part (one per
-/// rank and local replica) on its own and weights their losses by rows. `buffer_values`: the
-/// values of the model's buffers, which travel with the gradients.
-fn train<B, M, const D: usize, K>(
-    args: &Args,
-    mpi: &Mpi,
+/// One model to train on every rank's shard of seeded global batches, beside a single-process
+/// reference on the union of the shards.
+struct Case<'a, B: AutodiffBackend, F, const D: usize, K: TensorKind<B>> {
+    args: &'a Args,
+    mpi: &'a Mpi,
     devices: Vec<B::Device>,
-    model: impl Fn(&B::Device) -> M,
+    /// Makes the model on a device.
+    model: F,
+    /// Step `step`'s global batch of `rows` rows.
     batch: fn(usize, usize, &B::Device) -> (Tensor<B, D, K>, Tensor<B, 1, Int>),
+    /// The model normalizes by batch statistics, so the reference runs each part (one per
+    /// rank and local replica) on its own and weights their losses by rows.
     ghost: bool,
+    /// The values of the model's buffers, which travel with the gradients.
     buffer_values: usize,
-) -> anyhow::Result<()>
+}
+
+impl<B, F, M, const D: usize, K> Case<'_, B, F, D, K>
 where
     B: AutodiffBackend,
+    F: Fn(&B::Device) -> M,
     M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
     K: TensorKind<B> + BasicOps<B> + 'static,
     Tensor<B, D, K>: Scatter<B>,
 {
-    match args.optimizer {
-        Optim::Sgd => train_with(
-            args,
-            mpi,
-            devices,
-            model,
-            batch,
-            ghost,
-            buffer_values,
-            || SgdConfig::new().init::<B, M>(),
-        ),
-        Optim::Adam => train_with(
-            args,
-            mpi,
-            devices,
-            model,
-            batch,
-            ghost,
-            buffer_values,
-            || AdamConfig::new().init::<B, M>(),
-        ),
-        Optim::Adamw => train_with(
-            args,
-            mpi,
-            devices,
-            model,
-            batch,
-            ghost,
-            buffer_values,
-            || {
+    fn run(self) -> anyhow::Result<()> {
+        match self.args.optimizer {
+            Optim::Sgd => self.train(|| SgdConfig::new().init::<B, M>()),
+            Optim::Adam => self.train(|| AdamConfig::new().init::<B, M>()),
+            Optim::Adamw => self.train(|| {
                 AdamConfig::new()
                     .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
                     .init::<B, M>()
-            },
-        ),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_with<B, M, O, const D: usize, K>(
-    args: &Args,
-    mpi: &Mpi,
-    devices: Vec<B::Device>,
-    model: impl Fn(&B::Device) -> M,
-    batch: fn(usize, usize, &B::Device) -> (Tensor<B, D, K>, Tensor<B, 1, Int>),
-    ghost: bool,
-    buffer_values: usize,
-    optimizer: impl Fn() -> O,
-) -> anyhow::Result<()>
-where
-    B: AutodiffBackend,
-    M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
-    O: Optimizer<M, B>,
-    K: TensorKind<B> + BasicOps<B> + 'static,
-    Tensor<B, D, K>: Scatter<B>,
-{
-    let (rank, size) = (mpi.rank(), mpi.size());
-    let device = devices[0].clone();
-    let local_devices = devices.len();
-    let model = model(&device).fork(&device);
-    let taken = usize::from(args.resumed_rank == Some(rank));
-    let local = DataParallelTrainer::new(model, optimizer(), devices)?.with_steps_taken(taken);
-    let transport = match (args.odd_transport_rank == Some(rank), args.transport) {
-        (false, transport) => transport.into(),
-        (true, Transport::Mpi) => GradientTransport::Auto,
-        (true, _) => GradientTransport::Mpi,
-    };
-    let mut trainer =
-        DistributedTrainer::with_transport(mpi, local, LossReduction::Mean, transport)
-            .with_context(|| format!("rank {rank}: cannot start training"))?;
-    if rank == 0 {
-        println!(
-            "[rank 0] gradients summed through {:?}",
-            trainer.transport()
-        );
+            }),
+        }
     }
 
-    let initial = trainer.module().clone();
-    // Each rank's rows of a global batch, by DistributedSampler's rules: when the ranks do not
-    // divide the batch, some rows are repeated, and single-process training sees the same rows.
-    let indices_of = |r: usize| -> anyhow::Result<Vec<i64>> {
-        if args.uneven {
-            let sizes = chunk_sizes(args.global_batch, size);
-            let start: usize = sizes.iter().take(r).sum();
-            let len = sizes.get(r).copied().unwrap_or(0);
-            return Ok((start..start + len).map(|i| i as i64).collect());
-        }
-        let sampler = ShardedSampler::new(args.global_batch, size, r)?.with_shuffle(false);
-        Ok(sampler.indices().into_iter().map(|i| i as i64).collect())
-    };
-    let as_tensor = |indices: Vec<i64>| {
-        let n = indices.len();
-        Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [n]), &device)
-    };
-    let shards: Vec<Vec<i64>> = (0..size).map(indices_of).collect::<anyhow::Result<_>>()?;
-    let shard = as_tensor(shards[rank].clone());
-    let union = as_tensor(shards.concat());
-    // The reference, in one process: plain training on the union of the shards; for a model
-    // that normalizes by batch statistics, a `DataParallelTrainer` (itself checked against
-    // per-part single-device training) over the same parts as every rank's replicas make.
-    let parts: Vec<usize> = shards
-        .iter()
-        .flat_map(|shard| chunk_sizes(shard.len(), local_devices))
-        .collect();
-    let mut reference = Reference::new(&initial, optimizer(), ghost.then_some(parts), &device)?;
-    let loss = |m: &M, (x, y): (Tensor<B, D, K>, Tensor<B, 1, Int>)| m.loss(x, y);
-    let steps = args.steps + usize::from(args.extra_step_rank == Some(rank));
-    let lr = args.optimizer.lr();
-    for step in 0..steps {
-        if step == args.fault_step && args.panic_rank == Some(rank) {
-            panic!("fault injected at step {step}");
-        }
-        if step == args.fault_step && args.exit_rank == Some(rank) {
-            std::process::exit(3);
-        }
-        let replica_panics = step == args.fault_step && args.replica_panic_rank == Some(rank);
-        let (x, y) = batch(step, args.global_batch, &device);
-        let stats = trainer
-            .step(
-                lr,
-                (
-                    x.clone().select(0, shard.clone()),
-                    y.clone().select(0, shard.clone()),
-                ),
-                |m: &M, batch| {
-                    assert!(
-                        !replica_panics,
-                        "fault injected in a replica at step {step}"
-                    );
-                    loss(m, batch)
-                },
-            )
-            .with_context(|| format!("rank {rank}: step {step} failed"))?;
-        let reference_loss = reference.step(
-            lr,
-            (x.select(0, union.clone()), y.select(0, union.clone())),
-            loss,
-        )?;
+    fn train<O: Optimizer<M, B>>(self, optimizer: impl Fn() -> O) -> anyhow::Result<()> {
+        let Self {
+            args,
+            mpi,
+            devices,
+            model,
+            batch,
+            ghost,
+            buffer_values,
+        } = self;
+        let (rank, size) = (mpi.rank(), mpi.size());
+        let device = devices[0].clone();
+        let local_devices = devices.len();
+        let model = model(&device).fork(&device);
+        let taken = usize::from(args.resumed_rank == Some(rank));
+        let local = DataParallelTrainer::new(model, optimizer(), devices)?.with_steps_taken(taken);
+        let transport = match (args.odd_transport_rank == Some(rank), args.transport) {
+            (false, transport) => transport.into(),
+            (true, Transport::Mpi) => GradientTransport::Auto,
+            (true, _) => GradientTransport::Mpi,
+        };
+        let mut trainer =
+            DistributedTrainer::with_transport(mpi, local, LossReduction::Mean, transport)
+                .with_context(|| format!("rank {rank}: cannot start training"))?;
         if rank == 0 {
             println!(
-                "[rank 0] step {step}: loss {:.6} (single process {reference_loss:.6})",
-                stats.loss
+                "[rank 0] gradients summed through {:?}",
+                trainer.transport()
             );
         }
+
+        let initial = trainer.module().clone();
+        // Each rank's rows of a global batch, by DistributedSampler's rules: when the ranks do not
+        // divide the batch, some rows are repeated, and single-process training sees the same rows.
+        let indices_of = |r: usize| -> anyhow::Result<Vec<i64>> {
+            if args.uneven {
+                let sizes = chunk_sizes(args.global_batch, size);
+                let start: usize = sizes.iter().take(r).sum();
+                let len = sizes.get(r).copied().unwrap_or(0);
+                return Ok((start..start + len).map(|i| i as i64).collect());
+            }
+            let sampler = ShardedSampler::new(args.global_batch, size, r)?.with_shuffle(false);
+            Ok(sampler.indices().into_iter().map(|i| i as i64).collect())
+        };
+        let as_tensor = |indices: Vec<i64>| {
+            let n = indices.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [n]), &device)
+        };
+        let shards: Vec<Vec<i64>> = (0..size).map(indices_of).collect::<anyhow::Result<_>>()?;
+        let shard = as_tensor(shards[rank].clone());
+        let union = as_tensor(shards.concat());
+        // The reference, in one process: plain training on the union of the shards; for a model
+        // that normalizes by batch statistics, a `DataParallelTrainer` (itself checked against
+        // per-part single-device training) over the same parts as every rank's replicas make.
+        let parts: Vec<usize> = shards
+            .iter()
+            .flat_map(|shard| chunk_sizes(shard.len(), local_devices))
+            .collect();
+        let mut reference = Reference::new(&initial, optimizer(), ghost.then_some(parts), &device)?;
+        let loss = |m: &M, (x, y): (Tensor<B, D, K>, Tensor<B, 1, Int>)| m.loss(x, y);
+        let steps = args.steps + usize::from(args.extra_step_rank == Some(rank));
+        let lr = args.optimizer.lr();
+        for step in 0..steps {
+            if step == args.fault_step && args.panic_rank == Some(rank) {
+                panic!("fault injected at step {step}");
+            }
+            if step == args.fault_step && args.exit_rank == Some(rank) {
+                std::process::exit(3);
+            }
+            let replica_panics = step == args.fault_step && args.replica_panic_rank == Some(rank);
+            let (x, y) = batch(step, args.global_batch, &device);
+            let stats = trainer
+                .step(
+                    lr,
+                    (
+                        x.clone().select(0, shard.clone()),
+                        y.clone().select(0, shard.clone()),
+                    ),
+                    |m: &M, batch| {
+                        assert!(
+                            !replica_panics,
+                            "fault injected in a replica at step {step}"
+                        );
+                        loss(m, batch)
+                    },
+                )
+                .with_context(|| format!("rank {rank}: step {step} failed"))?;
+            let reference_loss = reference.step(
+                lr,
+                (x.select(0, union.clone()), y.select(0, union.clone())),
+                loss,
+            )?;
+            if rank == 0 {
+                println!(
+                    "[rank 0] step {step}: loss {:.6} (single process {reference_loss:.6})",
+                    stats.loss
+                );
+            }
+        }
+        let exchanged = trainer.exchange_stats();
+        // Every rank finishes before any checks its own figures: a rank leaving early would leave
+        // the others waiting in `finish`.
+        let (model, _) = trainer
+            .finish()
+            .with_context(|| format!("rank {rank}: cannot finish"))?;
+        // One all-reduce per step, carrying the trainable parameters' gradients, a flag per
+        // trainable tensor, and the buffers; frozen parameters never travel.
+        let (trainable, tensors) = trainable(&initial);
+        let per_step = trainable + tensors + buffer_values;
+        anyhow::ensure!(
+            exchanged.all_reduces == steps && exchanged.values == steps * per_step,
+            "rank {rank}: {steps} steps of {per_step} values each ({trainable} trainable parameters \
+             in {tensors} tensors, {buffer_values} buffer values) exchanged {exchanged:?}"
+        );
+        let moved = max_param_diff(&model, &initial);
+        anyhow::ensure!(
+            moved > 1e-4,
+            "rank {rank}: training did not move the parameters ({moved:e})"
+        );
+        let diff = max_param_diff(&model, reference.module());
+        anyhow::ensure!(
+            diff <= args.tolerance,
+            "rank {rank}: parameters differ from single-process training by {diff:e}"
+        );
+        println!(
+            "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces of {per_step} \
+             values ({} parameters, {trainable} trainable), max parameter difference {diff:e}",
+            exchanged.all_reduces,
+            model.num_params(),
+        );
+        Ok(())
     }
-    let exchanged = trainer.exchange_stats();
-    // Every rank finishes before any checks its own figures: a rank leaving early would leave
-    // the others waiting in `finish`.
-    let (model, _) = trainer
-        .finish()
-        .with_context(|| format!("rank {rank}: cannot finish"))?;
-    // One all-reduce per step, carrying the trainable parameters' gradients, a flag per
-    // trainable tensor, and the buffers; frozen parameters never travel.
-    let (trainable, tensors) = trainable(&initial);
-    let per_step = trainable + tensors + buffer_values;
-    anyhow::ensure!(
-        exchanged.all_reduces == steps && exchanged.values == steps * per_step,
-        "rank {rank}: {steps} steps of {per_step} values each ({trainable} trainable parameters \
-         in {tensors} tensors, {buffer_values} buffer values) exchanged {exchanged:?}"
-    );
-    let moved = max_param_diff(&model, &initial);
-    anyhow::ensure!(
-        moved > 1e-4,
-        "rank {rank}: training did not move the parameters ({moved:e})"
-    );
-    let diff = max_param_diff(&model, reference.module());
-    anyhow::ensure!(
-        diff <= args.tolerance,
-        "rank {rank}: parameters differ from single-process training by {diff:e}"
-    );
-    println!(
-        "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces of {per_step} \
-         values ({} parameters, {trainable} trainable), max parameter difference {diff:e}",
-        exchanged.all_reduces,
-        model.num_params(),
-    );
-    Ok(())
 }
 
 /// Values and tensors of the parameters that require a gradient.
@@ -538,34 +556,18 @@ fn trainable<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> (usize, usi
     (count.0, count.1)
 }
 
-fn generator(step: usize) -> rand::rngs::StdRng {
-    use rand::SeedableRng;
-    rand::rngs::StdRng::seed_from_u64(1000 + step as u64)
+/// The seed of step `step`'s global batch, the same on every rank.
+fn seed(step: usize) -> u64 {
+    1000 + step as u64
 }
 
-fn targets<B: Backend>(
-    rows: usize,
-    rng: &mut rand::rngs::StdRng,
-    device: &B::Device,
-) -> Tensor<B, 1, Int> {
-    use rand::RngExt;
-    let y: Vec<i64> = (0..rows)
-        .map(|_| rng.random_range(0..CLASSES as i64))
-        .collect();
-    Tensor::from_data(TensorData::new(y, [rows]), device)
-}
-
-/// The same seeded global batch on every rank: rows of `F` features.
+/// Rows of `F` features.
 fn rows<B: Backend, const F: usize>(
     step: usize,
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    use rand::RngExt;
-    let mut rng = generator(step);
-    let x: Vec<f32> = (0..rows * F).map(|_| rng.random_range(-2.0..2.0)).collect();
-    let x = Tensor::from_data(TensorData::new(x, [rows, F]), device);
-    (x, targets::<B>(rows, &mut rng, device))
+    batches::uniform(seed(step), [rows, F], CLASSES, device)
 }
 
 /// 6x6 one-channel images.
@@ -574,13 +576,7 @@ fn images<B: Backend>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    use rand::RngExt;
-    let mut rng = generator(step);
-    let x: Vec<f32> = (0..rows * 36)
-        .map(|_| rng.random_range(-2.0..2.0))
-        .collect();
-    let x = Tensor::from_data(TensorData::new(x, [rows, 1, 6, 6]), device);
-    (x, targets::<B>(rows, &mut rng, device))
+    batches::uniform(seed(step), [rows, 1, 6, 6], CLASSES, device)
 }
 
 /// Token sequences of 1 to `LENGTH` tokens, padded with 0.
@@ -589,18 +585,5 @@ fn tokens<B: Backend>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
-    use rand::RngExt;
-    let mut rng = generator(step);
-    let ids: Vec<i64> = (0..rows)
-        .flat_map(|_| {
-            let len = rng.random_range(1..=LENGTH);
-            let mut row: Vec<i64> = (0..len)
-                .map(|_| rng.random_range(1..VOCAB as i64))
-                .collect();
-            row.resize(LENGTH, 0);
-            row
-        })
-        .collect();
-    let x = Tensor::from_data(TensorData::new(ids, [rows, LENGTH]), device);
-    (x, targets::<B>(rows, &mut rng, device))
+    batches::tokens(seed(step), rows, VOCAB, LENGTH, CLASSES, device)
 }

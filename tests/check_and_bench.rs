@@ -57,19 +57,25 @@ fn bench_writes_a_report_with_every_configuration() {
     );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let measurements = report["measurements"].as_array().unwrap();
-    // W1: plain, x1, x2; W3: plain twice, x1 twice, x2, and its ceiling where there are two
-    // cores for the two replicas.
+    // W1: plain, x1, x2; W3: plain twice, x1 twice, x2, forward + backward() through
+    // DataParallel x1 and x2, and the ceiling of x2 where there are two cores for the two
+    // replicas.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(measurements.len(), 8 + usize::from(cpus >= 2), "{stdout}");
+    assert_eq!(measurements.len(), 10 + usize::from(cpus >= 2), "{stdout}");
     assert!(
         measurements
             .iter()
             .all(|m| m["rows_per_second"].as_f64().unwrap() > 0.0)
     );
     let ratios = report["ratios"].as_array().unwrap();
-    assert!(
+    let has = |start: &str| {
         ratios
             .iter()
-            .any(|r| r["what"].as_str().unwrap().starts_with("scaling"))
+            .any(|r| r["what"].as_str().unwrap().starts_with(start))
+    };
+    assert!(has("scaling"), "{ratios:?}");
+    assert!(
+        has("forward + backward() through DataParallel x2"),
+        "{ratios:?}"
     );
 }

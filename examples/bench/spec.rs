@@ -22,6 +22,10 @@ pub enum Runner {
     Plain,
     /// `DataParallel` (W1, W2) or `DataParallelTrainer` (W3).
     DataParallel,
+    /// W3 only: PyTorch's habit, `DataParallel::forward`, the loss on the gathered output,
+    /// `backward()`, and the optimizer step on `dp.module()`: replicas linked to the module's
+    /// graph every call, and run one after another.
+    ForwardBackward,
     /// burn-train 0.21's own multi-device training (W3 only, feature `bench-burn-train`).
     BurnTrain,
     /// W3 only: `devices` MPI ranks of one CPU device each, under `mpirun` (feature `mpi`).
@@ -72,7 +76,9 @@ impl Spec {
     /// the replicas' parts (gradient sum, optimizer step) may use while they wait.
     pub fn rayon_threads(&self) -> Option<usize> {
         self.threads.map(|threads| match self.runner {
-            Runner::DataParallel | Runner::BurnTrain => threads * self.devices,
+            Runner::DataParallel | Runner::ForwardBackward | Runner::BurnTrain => {
+                threads * self.devices
+            }
             Runner::Plain | Runner::Ceiling | Runner::MpiRanks | Runner::MpiRanksFineTune => {
                 threads
             }
@@ -100,6 +106,10 @@ impl Spec {
         let runner = match self.runner {
             Runner::Plain => "plain model".to_owned(),
             Runner::DataParallel => format!("DataParallel x{}", self.devices),
+            Runner::ForwardBackward => format!(
+                "DataParallel x{} forward + backward() (PyTorch's habit)",
+                self.devices
+            ),
             Runner::BurnTrain => format!("burn-train multi x{}", self.devices),
             Runner::MpiRanks => format!("MPI, {} rank(s) of 1 device", self.devices),
             Runner::MpiRanksFineTune => format!(
@@ -115,7 +125,11 @@ impl Spec {
         let threads = match self.threads {
             Some(t) => {
                 let each = match self.runner {
-                    Runner::DataParallel | Runner::BurnTrain if self.devices > 1 => " per replica",
+                    Runner::DataParallel | Runner::ForwardBackward | Runner::BurnTrain
+                        if self.devices > 1 =>
+                    {
+                        " per replica"
+                    }
                     _ => "",
                 };
                 format!("{t} thread{}{each}", if t == 1 { "" } else { "s" })

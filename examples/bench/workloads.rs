@@ -148,6 +148,24 @@ fn w3<B: AutodiffBackend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Resul
                 }
             })
         }
+        Runner::ForwardBackward => {
+            let mut dp = DataParallel::new(model, devices.clone())?;
+            let mut optim = SgdConfig::new().init::<B, Mlp<B>>();
+            let loss = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
+            time::<B>(spec.seconds, &devices, || {
+                match dp.forward(x.clone(), |m, x| m.forward(x)) {
+                    Ok(logits) => {
+                        let l = loss.forward(logits, y.clone());
+                        let grads = GradientsParams::from_grads(l.backward(), dp.module());
+                        let stepped = optim.step(W3_LR, dp.module().clone(), grads);
+                        dp.set_module(stepped);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            })
+        }
         _ => {
             let mut trainer =
                 DataParallelTrainer::new(model, SgdConfig::new().init(), devices.clone())?;

@@ -13,6 +13,8 @@
 mod allocator;
 #[path = "../common/backend.rs"]
 mod backend;
+#[path = "../common/batches.rs"]
+mod batches;
 #[path = "../common/compare.rs"]
 mod compare;
 #[path = "../common/exit.rs"]

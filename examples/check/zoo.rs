@@ -3,18 +3,17 @@
 //! single-device Burn on the first device (per-part normalization for batch norm).
 
 use crate::Outcome;
+use crate::batches;
 use crate::compare::{max_abs_diff, max_param_diff};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use burn_data_parallel::{DataParallel, DataParallelTrainer, Replicate, Scatter, chunk_sizes};
 use dp_model::{
     BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
 };
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 const CLASSES: usize = 4;
 const VOCAB: usize = 32;
@@ -34,17 +33,6 @@ pub trait Data {
     ) -> (Self::Input<Bk>, Tensor<Bk, 1, Int>);
 }
 
-fn values(count: usize, rng: &mut StdRng) -> Vec<f32> {
-    (0..count).map(|_| rng.random_range(-2.0..2.0)).collect()
-}
-
-fn targets<Bk: Backend>(rows: usize, rng: &mut StdRng, device: &Bk::Device) -> Tensor<Bk, 1, Int> {
-    let y: Vec<i64> = (0..rows)
-        .map(|_| rng.random_range(0..CLASSES as i64))
-        .collect();
-    Tensor::from_data(TensorData::new(y, [rows]), device)
-}
-
 /// Rows of 16 features.
 pub struct Rows;
 
@@ -55,12 +43,7 @@ impl Data for Rows {
         seed: u64,
         device: &Bk::Device,
     ) -> (Tensor<Bk, 2>, Tensor<Bk, 1, Int>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let x = Tensor::from_data(
-            TensorData::new(values(rows * 16, &mut rng), [rows, 16]),
-            device,
-        );
-        (x, targets(rows, &mut rng, device))
+        batches::uniform(seed, [rows, 16], CLASSES, device)
     }
 }
 
@@ -74,10 +57,7 @@ impl Data for Images {
         seed: u64,
         device: &Bk::Device,
     ) -> (Tensor<Bk, 4>, Tensor<Bk, 1, Int>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let shape = [rows, 3, 12, 12];
-        let x = Tensor::from_data(TensorData::new(values(rows * 432, &mut rng), shape), device);
-        (x, targets(rows, &mut rng, device))
+        batches::uniform(seed, [rows, 3, 12, 12], CLASSES, device)
     }
 }
 
@@ -91,19 +71,7 @@ impl Data for Tokens {
         seed: u64,
         device: &Bk::Device,
     ) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 1, Int>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let ids: Vec<i64> = (0..rows)
-            .flat_map(|_| {
-                let len = rng.random_range(1..=LENGTH);
-                let mut row: Vec<i64> = (0..len)
-                    .map(|_| rng.random_range(1..VOCAB as i64))
-                    .collect();
-                row.resize(LENGTH, 0);
-                row
-            })
-            .collect();
-        let x = Tensor::from_data(TensorData::new(ids, [rows, LENGTH]), device);
-        (x, targets(rows, &mut rng, device))
+        batches::tokens(seed, rows, VOCAB, LENGTH, CLASSES, device)
     }
 }
 

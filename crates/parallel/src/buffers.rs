@@ -10,11 +10,11 @@
 //! variances, which leaves out the spread between the parts' means (see the crate docs).
 //! PyTorch's `DataParallel` instead keeps replica 0's update alone.
 
+use crate::by_id::ById;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// The ids of a module's buffers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,15 +31,13 @@ impl Buffers {
     /// is swapped for an empty one, the buffers are those that come out empty in the module,
     /// and their values are put back.
     pub(crate) fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let mut saved = Swap {
-            saved: HashMap::new(),
-        };
+        let mut saved = Swap(ById::default());
         let _ = module.clone().map(&mut saved);
         let mut found = FindEmptied(HashSet::new());
         module.visit(&mut found);
         if !found.0.is_empty() {
-            saved.saved.retain(|id, _| found.0.contains(id));
-            let _ = module.clone().map(&mut Put(saved.saved));
+            saved.0.retain(|id| found.0.contains(id));
+            let _ = module.clone().map(&mut saved.0);
         }
         Self { ids: found.0 }
     }
@@ -60,17 +58,16 @@ impl Buffers {
             ids: &self.ids,
             device,
             weight: 0.0,
-            sums: HashMap::new(),
+            sums: ById::default(),
         };
         for (replica, &rows) in replicas.iter().zip(rows) {
             crate::replicas::settle(*replica);
             sum.weight = rows as f64 / total;
             replica.visit(&mut sum);
         }
-        let mut put = Put(sum.sums);
         for replica in replicas {
             // A clone shares the replica's buffers: mapping it writes into them.
-            let _ = (*replica).clone().map(&mut put);
+            let _ = (*replica).clone().map(&mut sum.sums);
         }
     }
 
@@ -82,17 +79,14 @@ impl Buffers {
 }
 
 /// Replaces every float tensor by an empty one, keeping the originals.
-struct Swap {
-    saved: HashMap<ParamId, Box<dyn Any + Send>>,
-}
+struct Swap(ById);
 
 impl<B: Backend> ModuleMapper<B> for Swap {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let id = param.id;
-        let saved = &mut self.saved;
         param.map(|tensor| {
             let empty = Tensor::empty([0; D], &tensor.device());
-            saved.insert(id, Box::new(tensor));
+            self.0.insert(id, tensor);
             empty
         })
     }
@@ -109,31 +103,12 @@ impl<B: Backend> ModuleVisitor<B> for FindEmptied {
     }
 }
 
-/// Gives the float tensors whose ids it holds their value, on their own device.
-struct Put(HashMap<ParamId, Box<dyn Any + Send>>);
-
-impl<B: Backend> ModuleMapper<B> for Put {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        match self
-            .0
-            .get(&param.id)
-            .and_then(|v| v.downcast_ref::<Tensor<B, D>>())
-        {
-            Some(value) => {
-                let value = value.clone();
-                param.map(|old| value.to_device(&old.device()))
-            }
-            None => param,
-        }
-    }
-}
-
 /// Adds `weight` times each buffer it visits into `sums`, on `device`.
 struct WeightedSum<'a, B: Backend> {
     ids: &'a HashSet<ParamId>,
     device: &'a B::Device,
     weight: f64,
-    sums: HashMap<ParamId, Box<dyn Any + Send>>,
+    sums: ById,
 }
 
 impl<B: Backend> ModuleVisitor<B> for WeightedSum<'_, B> {
@@ -146,13 +121,10 @@ impl<B: Backend> ModuleVisitor<B> for WeightedSum<'_, B> {
             .detach()
             .to_device(self.device)
             .mul_scalar(self.weight);
-        let total = match self.sums.remove(&param.id) {
-            Some(sum) => match sum.downcast::<Tensor<B, D>>() {
-                Ok(sum) => *sum + part,
-                Err(_) => part,
-            },
+        let total = match self.sums.get::<B, D>(&param.id) {
+            Some(sum) => sum.clone() + part,
             None => part,
         };
-        self.sums.insert(param.id, Box::new(total));
+        self.sums.insert(param.id, total);
     }
 }

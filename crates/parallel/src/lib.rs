@@ -32,7 +32,10 @@
 //! - [`split`](crate::SplitPolicy): how many rows each device gets ([`Chunk`], [`Balanced`]);
 //! - [`Scatter`] / [`Gather`]: how inputs are split and outputs merged (tensors of any rank and
 //!   kind, tuples, `Vec`s, and [`Whole`] values every replica receives entire);
-//! - replicas: made once per device, refreshed only when the module changes;
+//! - replicas ([`Replicate`]): each with buffers of its own; for inference made once per device
+//!   and refreshed only when the module changes, for training through [`DataParallel`] linked
+//!   to the module's autodiff graph on every call;
+//! - buffers: BatchNorm's running statistics, combined row-weighted after a training call;
 //! - parallel apply: one long-lived worker per device (none with a single device, which runs
 //!   on the caller's thread); panics caught and reported as [`DataParallelError`]s,
 //!   [`current_replica`] visible from inside the model;
@@ -43,6 +46,34 @@
 //!   MPI, or NCCL for CUDA ranks with feature `cuda` too);
 //! - devices: `cuda_availability` / `cuda_devices` (feature `cuda`) count GPUs without the
 //!   panic Burn gives where there is no CUDA driver or NVRTC, and say why there are none.
+//!
+//! # What stays exact
+//!
+//! Every entry point is checked against single-device Burn on the same batch, on the models
+//! of the `dp-model` crate (tolerance 1e-5):
+//!
+//! | model feature | evaluation forward | training (`backward()` through [`DataParallel`], [`DataParallelTrainer`], `DistributedTrainer`) |
+//! |---|---|---|
+//! | `Linear`, `Conv2d`, pooling, ReLU | exact | exact |
+//! | `Embedding`, attention with a padding mask, `LayerNorm`, residuals | exact | exact |
+//! | one parameter used in two places (tied embeddings) | exact | exact: both uses' gradients |
+//! | frozen parameters (`no_grad`) | exact | exact: never changed, weight decay included; across processes they never travel |
+//! | a layer some rows skip | exact | exact: no gradient where one device would have none, across processes too |
+//! | `BatchNorm` | exact (running statistics) | each replica normalizes its part with the part's statistics, as PyTorch's `DataParallel` without `SyncBatchNorm`: exact against single-device training on the same parts; running statistics below |
+//! | `Dropout` | exact (off) | random: every replica draws its own masks |
+//!
+//! **Running statistics** (BatchNorm's, and any `RunningState`): each replica updates its own
+//! copy from its part; after a training call the module's become the row-weighted mean of the
+//! replicas' (replica `k` weighing `rows_k / rows`), and across processes the same over every
+//! rank's replicas. A running mean then equals single-device training's wherever the batch
+//! norm's input does not itself depend on batch statistics (a first batch norm); a running
+//! variance leaves out the spread between the parts' means. Replicas never move or share the
+//! module's statistics. (PyTorch's `DataParallel` keeps replica 0's update alone.)
+//!
+//! **Devices**: where the devices are not all the same, the first call that uses a device
+//! checks once that a tensor goes there, is computed on and comes back intact, and returns
+//! [`DataParallelError::DeviceTransfer`] otherwise: Burn 0.21 copies between devices on CUDA
+//! and the CPU backends, not on wgpu or ROCm.
 //!
 //! # Threads on the CPU
 //!
@@ -72,10 +103,11 @@
 //! `BENCHMARKS.md` at the repository root has the measured effect of these settings.
 //!
 //! Unlike PyTorch, inputs whose tensors disagree on their rows are an error rather than silently
-//! truncated, a replica's panic is an error naming the replica and its device, and replicas are
-//! not re-copied on every call.
+//! truncated, a replica's panic is an error naming the replica and its device, and inference
+//! replicas are not re-copied on every call.
 
 mod buffers;
+mod by_id;
 mod data_parallel;
 mod devices;
 #[cfg(feature = "mpi")]

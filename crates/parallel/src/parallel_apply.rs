@@ -95,11 +95,7 @@ where
         .map(|(i, ((replica, input), slot))| {
             move || *slot = Some(run_replica(replica_info(i, devices), replica, input, f))
         });
-    if in_turn {
-        workers.run_in_turn(tasks);
-    } else {
-        workers.run(tasks);
-    }
+    workers.run(tasks, in_turn);
 
     outcomes
         .into_iter()

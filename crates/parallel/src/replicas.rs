@@ -16,13 +16,10 @@
 //! place in `fork` and `to_device`, so a plain `module.clone().fork(device)` would move the
 //! module's statistics to the replica's device and let every replica update one value.
 
+use crate::by_id::ById;
 use burn::backend::Autodiff;
-use burn::module::ParamId;
-use burn::module::{AutodiffModule, HasAutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::module::{AutodiffModule, HasAutodiffModule, Module};
 use burn::tensor::backend::Backend;
-use std::any::Any;
-use std::collections::HashMap;
 
 /// A module that data parallelism can copy onto other devices, each copy with buffers of its
 /// own. Every `#[derive(Module)]` type built from Burn's modules implements it.
@@ -32,7 +29,7 @@ use std::collections::HashMap;
 /// whatever `B` is. No tensor data is copied.
 pub trait Replicate<B: Backend>: Module<B> {
     /// A clone of `self` whose buffers are not shared with `self`. Its parameters hold the same
-    /// values, detached from any autodiff graph.
+    /// values, detached from any autodiff graph and requiring no gradient.
     fn unaliased(&self) -> Self;
 }
 
@@ -42,7 +39,10 @@ where
     M: Module<B> + HasAutodiffModule<Autodiff<B>>,
 {
     fn unaliased(&self) -> Self {
-        <M as HasAutodiffModule<Autodiff<B>>>::TrainModule::from_inner(self.clone()).valid()
+        // Without `no_grad`, the trip through `Autodiff<B>` would record a step per parameter in
+        // Burn's autodiff graph registry, which only the next `backward()` clears.
+        let detached = self.clone().no_grad();
+        <M as HasAutodiffModule<Autodiff<B>>>::TrainModule::from_inner(detached).valid()
     }
 }
 
@@ -61,41 +61,12 @@ pub(crate) fn replica<B: Backend, M: Replicate<B>>(
     device: &B::Device,
     link: Link,
 ) -> M {
-    let mut originals = Originals(HashMap::new());
-    module.visit(&mut originals);
     // The unaliased copy's parameters are detached; the module's own tensors go back in, so
     // that `fork` keeps which ones require a gradient and `to_device` links them to the graph.
-    let copy = module.unaliased().map(&mut originals);
+    let copy = module.unaliased().map(&mut ById::of(module));
     match link {
         Link::Detached => copy.fork(device),
         Link::Connected => copy.to_device(device),
-    }
-}
-
-/// The module's float tensors by id.
-struct Originals(HashMap<ParamId, Box<dyn Any + Send>>);
-
-impl<B: Backend> ModuleVisitor<B> for Originals {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0
-            .entry(param.id)
-            .or_insert_with(|| Box::new(param.val()));
-    }
-}
-
-impl<B: Backend> ModuleMapper<B> for Originals {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        match self
-            .0
-            .get(&param.id)
-            .and_then(|t| t.downcast_ref::<Tensor<B, D>>())
-        {
-            Some(original) => {
-                let original = original.clone();
-                param.map(|_| original)
-            }
-            None => param,
-        }
     }
 }
 

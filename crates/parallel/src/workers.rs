@@ -48,10 +48,10 @@ impl Workers {
         Ok(())
     }
 
-    /// Runs task `i` on worker `i`, all at the same time, and returns when all are done; a
-    /// single task runs on the caller's thread. Needs one started worker per task (see
-    /// [`ensure`](Self::ensure)).
-    pub(crate) fn run<T>(&self, tasks: T)
+    /// Runs task `i` on worker `i`, all at the same time unless `in_turn` (then each starts
+    /// once the one before has returned), and returns when all are done; a single task runs on
+    /// the caller's thread. Needs one started worker per task (see [`ensure`](Self::ensure)).
+    pub(crate) fn run<T>(&self, tasks: T, in_turn: bool)
     where
         T: IntoIterator,
         T::Item: FnOnce() + Send,
@@ -59,29 +59,15 @@ impl Workers {
         let mut tasks = tasks.into_iter().peekable();
         let Some(first) = tasks.next() else { return };
         if tasks.peek().is_none() {
-            first();
-        } else {
-            fan_out(&self.pools, &mut std::iter::once(first).chain(tasks));
+            return first();
         }
-    }
-}
-
-impl Workers {
-    /// Runs task `i` on worker `i`, one after another: each starts once the one before has
-    /// returned. A single task runs on the caller's thread.
-    pub(crate) fn run_in_turn<T>(&self, tasks: T)
-    where
-        T: IntoIterator,
-        T::Item: FnOnce() + Send,
-    {
-        let mut tasks = tasks.into_iter().peekable();
-        let Some(first) = tasks.next() else { return };
-        if tasks.peek().is_none() {
-            first();
-        } else {
-            for (pool, task) in self.pools.iter().zip(std::iter::once(first).chain(tasks)) {
+        let mut tasks = std::iter::once(first).chain(tasks);
+        if in_turn {
+            for (pool, task) in self.pools.iter().zip(tasks) {
                 pool.install(task);
             }
+        } else {
+            fan_out(&self.pools, &mut tasks);
         }
     }
 }

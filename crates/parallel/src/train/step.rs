@@ -67,6 +67,12 @@ struct ReplicaResult {
 /// [`accumulate`](Self::accumulate) and [`apply`](Self::apply) split a step over several
 /// micro-batches, with the same result as one step on their union.
 ///
+/// Replicas run their backward passes at the same time, each on its own copy of the
+/// parameters. Frozen parameters (`no_grad`) get no gradient and are never changed. A batch
+/// norm normalizes each replica's part with that part's statistics, and the module's running
+/// statistics become the row-weighted mean of the replicas' after each micro-batch (see the
+/// crate documentation, "What stays exact").
+///
 /// ```
 /// use burn::backend::{Autodiff, NdArray};
 /// use burn::nn::LinearConfig;
