@@ -136,7 +136,7 @@ enum Reference<B: AutodiffBackend, M, O> {
     /// One module on one device, the whole union at once.
     Plain(Option<M>, O),
     /// The parts the ranks' replicas make, each a replica of a `DataParallelTrainer`.
-    Parts(DataParallelTrainer<B, M, O>),
+    Parts(Box<DataParallelTrainer<B, M, O>>),
 }
 
 impl<B, M, O> Reference<B, M, O>
@@ -157,10 +157,9 @@ where
             Some(parts) => {
                 let devices = vec![device.clone(); parts.len()];
                 let parts: Vec<usize> = parts.into_iter().filter(|&rows| rows > 0).collect();
-                Self::Parts(
-                    DataParallelTrainer::new(module, optimizer, devices)?
-                        .with_split_policy(Fixed(parts)),
-                )
+                let trainer = DataParallelTrainer::new(module, optimizer, devices)?
+                    .with_split_policy(Fixed(parts));
+                Self::Parts(Box::new(trainer))
             }
         })
     }
@@ -368,6 +367,9 @@ fn check<B: AutodiffBackend>(
     }
 }
 
+/// Inputs and class targets.
+type Batch<B, const D: usize, K> = (Tensor<B, D, K>, Tensor<B, 1, Int>);
+
 /// One model to train on every rank's shard of seeded global batches, beside a single-process
 /// reference on the union of the shards.
 struct Case<'a, B: AutodiffBackend, F, const D: usize, K: TensorKind<B>> {
@@ -377,7 +379,7 @@ struct Case<'a, B: AutodiffBackend, F, const D: usize, K: TensorKind<B>> {
     /// Makes the model on a device.
     model: F,
     /// Step `step`'s global batch of `rows` rows.
-    batch: fn(usize, usize, &B::Device) -> (Tensor<B, D, K>, Tensor<B, 1, Int>),
+    batch: fn(usize, usize, &B::Device) -> Batch<B, D, K>,
     /// The model normalizes by batch statistics, so the reference runs each part (one per
     /// rank and local replica) on its own and weights their losses by rows.
     ghost: bool,

@@ -168,7 +168,7 @@ impl TrainConfig {
                 );
                 let t = &self.transformer;
                 anyhow::ensure!(
-                    t.heads > 0 && t.d_model % t.heads == 0,
+                    t.heads > 0 && t.d_model.is_multiple_of(t.heads),
                     "the attention heads must divide d_model"
                 );
             }

@@ -28,18 +28,19 @@ impl Buffers {
     /// Burn 0.21 shows a buffer to visitors and mappers exactly as it shows a parameter. What
     /// tells them apart is that every clone of a module shares its `RunningState`s: mapping a
     /// clone changes the module's buffers and none of its parameters. So each tensor of a clone
-    /// is swapped for an empty one, the buffers are those that come out empty in the module,
-    /// and their values are put back.
+    /// is swapped for a small one of another shape, the buffers are those whose shape changed
+    /// in the module, and their values are put back.
     pub(crate) fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
         let mut saved = Swap(ById::default());
         let _ = module.clone().map(&mut saved);
-        let mut found = FindEmptied(HashSet::new());
+        let mut found = FindChanged(&saved.0, HashSet::new());
         module.visit(&mut found);
-        if !found.0.is_empty() {
-            saved.0.retain(|id| found.0.contains(id));
+        let found = found.1;
+        if !found.is_empty() {
+            saved.0.retain(|id| found.contains(id));
             let _ = module.clone().map(&mut saved.0);
         }
-        Self { ids: found.0 }
+        Self { ids: found }
     }
 
     /// Sets the buffers of every replica (the module first) to the row-weighted mean of their
@@ -78,27 +79,30 @@ impl Buffers {
     }
 }
 
-/// Replaces every float tensor by an empty one, keeping the originals.
+/// Replaces every float tensor by one of another shape (all ones, or all twos for a tensor
+/// already of ones), keeping the originals.
 struct Swap(ById);
 
 impl<B: Backend> ModuleMapper<B> for Swap {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let id = param.id;
         param.map(|tensor| {
-            let empty = Tensor::empty([0; D], &tensor.device());
+            let side = if tensor.dims() == [1; D] { 2 } else { 1 };
+            let marker = Tensor::zeros([side; D], &tensor.device());
             self.0.insert(id, tensor);
-            empty
+            marker
         })
     }
 }
 
-/// Ids of the float tensors that have no element.
-struct FindEmptied(HashSet<ParamId>);
+/// Ids of the float tensors whose shape is no longer the one saved.
+struct FindChanged<'a>(&'a ById, HashSet<ParamId>);
 
-impl<B: Backend> ModuleVisitor<B> for FindEmptied {
+impl<B: Backend> ModuleVisitor<B> for FindChanged<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if param.val().shape().num_elements() == 0 {
-            self.0.insert(param.id);
+        let saved = self.0.get::<B, D>(&param.id).map(Tensor::dims);
+        if saved.is_some_and(|dims| dims != param.val().dims()) {
+            self.1.insert(param.id);
         }
     }
 }

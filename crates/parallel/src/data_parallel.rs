@@ -35,9 +35,10 @@ const LOST: &str = "the module was lost in an update that panicked; set a new on
 /// own, so `loss.backward()` on the gathered output followed by
 /// `GradientsParams::from_grads(grads, dp.module())` gives the gradient of the plain forward over
 /// the whole batch. The cost, each call: one copy of every parameter per extra device (none on
-/// the CPU, whose devices share memory), and one autodiff graph for all replicas, whose steps
-/// are recorded one at a time. [`DataParallelTrainer`](crate::DataParallelTrainer) avoids both
-/// (one backward pass per replica, kept replicas).
+/// the CPU, whose devices share memory), and the replicas run one after another, since Burn
+/// 0.21's autodiff graph loses steps when several threads extend one graph at once; the one
+/// backward pass then runs on the caller's thread. [`DataParallelTrainer`](crate::DataParallelTrainer)
+/// avoids both: kept replicas, each with a backward pass of its own, all at the same time.
 ///
 /// Buffers that the forward pass updates (BatchNorm's running statistics) are each replica's
 /// own; after a call on an autodiff backend the module's become the row-weighted mean of the

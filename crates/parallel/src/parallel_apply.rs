@@ -11,6 +11,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Barrier, OnceLock};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -21,6 +22,8 @@ pub struct ReplicaInfo {
     pub index: usize,
     /// The replica's device, in its `Debug` form.
     pub device: String,
+    /// How many replicas run this call.
+    pub replicas: usize,
 }
 
 thread_local! {
@@ -86,6 +89,7 @@ where
     F: Fn(&M, I) -> Result<O, E> + Sync,
     D: Debug + Sync,
 {
+    let count = replicas.len();
     let mut outcomes: Vec<Option<Outcome<O>>> = replicas.iter().map(|_| None).collect();
     let tasks = replicas
         .into_iter()
@@ -93,7 +97,14 @@ where
         .zip(outcomes.iter_mut())
         .enumerate()
         .map(|(i, ((replica, input), slot))| {
-            move || *slot = Some(run_replica(replica_info(i, devices), replica, input, f))
+            move || {
+                *slot = Some(run_replica(
+                    replica_info(i, count, devices),
+                    replica,
+                    input,
+                    f,
+                ))
+            }
         });
     workers.run(tasks, in_turn);
 
@@ -138,10 +149,24 @@ where
     }
 }
 
-fn replica_info<D: Debug>(index: usize, devices: &[D]) -> ReplicaInfo {
+fn replica_info<D: Debug>(index: usize, replicas: usize, devices: &[D]) -> ReplicaInfo {
     ReplicaInfo {
         index,
         device: device_name(index, devices),
+        replicas,
+    }
+}
+
+/// A point that every replica of a call reaches before any goes past it. Usable once per call.
+#[derive(Default)]
+pub(crate) struct Rendezvous(OnceLock<Barrier>);
+
+impl Rendezvous {
+    /// Waits, inside a replica, for every replica of the call to get here (at once outside one).
+    /// Every replica must call it exactly once, whatever happens before.
+    pub(crate) fn wait(&self) {
+        let replicas = current_replica().map_or(1, |info| info.replicas);
+        self.0.get_or_init(|| Barrier::new(replicas)).wait();
     }
 }
 

@@ -78,10 +78,14 @@ fn every_split_and_replica_count_gives_the_plain_gradient() {
 #[test]
 fn gradients_reach_the_inputs_through_the_split() {
     let model = two_parameters();
+    // A leaf of its own for each pass: a leaf used again after a `backward()` is the trigger
+    // of Burn 0.21's race with other threads' backward passes (tracel-ai/burn#5573), and the
+    // other tests of this binary run beside this one.
     let (x, y) = data(10);
-    let x = x.require_grad();
-    let plain = loss(model.forward(x.clone()), y.clone());
-    let expected = x.grad(&plain.backward()).unwrap();
+    let (x_plain, _) = data(10);
+    let (x, x_plain) = (x.require_grad(), x_plain.require_grad());
+    let plain = loss(model.forward(x_plain.clone()), y.clone());
+    let expected = x_plain.grad(&plain.backward()).unwrap();
 
     let mut dp = DataParallel::new(model, cpus(4)).unwrap();
     let out = dp.forward(x.clone(), |m, x| m.forward(x)).unwrap();

@@ -350,12 +350,12 @@ mod frozen {
         backbone_untouched(
             model,
             |m| ids::<AB, _>(&m.encoder),
-            |r, s| tokens::<AB>(r, s),
+            tokens::<AB>,
             HashSet::new(),
         );
         trainer_step(
             frozen_transformer,
-            |r, s| tokens::<AB>(r, s),
+            tokens::<AB>,
             false,
             no_buffers,
             adam_with_decay,
@@ -367,15 +367,10 @@ mod frozen {
     fn frozen_convolutions_stay_frozen_under_weight_decay() {
         let model = frozen_cnn();
         let buffers = cnn_buffers(&model);
-        backbone_untouched(
-            model,
-            |m| ids::<AB, _>(&m.blocks),
-            |r, s| images::<AB>(r, s),
-            buffers,
-        );
+        backbone_untouched(model, |m| ids::<AB, _>(&m.blocks), images::<AB>, buffers);
         trainer_step(
             frozen_cnn,
-            |r, s| images::<AB>(r, s),
+            images::<AB>,
             true,
             cnn_buffers,
             adam_with_decay,

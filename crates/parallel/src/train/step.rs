@@ -1,6 +1,7 @@
 //! `DataParallelTrainer`: the data-parallel training step.
 
 use super::reduce::GradientSum;
+use crate::parallel_apply::Rendezvous;
 use crate::replicas::Link;
 use crate::{DataParallel, DataParallelError, Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
@@ -8,6 +9,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use std::convert::Infallible;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 /// What the loss function returns for the rows it is given.
@@ -68,7 +70,8 @@ struct ReplicaResult {
 /// micro-batches, with the same result as one step on their union.
 ///
 /// Replicas run their backward passes at the same time, each on its own copy of the
-/// parameters. Frozen parameters (`no_grad`) get no gradient and are never changed. A batch
+/// parameters, once every replica has finished its forward pass (Burn 0.21 can lose a gradient
+/// when a `backward()` runs while another thread records graph steps, tracel-ai/burn#5573). Frozen parameters (`no_grad`) get no gradient and are never changed. A batch
 /// norm normalizes each replica's part with that part's statistics, and the module's running
 /// statistics become the row-weighted mean of the replicas' after each micro-batch (see the
 /// crate documentation, "What stays exact").
@@ -208,12 +211,19 @@ where
     {
         let dim = self.parallel.dim();
         let reduction = self.reduction;
+        let forwards_done = Rendezvous::default();
         let results = self.parallel.run(
             batch,
             |replica: &M, part: I| {
                 let start = Instant::now();
                 let rows = part.rows(dim).ok().flatten().unwrap_or(0);
-                let value = loss(replica, part);
+                // Every replica ends its forward pass before any starts its backward pass: in
+                // Burn 0.21 a `backward()` can free the graph steps another thread is still
+                // recording, and a gradient is lost without an error (tracel-ai/burn#5573).
+                // A replica whose forward panics still takes its place, then panics.
+                let value = catch_unwind(AssertUnwindSafe(|| loss(replica, part)));
+                forwards_done.wait();
+                let value = value.unwrap_or_else(|panic| resume_unwind(panic));
                 let scalar: f64 = value.clone().into_scalar().elem();
                 let grads = scalar.is_finite().then(|| {
                     // The replica's share of the rows: the replicas' gradients then add up to the
