@@ -4,10 +4,12 @@
 //! In a data-parallel training forward every replica updates its own copy from its part of the
 //! batch. Afterwards the module's buffers become the **row-weighted mean** of the replicas'
 //! (replica `k` weighing `rows_k / rows`), and every replica kept for the next call receives
-//! that value too. A running mean then equals single-device training's exactly: each replica's
-//! update is `(1 - m) * old + m * mean_k`, and the row-weighted mean of the `mean_k` is the
-//! mean over the whole batch. A running variance gets the row-weighted mean of the replicas'
-//! variances, which leaves out the spread between the parts' means (see the crate docs).
+//! that value too. Each replica's update is `(1 - m) * old + m * mean_k`, and the row-weighted
+//! mean of the `mean_k` is the mean over the whole batch: a running mean equals single-device
+//! training's wherever the batch norm's input does not itself depend on batch statistics (a
+//! first batch norm; later ones see the outputs of per-part normalization). A running variance
+//! gets the row-weighted mean of the replicas' variances, which leaves out the spread between
+//! the parts' means (see the crate docs).
 //! PyTorch's `DataParallel` instead keeps replica 0's update alone.
 
 use crate::by_id::ById;
@@ -72,7 +74,7 @@ impl Buffers {
         }
     }
 
-    /// The ids, for tests and for the exchange across processes.
+    /// Whether `id` is a buffer's (the exchange across processes sends buffers apart).
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn contains(&self, id: &ParamId) -> bool {
         self.ids.contains(id)

@@ -37,8 +37,9 @@ const LOST: &str = "the module was lost in an update that panicked; set a new on
 /// the whole batch. The cost, each call: one copy of every parameter per extra device (none on
 /// the CPU, whose devices share memory), and the replicas run one after another, since Burn
 /// 0.21's autodiff graph loses steps when several threads extend one graph at once; the one
-/// backward pass then runs on the caller's thread. [`DataParallelTrainer`](crate::DataParallelTrainer)
-/// avoids both: kept replicas, each with a backward pass of its own, all at the same time.
+/// backward pass then runs on the caller's thread.
+/// [`DataParallelTrainer`](crate::DataParallelTrainer) avoids both: kept replicas, each with a
+/// backward pass of its own, all at the same time.
 ///
 /// Buffers that the forward pass updates (BatchNorm's running statistics) are each replica's
 /// own; after a call on an autodiff backend the module's become the row-weighted mean of the

@@ -71,8 +71,9 @@ struct ReplicaResult {
 ///
 /// Replicas run their backward passes at the same time, each on its own copy of the
 /// parameters, once every replica has finished its forward pass (Burn 0.21 can lose a gradient
-/// when a `backward()` runs while another thread records graph steps, tracel-ai/burn#5573). Frozen parameters (`no_grad`) get no gradient and are never changed. A batch
-/// norm normalizes each replica's part with that part's statistics, and the module's running
+/// when a `backward()` runs while another thread records graph steps, tracel-ai/burn#5573).
+/// Frozen parameters (`no_grad`) get no gradient and are never changed. A batch norm
+/// normalizes each replica's part with that part's statistics, and the module's running
 /// statistics become the row-weighted mean of the replicas' after each micro-batch (see the
 /// crate documentation, "What stays exact").
 ///
