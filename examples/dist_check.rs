@@ -26,11 +26,12 @@ use anyhow::Context;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, ElementConversion, Int, Tensor, TensorData, TensorKind};
 use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
 use burn_data_parallel::{
-    DataParallelTrainer, LossReduction, Replicate, Scatter, SplitPolicy, chunk_sizes,
+    DataParallelTrainer, Replicate, Scatter, ShardableRecord, SplitPolicy, Trainer, chunk_sizes,
 };
 use clap::Parser;
 use compare::max_param_diff;
@@ -93,6 +94,22 @@ struct Args {
     /// The optimizer.
     #[arg(long, value_enum, default_value_t = Optim::Sgd)]
     optimizer: Optim,
+    /// Micro-batches each rank cuts its shard of a global batch into, accumulated into one
+    /// optimizer step (models without batch norm).
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+    /// This rank accumulates one micro-batch more (it must be refused on every rank).
+    #[arg(long)]
+    extra_micro_batch_rank: Option<usize>,
+    /// Each rank keeps the optimizer state of its shard only (ZeRO stage 1).
+    #[arg(long)]
+    sharded: bool,
+    /// This rank does the opposite of --sharded (it must be refused before any step).
+    #[arg(long)]
+    odd_sharding_rank: Option<usize>,
+    /// Rows of the held-out set the trained model is evaluated on across the ranks.
+    #[arg(long, default_value_t = 37)]
+    held_out: usize,
 }
 
 /// The models of the zoo.
@@ -189,6 +206,17 @@ where
             Self::Parts(trainer) => trainer.module(),
         }
     }
+
+    /// The size of the whole optimizer state, serialized as the trainers measure theirs.
+    fn optimizer_state_bytes(&self) -> anyhow::Result<usize> {
+        match self {
+            Self::Plain(_, optimizer) => {
+                let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+                Ok(Recorder::<B>::record(&recorder, optimizer.to_record(), ())?.len())
+            }
+            Self::Parts(trainer) => Ok(trainer.optimizer_state_bytes()?),
+        }
+    }
 }
 
 /// The same sizes whatever the rows: the ranks' parts, in rank order.
@@ -279,6 +307,7 @@ fn check<B: AutodiffBackend>(
                 devices,
                 model,
                 batch: rows::<B, 8>,
+                held_out: rows::<B::InnerBackend, 8>,
                 ghost: false,
                 buffer_values: 0,
             }
@@ -297,6 +326,7 @@ fn check<B: AutodiffBackend>(
                 devices,
                 model,
                 batch: images::<B>,
+                held_out: images::<B::InnerBackend>,
                 ghost: true,
                 // Each batch norm's running mean and variance.
                 buffer_values: 2 * (4 + 6),
@@ -324,6 +354,7 @@ fn check<B: AutodiffBackend>(
                 devices,
                 model,
                 batch: tokens::<B>,
+                held_out: tokens::<B::InnerBackend>,
                 ghost: false,
                 buffer_values: 0,
             }
@@ -341,6 +372,7 @@ fn check<B: AutodiffBackend>(
                 devices,
                 model,
                 batch: tokens::<B>,
+                held_out: tokens::<B::InnerBackend>,
                 ghost: false,
                 buffer_values: 0,
             }
@@ -359,6 +391,7 @@ fn check<B: AutodiffBackend>(
                 devices,
                 model,
                 batch: rows::<B, 8>,
+                held_out: rows::<B::InnerBackend, 8>,
                 ghost: false,
                 buffer_values: 0,
             }
@@ -370,16 +403,24 @@ fn check<B: AutodiffBackend>(
 /// Inputs and class targets.
 type Batch<B, const D: usize, K> = (Tensor<B, D, K>, Tensor<B, 1, Int>);
 
+/// Makes step `step`'s batch of `rows` rows on a device.
+type MakeBatch<B, const D: usize, K> = fn(usize, usize, &burn::tensor::Device<B>) -> Batch<B, D, K>;
+
 /// One model to train on every rank's shard of seeded global batches, beside a single-process
 /// reference on the union of the shards.
-struct Case<'a, B: AutodiffBackend, F, const D: usize, K: TensorKind<B>> {
+struct Case<'a, B: AutodiffBackend, F, const D: usize, K>
+where
+    K: TensorKind<B> + TensorKind<B::InnerBackend>,
+{
     args: &'a Args,
     mpi: &'a Mpi,
     devices: Vec<B::Device>,
     /// Makes the model on a device.
     model: F,
     /// Step `step`'s global batch of `rows` rows.
-    batch: fn(usize, usize, &B::Device) -> Batch<B, D, K>,
+    batch: MakeBatch<B, D, K>,
+    /// The same rows for the inference module.
+    held_out: MakeBatch<B::InnerBackend, D, K>,
     /// The model normalizes by batch statistics, so the reference runs each part (one per
     /// rank and local replica) on its own and weights their losses by rows.
     ghost: bool,
@@ -392,8 +433,16 @@ where
     B: AutodiffBackend,
     F: Fn(&B::Device) -> M,
     M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
-    K: TensorKind<B> + BasicOps<B> + 'static,
+    M::InnerModule: Classifier<B::InnerBackend, Input = Tensor<B::InnerBackend, D, K>>
+        + Replicate<B::InnerBackend>
+        + Sync,
+    K: TensorKind<B>
+        + BasicOps<B>
+        + TensorKind<B::InnerBackend>
+        + BasicOps<B::InnerBackend>
+        + 'static,
     Tensor<B, D, K>: Scatter<B>,
+    Tensor<B::InnerBackend, D, K>: Scatter<B::InnerBackend>,
 {
     fn run(self) -> anyhow::Result<()> {
         match self.args.optimizer {
@@ -407,13 +456,18 @@ where
         }
     }
 
-    fn train<O: Optimizer<M, B>>(self, optimizer: impl Fn() -> O) -> anyhow::Result<()> {
+    fn train<O>(self, optimizer: impl Fn() -> O) -> anyhow::Result<()>
+    where
+        O: Optimizer<M, B>,
+        O::Record: ShardableRecord<B>,
+    {
         let Self {
             args,
             mpi,
             devices,
             model,
             batch,
+            held_out,
             ghost,
             buffer_values,
         } = self;
@@ -428,9 +482,18 @@ where
             (true, Transport::Mpi) => GradientTransport::Auto,
             (true, _) => GradientTransport::Mpi,
         };
-        let mut trainer =
-            DistributedTrainer::with_transport(mpi, local, LossReduction::Mean, transport)
-                .with_context(|| format!("rank {rank}: cannot start training"))?;
+        let mut trainer = DistributedTrainer::with_transport(mpi, local, transport)
+            .with_context(|| format!("rank {rank}: cannot start training"))?;
+        if args.sharded != (args.odd_sharding_rank == Some(rank)) {
+            trainer = trainer
+                .with_sharded_optimizer()
+                .with_context(|| format!("rank {rank}: cannot shard the optimizer state"))?;
+        }
+        anyhow::ensure!(
+            args.accumulate == 1 || !ghost,
+            "--accumulate checks models without batch norm (the reference would need the same \
+             micro-batch parts)"
+        );
         if rank == 0 {
             println!(
                 "[rank 0] gradients summed through {:?}",
@@ -456,7 +519,6 @@ where
             Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [n]), &device)
         };
         let shards: Vec<Vec<i64>> = (0..size).map(indices_of).collect::<anyhow::Result<_>>()?;
-        let shard = as_tensor(shards[rank].clone());
         let union = as_tensor(shards.concat());
         // The reference, in one process: plain training on the union of the shards; for a model
         // that normalizes by batch statistics, a `DataParallelTrainer` (itself checked against
@@ -478,22 +540,35 @@ where
             }
             let replica_panics = step == args.fault_step && args.replica_panic_rank == Some(rank);
             let (x, y) = batch(step, args.global_batch, &device);
-            let stats = trainer
-                .step(
-                    lr,
-                    (
-                        x.clone().select(0, shard.clone()),
-                        y.clone().select(0, shard.clone()),
-                    ),
-                    |m: &M, batch| {
-                        assert!(
-                            !replica_panics,
-                            "fault injected in a replica at step {step}"
-                        );
-                        loss(m, batch)
-                    },
-                )
+            // This rank's shard, in `accumulate` micro-batches: one optimizer step.
+            let micro = args.accumulate + usize::from(args.extra_micro_batch_rank == Some(rank));
+            let n = shards[rank].len();
+            let (mut loss_sum, mut rows) = (0.0, 0);
+            for i in 0..micro {
+                let piece = shards[rank][i * n / micro..(i + 1) * n / micro].to_vec();
+                let piece = as_tensor(piece);
+                let stats = trainer
+                    .accumulate(
+                        (
+                            x.clone().select(0, piece.clone()),
+                            y.clone().select(0, piece),
+                        ),
+                        |m: &M, batch| {
+                            assert!(
+                                !replica_panics,
+                                "fault injected in a replica at step {step}"
+                            );
+                            loss(m, batch)
+                        },
+                    )
+                    .with_context(|| format!("rank {rank}: step {step} failed"))?;
+                loss_sum += stats.loss * stats.rows as f64;
+                rows += stats.rows;
+            }
+            trainer
+                .apply(lr)
                 .with_context(|| format!("rank {rank}: step {step} failed"))?;
+            let loss_of_step = loss_sum / rows as f64;
             let reference_loss = reference.step(
                 lr,
                 (x.select(0, union.clone()), y.select(0, union.clone())),
@@ -501,26 +576,82 @@ where
             )?;
             if rank == 0 {
                 println!(
-                    "[rank 0] step {step}: loss {:.6} (single process {reference_loss:.6})",
-                    stats.loss
+                    "[rank 0] step {step}: loss {loss_of_step:.6} (single process \
+                     {reference_loss:.6})"
                 );
             }
         }
         let exchanged = trainer.exchange_stats();
+        let sharded = trainer.is_sharded();
+        let transport = trainer.transport();
+        let state_bytes = trainer.optimizer_state_bytes()?;
+        let whole_state = trainer.optimizer_record()?;
+        // Each rank evaluates its part of the held-out rows.
+        let evaluation = trainer
+            .evaluate(held_out(9999, args.held_out, &device), |m, (x, y)| {
+                m.correct_and_loss_sum(x, y)
+            })?;
         // Every rank finishes before any checks its own figures: a rank leaving early would leave
         // the others waiting in `finish`.
         let (model, _) = trainer
             .finish()
             .with_context(|| format!("rank {rank}: cannot finish"))?;
-        // One all-reduce per step, carrying the trainable parameters' gradients, a flag per
-        // trainable tensor, and the buffers; frozen parameters never travel.
-        let (trainable, tensors) = trainable(&initial);
+        // One all-reduce per step whatever the micro-batches, carrying the trainable
+        // parameters' gradients, a flag per trainable tensor, and the buffers; frozen
+        // parameters never travel. Sharded: one reduce-scatter and one all-gather of as much
+        // (through NCCL, whose blocks are of one size, give or take the padding: at most a
+        // tensor and its flags per rank).
+        let (trainable, tensors, largest) = trainable(&initial);
         let per_step = trainable + tensors + buffer_values;
-        anyhow::ensure!(
-            exchanged.all_reduces == steps && exchanged.values == steps * per_step,
-            "rank {rank}: {steps} steps of {per_step} values each ({trainable} trainable parameters \
-             in {tensors} tensors, {buffer_values} buffer values) exchanged {exchanged:?}"
-        );
+        if sharded && size > 1 {
+            let padded = match transport {
+                GradientTransport::Mpi => per_step,
+                _ => per_step + size * (largest + tensors),
+            };
+            anyhow::ensure!(
+                exchanged.all_reduces == 0
+                    && exchanged.reduce_scatters == steps
+                    && exchanged.all_gathers == steps
+                    && exchanged.values >= 2 * steps * per_step
+                    && exchanged.values <= 2 * steps * padded,
+                "rank {rank}: {steps} sharded steps of about {per_step} values exchanged \
+                 {exchanged:?}"
+            );
+        } else {
+            anyhow::ensure!(
+                exchanged.all_reduces == steps && exchanged.values == steps * per_step,
+                "rank {rank}: {steps} steps of {per_step} values each ({trainable} trainable \
+                 parameters in {tensors} tensors, {buffer_values} buffer values) exchanged \
+                 {exchanged:?}"
+            );
+        }
+        // A sharded rank holds about 1/ranks of the state (within 10% and one tensor's);
+        // rank 0 gathers all of it.
+        let whole = reference.optimizer_state_bytes()?;
+        if sharded && size > 1 && whole > 0 {
+            let bound = whole as f64 / size as f64 * 1.1 + (8 * largest + 512) as f64;
+            anyhow::ensure!(
+                (state_bytes as f64) <= bound,
+                "rank {rank}: a sharded optimizer state of {state_bytes} bytes, where the whole \
+                 one is {whole} (bound {bound:.0})"
+            );
+        }
+        if let Some(record) = whole_state {
+            // Every entry names one of rank 0's parameters: shards keyed by another rank's ids
+            // would be dropped here and the size would fall short.
+            let record = record.retain_params(&trainable_ids(&model));
+            let gathered = Recorder::<B>::record(
+                &BinBytesRecorder::<FullPrecisionSettings>::default(),
+                record,
+                (),
+            )?
+            .len();
+            anyhow::ensure!(
+                gathered.abs_diff(whole) * 100 <= whole,
+                "rank {rank}: the gathered optimizer state has {gathered} bytes, the whole one \
+                 {whole}"
+            );
+        }
         let moved = max_param_diff(&model, &initial);
         anyhow::ensure!(
             moved > 1e-4,
@@ -531,31 +662,67 @@ where
             diff <= args.tolerance,
             "rank {rank}: parameters differ from single-process training by {diff:e}"
         );
+        // Evaluation across the ranks counts every held-out row once: the same sums as one
+        // process evaluating the same module on every row.
+        let (x, y) = held_out(9999, args.held_out, &device);
+        let [correct, loss_sum] = model.valid().correct_and_loss_sum(x, y);
+        let [ranks_correct, ranks_loss] = evaluation;
+        anyhow::ensure!(
+            ranks_correct == correct
+                && (ranks_loss - loss_sum).abs() <= 1e-5 * loss_sum.abs().max(1.0),
+            "rank {rank}: evaluation across ranks gave {ranks_correct} correct and a loss sum of \
+             {ranks_loss}; one process gives {correct} and {loss_sum}"
+        );
         println!(
-            "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces of {per_step} \
-             values ({} parameters, {trainable} trainable), max parameter difference {diff:e}",
+            "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces \
+             ({} reduce-scatters, {} all-gathers) of about {per_step} values ({} parameters, \
+             {trainable} trainable), max parameter difference {diff:e}, optimizer state \
+             {state_bytes} of {whole} bytes, held-out {correct}/{} correct",
             exchanged.all_reduces,
+            exchanged.reduce_scatters,
+            exchanged.all_gathers,
             model.num_params(),
+            args.held_out,
         );
         Ok(())
     }
 }
 
-/// Values and tensors of the parameters that require a gradient.
-fn trainable<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> (usize, usize) {
-    struct Count(usize, usize);
+/// Values and tensors of the parameters that require a gradient, and the largest tensor's
+/// values (buffers included).
+fn trainable<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> (usize, usize, usize) {
+    struct Count(usize, usize, usize);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Count {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let value = param.val();
+            let values = value.shape().num_elements();
+            self.2 = self.2.max(values);
             if value.is_require_grad() {
-                self.0 += value.shape().num_elements();
+                self.0 += values;
                 self.1 += 1;
             }
         }
     }
-    let mut count = Count(0, 0);
+    let mut count = Count(0, 0, 0);
     model.visit(&mut count);
-    (count.0, count.1)
+    (count.0, count.1, count.2)
+}
+
+/// The ids of the parameters that require a gradient.
+fn trainable_ids<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+) -> std::collections::HashSet<burn::module::ParamId> {
+    struct Ids(std::collections::HashSet<burn::module::ParamId>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.val().is_require_grad() {
+                self.0.insert(param.id);
+            }
+        }
+    }
+    let mut ids = Ids(Default::default());
+    model.visit(&mut ids);
+    ids.0
 }
 
 /// The seed of step `step`'s global batch, the same on every rank.

@@ -159,6 +159,9 @@ if [ -x "$bin/dist_check" ] && command -v mpirun >/dev/null 2>&1; then
   step nccl-1-rank            120 "${mpi[@]}" -n 1 "$bin/dist_check" --transport nccl --tolerance 1e-4
   if [ "$gpus" -gt 1 ]; then
     step nccl-all-gpus        240 "${mpi[@]}" -n "$gpus" "$bin/dist_check" --transport nccl --tolerance 1e-4
+    # ZeRO stage 1 through NCCL's in-place reduce-scatter and all-gather, with accumulation.
+    step nccl-sharded-adam    240 "${mpi[@]}" -n "$gpus" "$bin/dist_check" --transport nccl --tolerance 1e-4 \
+                                  --sharded --optimizer adam --steps 20 --accumulate 2
   else
     note "SKIP nccl-all-gpus: fewer than two GPUs"
   fi

@@ -184,8 +184,12 @@ fn a_rank_that_exits_ends_the_job() {
 #[test]
 fn a_rank_taking_more_steps_is_an_error_not_a_hang() {
     let out = mpirun_failing(2, &["--extra-step-rank", "1"]);
+    // Rank 0 has moved on to evaluating and finishing; rank 1 to an eleventh step.
     assert!(
-        out.contains("rank 1 is still training") || out.contains("rank 0 finished training"),
+        out.contains("rank 1 is still training")
+            || out.contains("rank 0 finished training")
+            || out.contains("rank 1 accumulates micro-batch 1 while this rank evaluates")
+            || out.contains("rank 0 evaluates 2 metrics while this rank accumulates"),
         "{out}"
     );
 }
@@ -210,8 +214,11 @@ fn every_step_makes_one_gradient_all_reduce_over_all_parameters() {
     let (ok, out, _) = mpirun(2, &["--steps", "4", "--devices-per-rank", "2"]);
     assert!(ok, "{out}");
     assert_eq!(
-        out.matches("PASS: 4 steps on 2 ranks, 4 gradient all-reduces of 199 values (195")
-            .count(),
+        out.matches(
+            "PASS: 4 steps on 2 ranks, 4 gradient all-reduces (0 reduce-scatters, 0 all-gathers) \
+             of about 199 values (195"
+        )
+        .count(),
         2,
         "{out}"
     );
@@ -477,4 +484,253 @@ fn tied_embeddings_train_like_one_process() {
 #[test]
 fn a_branch_no_rank_took_gets_no_gradient() {
     zoo_model_trains_like_one_process("branchy");
+}
+
+#[test]
+fn micro_batches_accumulate_into_one_all_reduce_per_step_and_train_like_one_process() {
+    // dist_check counts the all-reduces (one per step) and compares every rank's parameters
+    // with one step per global batch in one process.
+    for (ranks, devices, optimizer) in [(2, "1", "sgd"), (3, "2", "adam")] {
+        let args = [
+            "--accumulate",
+            "3",
+            "--steps",
+            "6",
+            "--devices-per-rank",
+            devices,
+            "--optimizer",
+            optimizer,
+        ];
+        let (ok, out, _) = mpirun(ranks, &args);
+        assert!(ok, "{out}");
+        let pass = format!("PASS: 6 steps on {ranks} ranks, 6 gradient all-reduces");
+        assert_eq!(out.matches(&pass).count(), ranks, "{out}");
+    }
+    let (ok, out, _) = mpirun(1, &["--accumulate", "4", "--steps", "3"]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_rank_accumulating_another_number_of_micro_batches_is_refused_on_every_rank() {
+    let out = mpirun_failing(2, &["--accumulate", "2", "--extra-micro-batch-rank", "1"]);
+    assert!(
+        out.contains("rank 1 accumulates micro-batch 3 while this rank applies 2")
+            || out.contains("rank 0 applies 2 accumulated micro-batches while this rank accumulates micro-batch 3"),
+        "{out}"
+    );
+}
+
+/// ZeRO stage 1: 20 Adam steps with each rank keeping the state of its shard only (of uneven
+/// sizes: whole tensors), against single-process training, for models with and without
+/// buffers and frozen parameters. dist_check also checks the collectives (one reduce-scatter
+/// and one all-gather per step, of about one all-reduce's values), each rank's state (at most
+/// 1/ranks of the whole, within 10% and one tensor's), and that rank 0 gathers the whole state.
+#[test]
+fn a_sharded_optimizer_state_trains_like_an_unsharded_one() {
+    for ranks in [2, 3] {
+        for model in ["mlp", "transformer", "cnn", "finetune"] {
+            let args = [
+                "--model",
+                model,
+                "--optimizer",
+                "adam",
+                "--sharded",
+                "--steps",
+                "20",
+                "--devices-per-rank",
+                "2",
+            ];
+            let (ok, out, _) = mpirun(ranks, &args);
+            assert!(ok, "{model} on {ranks} ranks: {out}");
+            let pass = format!(
+                "PASS: 20 steps on {ranks} ranks, 0 gradient all-reduces (20 reduce-scatters, 20 all-gathers)"
+            );
+            assert_eq!(out.matches(&pass).count(), ranks, "{out}");
+        }
+    }
+    let (ok, out, _) = mpirun(
+        2,
+        &["--sharded", "--accumulate", "2", "--optimizer", "adamw"],
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn ranks_that_disagree_on_sharding_are_refused_before_any_step() {
+    for sharded in [true, false] {
+        let mut args = vec!["--odd-sharding-rank", "1"];
+        if sharded {
+            args.push("--sharded");
+        }
+        let out = mpirun_failing(2, &args);
+        assert!(out.contains("shards its optimizer state"), "{out}");
+        assert!(
+            !out.contains("step 0: loss"),
+            "refused before any step: {out}"
+        );
+    }
+}
+
+#[test]
+fn evaluation_across_ranks_counts_every_held_out_row_once() {
+    // 37 held-out rows: not a multiple of 2 or 3. dist_check fails unless the ranks' sums of
+    // correct rows and of the loss equal one process evaluating every row.
+    for ranks in [1, 2, 3] {
+        for held_out in ["37", "2"] {
+            let args = [
+                "--steps",
+                "2",
+                "--held-out",
+                held_out,
+                "--devices-per-rank",
+                "2",
+            ];
+            let (ok, out, _) = mpirun(ranks, &args);
+            assert!(ok, "{ranks} ranks, {held_out} rows: {out}");
+            assert_eq!(out.matches("PASS").count(), ranks, "{out}");
+        }
+    }
+}
+
+/// The epochs of a `train` run's report: (training loss, held-out accuracy, held-out loss).
+fn epochs_of(out: &std::path::Path) -> Vec<(f64, f64, f64)> {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    report["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let f = |k: &str| e[k].as_f64().unwrap();
+            (f("train_loss"), f("test_accuracy"), f("test_loss"))
+        })
+        .collect()
+}
+
+fn assert_same_epochs(found: &[(f64, f64, f64)], expected: &[(f64, f64, f64)], what: &str) {
+    assert_eq!(found.len(), expected.len(), "{what}");
+    for (i, (f, e)) in found.iter().zip(expected).enumerate() {
+        // Within 1e-5, relative above 1: one device and two in one process already differ by
+        // about 1e-6 after three epochs (the rows are summed in another order).
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+        assert!(
+            close(f.0, e.0) && f.1 == e.1 && close(f.2, e.2),
+            "{what}, epoch {}: {f:?} where the uninterrupted run has {e:?}",
+            i + 1
+        );
+    }
+}
+
+/// A config whose sizes divide by no world size of the test: 601 training rows, 203 held-out,
+/// global batches of 50 (ranks 3 take 16, 17 and 17 rows).
+fn uneven_config(dir: &std::path::Path) -> String {
+    let path = dir.join("uneven.json");
+    std::fs::write(
+        &path,
+        r#"{"data": {"features": 8, "classes": 3, "train_size": 601, "test_size": 203, "noise": 0.5},
+            "hidden_sizes": [16], "batch_size": 50, "epochs": 3, "lr": 0.01}"#,
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Runs `train` on `ranks` ranks (one plain process for 0) with `args`; returns its stdout.
+fn train(ranks: usize, args: &[&str]) -> String {
+    let train = env!("CARGO_BIN_EXE_train");
+    if ranks == 0 {
+        let output = Command::new(train).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return text;
+    }
+    let mut all = vec!["--mpi"];
+    all.extend_from_slice(args);
+    let (ok, text, _) = mpirun_binary(ranks, train, &all);
+    assert!(ok, "{text}");
+    text
+}
+
+#[test]
+fn a_checkpoint_resumes_at_another_world_size_with_the_uninterrupted_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uneven_config(dir.path());
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (whole, split, sharded) = (path("whole"), path("split"), path("sharded"));
+    let base = |out: &str, epochs: &'static str| -> Vec<String> {
+        ["--config", &config, "--out", out, "--epochs", epochs]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let strs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
+    let run = |ranks: usize, args: Vec<String>, extra: &[&str]| {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        train(ranks, &all)
+    };
+
+    // One process, three epochs without a stop.
+    run(0, base(&whole, "3"), &[]);
+    let expected = epochs_of(std::path::Path::new(&whole));
+
+    // Two ranks for two epochs, then three ranks, each keeping its shard of the Adam state,
+    // for the third: the whole state was in the checkpoint.
+    run(2, base(&split, "2"), &[]);
+    let text = run(3, base(&split, "3"), &["--resume", "--shard-optimizer"]);
+    assert!(
+        text.contains("(epoch 2, step 26, trained on 2 ranks)"),
+        "{}: {text}",
+        strs(&base(&split, "3"))
+    );
+    assert_same_epochs(
+        &epochs_of(std::path::Path::new(&split)),
+        &expected,
+        "2 ranks, then 3 sharded",
+    );
+
+    // Two ranks sharded for one epoch (rank 0 gathers the shards into the checkpoint), then
+    // three ranks for one, then one process for the last.
+    run(2, base(&sharded, "1"), &["--shard-optimizer"]);
+    run(3, base(&sharded, "2"), &["--resume"]);
+    let text = run(0, base(&sharded, "3"), &["--resume"]);
+    assert!(text.contains("trained on 3 ranks"), "{text}");
+    assert_same_epochs(
+        &epochs_of(std::path::Path::new(&sharded)),
+        &expected,
+        "2 ranks sharded, then 3, then 1 process",
+    );
+}
+
+#[test]
+fn the_train_example_accumulates_micro_batches_across_ranks_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = uneven_config(dir.path());
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (one, many) = (path("one"), path("many"));
+    train(0, &["--config", &config, "--out", &one, "--epochs", "2"]);
+    let text = train(
+        2,
+        &[
+            "--config",
+            &config,
+            "--out",
+            &many,
+            "--epochs",
+            "2",
+            "--accumulate",
+            "3",
+        ],
+    );
+    assert!(
+        text.contains("global batches of 50 in 3 micro-batches"),
+        "{text}"
+    );
+    assert_same_epochs(
+        &epochs_of(std::path::Path::new(&many)),
+        &epochs_of(std::path::Path::new(&one)),
+        "2 ranks, 3 micro-batches per step",
+    );
 }

@@ -151,6 +151,9 @@ mod with_burn_train {
             median_seconds,
             rows_per_second: W3_BATCH as f64 / median_seconds,
             exchanged_values: None,
+            optimizer_bytes: None,
+            exchange_seconds: None,
+            compute_seconds: None,
         })
     }
 }

@@ -175,6 +175,8 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             for &ranks in &args.mpi_ranks {
                 specs.push(spec(workload, Runner::MpiRanks, ranks, Some(1)));
                 specs.push(spec(workload, Runner::MpiRanksFineTune, ranks, Some(1)));
+                specs.push(spec(workload, Runner::MpiRanksAdam, ranks, Some(1)));
+                specs.push(spec(workload, Runner::MpiRanksSharded, ranks, Some(1)));
             }
         }
     }

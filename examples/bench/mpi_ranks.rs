@@ -1,7 +1,8 @@
 //! W3 over MPI ranks (feature `mpi`): each rank, one process under `mpirun`, trains on its
 //! `256 / ranks` rows of the global batch with one CPU device, and the gradients are summed by
-//! one all-reduce per step. Every rank runs the same fixed number of steps (a step is
-//! collective); rank 0 reports.
+//! one all-reduce per step (or reduce-scattered, and the parameters all-gathered, with the
+//! optimizer state sharded). Every rank runs the same fixed number of steps (a step is
+//! collective); rank 0 reports, with the largest optimizer state of any rank.
 
 use crate::spec::Spec;
 
@@ -12,8 +13,8 @@ pub fn measure(_spec: &Spec) -> anyhow::Result<()> {
 
 #[cfg(feature = "mpi")]
 pub fn measure(spec: &Spec) -> anyhow::Result<()> {
-    use crate::spec::Measurement;
-    use crate::workloads::{W3_BATCH, W3_LR, median, mlp_config, w3_batch};
+    use crate::spec::Runner;
+    use crate::workloads::mlp_config;
     use burn::backend::Autodiff;
     // The CPU backend the other rows of the report use.
     #[cfg(feature = "flex")]
@@ -21,24 +22,56 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
     #[cfg(not(feature = "flex"))]
     use burn::backend::NdArray as Cpu;
     use burn::module::Module;
-    use burn::optim::SgdConfig;
-    use burn::tensor::backend::Backend;
-    use burn_data_parallel::dist::{DistributedTrainer, Mpi};
-    use burn_data_parallel::{DataParallelTrainer, LossReduction};
-    use dp_model::Classifier;
-    use std::time::Instant;
+    use burn::optim::{AdamConfig, SgdConfig};
+    use burn_data_parallel::dist::Mpi;
 
     type B = Autodiff<Cpu>;
     let mpi = Mpi::init()?;
     let device = Default::default();
     let model = mlp_config().init::<B>(&device).fork(&device);
-    let model = if spec.runner == crate::spec::Runner::MpiRanksFineTune {
+    let model = if spec.runner == Runner::MpiRanksFineTune {
         model.freeze_hidden_layers()
     } else {
         model
     };
-    let local = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device])?;
-    let mut trainer = DistributedTrainer::new(&mpi, local, LossReduction::Mean)?;
+    match spec.runner {
+        Runner::MpiRanksAdam | Runner::MpiRanksSharded => {
+            let sharded = spec.runner == Runner::MpiRanksSharded;
+            run(spec, &mpi, model, AdamConfig::new().init(), sharded)
+        }
+        _ => run(spec, &mpi, model, SgdConfig::new().init(), false),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn run<B, M, O>(
+    spec: &Spec,
+    mpi: &burn_data_parallel::dist::Mpi,
+    model: M,
+    optimizer: O,
+    sharded: bool,
+) -> anyhow::Result<()>
+where
+    B: burn::tensor::backend::AutodiffBackend,
+    M: dp_model::Classifier<B, Input = burn::tensor::Tensor<B, 2>>
+        + burn::module::AutodiffModule<B>
+        + burn_data_parallel::Replicate<B>
+        + Sync,
+    O: burn::optim::Optimizer<M, B>,
+    O::Record: burn_data_parallel::ShardableRecord<B>,
+{
+    use crate::spec::Measurement;
+    use crate::workloads::{W3_BATCH, W3_LR, median, w3_batch};
+    use burn_data_parallel::dist::DistributedTrainer;
+    use burn_data_parallel::{DataParallelTrainer, Trainer};
+    use std::time::Instant;
+
+    let device = model.devices()[0].clone();
+    let local = DataParallelTrainer::new(model, optimizer, vec![device.clone()])?;
+    let mut trainer = DistributedTrainer::new(mpi, local)?;
+    if sharded {
+        trainer = trainer.with_sharded_optimizer()?;
+    }
     let (x, y) = w3_batch::<B>(&device);
     let rows = W3_BATCH.div_ceil(mpi.size());
     let start_row = (mpi.rank() * rows).min(W3_BATCH);
@@ -47,21 +80,26 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
         x.narrow(0, start_row, end_row - start_row),
         y.narrow(0, start_row, end_row - start_row),
     );
-    let mut step = || -> anyhow::Result<()> {
-        trainer.step(W3_LR, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))?;
-        Ok(())
+    let step = |trainer: &mut DistributedTrainer<'_, B, M, O>| -> anyhow::Result<f64> {
+        let stats = trainer.step(W3_LR, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))?;
+        Ok(stats.replicas.iter().map(|r| r.compute.as_secs_f64()).sum())
     };
     for _ in 0..5 {
-        step()?;
+        step(&mut trainer)?;
     }
     let iterations = ((spec.seconds * 25.0) as usize).max(10);
     let mut samples = Vec::with_capacity(iterations);
+    let mut compute = 0.0;
+    let exchanged_before = trainer.exchange_stats();
     for _ in 0..iterations {
         let t = Instant::now();
-        step()?;
+        compute += step(&mut trainer)?;
         samples.push(t.elapsed().as_secs_f64());
     }
     let exchanged = trainer.exchange_stats();
+    let collectives = exchanged.all_reduces + exchanged.reduce_scatters.max(exchanged.all_gathers);
+    let bytes = trainer.optimizer_state_bytes()? as u64;
+    let largest = mpi_max(mpi, bytes);
     trainer.finish()?;
     let (_, median_seconds) = median(samples);
     if mpi.rank() == 0 {
@@ -71,9 +109,20 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
             iterations,
             median_seconds,
             rows_per_second: W3_BATCH as f64 / median_seconds,
-            exchanged_values: Some(exchanged.values / exchanged.all_reduces.max(1)),
+            exchanged_values: Some(exchanged.values / collectives.max(1)),
+            optimizer_bytes: Some(largest as usize),
+            exchange_seconds: Some(
+                (exchanged.time - exchanged_before.time).as_secs_f64() / iterations as f64,
+            ),
+            compute_seconds: Some(compute / iterations as f64),
         };
         println!("RESULT {}", serde_json::to_string(&measurement)?);
     }
     Ok(())
+}
+
+/// The largest of every rank's `value`, on every rank.
+#[cfg(feature = "mpi")]
+fn mpi_max(mpi: &burn_data_parallel::dist::Mpi, value: u64) -> u64 {
+    mpi.all_gather(&[value]).into_iter().max().unwrap_or(value)
 }

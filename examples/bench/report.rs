@@ -112,6 +112,18 @@ impl Report {
                 let exchanged = m
                     .exchanged_values
                     .map_or_else(String::new, |v| format!("; {v} values exchanged per step"));
+                let exchanged = match (m.compute_seconds, m.exchange_seconds) {
+                    (Some(compute), Some(exchange)) => format!(
+                        "{exchanged} ({:.1} ms forward and backward, {:.1} ms in the exchange)",
+                        compute * 1e3,
+                        exchange * 1e3
+                    ),
+                    _ => exchanged,
+                };
+                let exchanged = match m.optimizer_bytes {
+                    Some(bytes) => format!("{exchanged}; optimizer state {bytes} bytes per rank"),
+                    None => exchanged,
+                };
                 md.push_str(&format!(
                     "| {}{exchanged} | {:.2} | {:.0} | {} |\n",
                     m.spec.label(),
@@ -318,6 +330,20 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 ),
                 Some(m),
                 find(ms, w, Runner::MpiRanks, m.spec.devices, Some(1)),
+            ));
+        }
+        for m in ms
+            .iter()
+            .filter(|m| m.spec.workload == w && m.spec.runner == Runner::MpiRanksSharded)
+        {
+            out.extend(ratio(
+                w,
+                format!(
+                    "MPI {} ranks, Adam: state sharded / not sharded (samples/s)",
+                    m.spec.devices
+                ),
+                Some(m),
+                find(ms, w, Runner::MpiRanksAdam, m.spec.devices, Some(1)),
             ));
         }
         for m in ms

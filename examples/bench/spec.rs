@@ -33,6 +33,11 @@ pub enum Runner {
     /// W3 only: as `MpiRanks`, fine-tuning: every layer but the last frozen, so that only the
     /// last layer's gradients travel.
     MpiRanksFineTune,
+    /// W3 only: as `MpiRanks`, with Adam, whose state is twice the model.
+    MpiRanksAdam,
+    /// W3 only: as `MpiRanksAdam`, each rank keeping the Adam state of its shard only (ZeRO
+    /// stage 1: a reduce-scatter and an all-gather instead of the all-reduce).
+    MpiRanksSharded,
     /// W3 only: the largest replica's share of the batch (`ceil(256 / N)` rows), forward and
     /// backward alone on one thread, counted as if it had done the whole batch. N replicas
     /// cannot beat this, even with free gradient combination and optimizer step: it is the
@@ -65,9 +70,21 @@ pub struct Measurement {
     pub median_seconds: f64,
     /// Rows (W1, W2) or samples (W3) per second, from the median.
     pub rows_per_second: f64,
-    /// MPI rows: values each rank sends in a step's gradient all-reduce.
+    /// MPI rows: values each rank hands to a step's collectives (the all-reduce, or the
+    /// reduce-scatter and the all-gather together).
     #[serde(default)]
     pub exchanged_values: Option<usize>,
+    /// MPI rows: this rank's optimizer state, serialized at full precision, in bytes (rank
+    /// 0's; with a sharded state, the largest shard's).
+    #[serde(default)]
+    pub optimizer_bytes: Option<usize>,
+    /// MPI rows: rank 0's mean seconds per timed step inside the gradient collectives (host
+    /// copies and waiting for the other ranks included).
+    #[serde(default)]
+    pub exchange_seconds: Option<f64>,
+    /// MPI rows: rank 0's mean seconds per step in forward and backward.
+    #[serde(default)]
+    pub compute_seconds: Option<f64>,
 }
 
 impl Spec {
@@ -79,9 +96,12 @@ impl Spec {
             Runner::DataParallel | Runner::ForwardBackward | Runner::BurnTrain => {
                 threads * self.devices
             }
-            Runner::Plain | Runner::Ceiling | Runner::MpiRanks | Runner::MpiRanksFineTune => {
-                threads
-            }
+            Runner::Plain
+            | Runner::Ceiling
+            | Runner::MpiRanks
+            | Runner::MpiRanksFineTune
+            | Runner::MpiRanksAdam
+            | Runner::MpiRanksSharded => threads,
         })
     }
 
@@ -99,7 +119,13 @@ impl Spec {
 
     /// Runs under `mpirun`.
     pub fn over_mpi(&self) -> bool {
-        matches!(self.runner, Runner::MpiRanks | Runner::MpiRanksFineTune)
+        matches!(
+            self.runner,
+            Runner::MpiRanks
+                | Runner::MpiRanksFineTune
+                | Runner::MpiRanksAdam
+                | Runner::MpiRanksSharded
+        )
     }
 
     pub fn label(&self) -> String {
@@ -114,6 +140,11 @@ impl Spec {
             Runner::MpiRanks => format!("MPI, {} rank(s) of 1 device", self.devices),
             Runner::MpiRanksFineTune => format!(
                 "MPI, {} rank(s) of 1 device, all but the last layer frozen",
+                self.devices
+            ),
+            Runner::MpiRanksAdam => format!("MPI, {} rank(s) of 1 device, Adam", self.devices),
+            Runner::MpiRanksSharded => format!(
+                "MPI, {} rank(s) of 1 device, Adam, state sharded (ZeRO-1)",
                 self.devices
             ),
             Runner::Ceiling => format!(

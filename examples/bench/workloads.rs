@@ -69,6 +69,9 @@ pub fn measure<B: AutodiffBackend>(
         median_seconds,
         rows_per_second: rows as f64 / median_seconds,
         exchanged_values: None,
+        optimizer_bytes: None,
+        exchange_seconds: None,
+        compute_seconds: None,
     })
 }
 

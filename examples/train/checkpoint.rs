@@ -24,6 +24,14 @@ pub struct State {
     /// Optimizer steps taken.
     pub steps: usize,
     pub history: Vec<EpochReport>,
+    /// Ranks that trained up to here. A run resumes at any number: the global batches do not
+    /// depend on it, and the optimizer state is whole (gathered on rank 0 when sharded).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl State {
@@ -55,7 +63,12 @@ pub fn latest(out: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// Writes a checkpoint for `state.epoch()` and makes it the latest; returns its folder.
-pub fn save<B, M, O>(out: &Path, model: &M, optimizer: &O, state: &State) -> anyhow::Result<PathBuf>
+pub fn save<B, M, O>(
+    out: &Path,
+    model: &M,
+    optimizer: O::Record,
+    state: &State,
+) -> anyhow::Result<PathBuf>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -72,7 +85,7 @@ where
         .clone()
         .save_file(tmp.join("model"), &recorder())
         .context("cannot write the model")?;
-    Recorder::<B>::record(&recorder(), optimizer.to_record(), tmp.join("optimizer"))
+    Recorder::<B>::record(&recorder(), optimizer, tmp.join("optimizer"))
         .context("cannot write the optimizer state")?;
     fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     if dir.exists() {

@@ -64,9 +64,12 @@ pub struct TrainConfig {
     /// Passes over the training split.
     #[config(default = 5)]
     pub epochs: usize,
-    /// Rows per global batch, split across the devices.
+    /// Rows per global batch, split across the devices (and the ranks).
     #[config(default = 128)]
     pub batch_size: usize,
+    /// Micro-batches each global batch is cut into; one optimizer step per global batch.
+    #[config(default = 1)]
+    pub accumulate: usize,
     /// Adam's learning rate.
     #[config(default = 0.005)]
     pub lr: f64,
@@ -133,6 +136,10 @@ impl TrainConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.epochs > 0, "epochs must be at least 1");
         anyhow::ensure!(self.batch_size > 0, "batch size must be at least 1");
+        anyhow::ensure!(
+            self.accumulate > 0,
+            "accumulate must be at least 1 micro-batch"
+        );
         anyhow::ensure!(
             self.lr.is_finite() && self.lr > 0.0,
             "the learning rate must be a positive number"

@@ -4,7 +4,9 @@
 //! cargo run --release --bin train -- --devices 2
 //! cargo run --release --bin train -- --devices 2 --model cnn --out runs/cnn
 //! cargo run --release --bin train -- --resume --epochs 8     # continue a run
+//! cargo run --release --bin train -- --accumulate 4            # 4 micro-batches per step
 //! mpirun -n 2 target/release/train --mpi                      # built with --features mpi
+//! mpirun -n 2 target/release/train --mpi --shard-optimizer    # ZeRO stage 1
 //! ```
 
 #[path = "../common/allocator.rs"]
@@ -22,9 +24,10 @@ use anyhow::Context;
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::module::AutodiffModule;
 use burn::optim::AdamConfig;
+use burn::optim::Optimizer;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, Int, Tensor, TensorData, TensorKind};
-use burn_data_parallel::{DataParallel, DataParallelTrainer, Replicate, Scatter};
+use burn_data_parallel::{DataParallelTrainer, Replicate, Scatter, Trainer};
 use clap::Parser;
 use config::{ModelKind, TrainConfig};
 use dp_dataset::{
@@ -78,6 +81,14 @@ struct Args {
     /// With --mpi, every rank prints its progress (by default only rank 0 does).
     #[arg(long)]
     log_all_ranks: bool,
+    /// Micro-batches per global batch: gradients accumulate over them and the optimizer steps
+    /// (and, with --mpi, the ranks exchange gradients) once per global batch [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    accumulate: Option<u64>,
+    /// With --mpi, each rank keeps the optimizer state of its shard of the parameters only
+    /// (ZeRO stage 1); checkpoints still hold the whole state.
+    #[arg(long)]
+    shard_optimizer: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -104,6 +115,9 @@ fn try_main() -> anyhow::Result<()> {
     }
     if let Some(seed) = args.seed {
         config.seed = seed;
+    }
+    if let Some(accumulate) = args.accumulate {
+        config.accumulate = accumulate as usize;
     }
     config.validate()?;
     let devices = args.devices.map(|n| n as usize);
@@ -266,14 +280,20 @@ impl<B: AutodiffBackend> Run<'_, B> {
 
         B::seed(&device, config.seed);
         let optimizer = AdamConfig::new().init::<B, M>();
-        let (model, optimizer, steps, mut history) = if args.resume {
+        let (model, optimizer, steps, history) = if args.resume {
             let loaded =
                 checkpoint::load::<B, _, _>(out, &config, init(&device), optimizer, &device)?;
             ranks.say(format_args!(
-                "Resuming from {} (epoch {}, step {}).",
+                "Resuming from {} (epoch {}, step {}, trained on {} rank{}).",
                 loaded.dir.display(),
                 loaded.state.epoch(),
-                loaded.state.steps
+                loaded.state.steps,
+                loaded.state.world_size,
+                if loaded.state.world_size == 1 {
+                    ""
+                } else {
+                    "s"
+                }
             ));
             let state = loaded.state;
             (loaded.model, loaded.optimizer, state.steps, state.history)
@@ -295,56 +315,120 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let test_rows = test_set.1.dims()[0];
         ranks.say(format_args!(
             "Training {what} on {} {label}{}: {train_rows} training rows, {test_rows} held-out, \
-             global batches of {}.",
+             global batches of {}{}.",
             devices.len(),
             ranks.describe(),
-            config.batch_size
+            config.batch_size,
+            if config.accumulate > 1 {
+                format!(" in {} micro-batches", config.accumulate)
+            } else {
+                String::new()
+            }
         ));
         let local =
             DataParallelTrainer::new(model, optimizer, devices.clone())?.with_steps_taken(steps);
-        let mut trainer = ranks.join(local)?;
+        let epochs = Epochs {
+            args,
+            ranks,
+            devices,
+            config,
+            history,
+            train_set,
+            test_set,
+        };
+        ranks.train(local, args.shard_optimizer, epochs)
+    }
+}
 
-        // Each rank reads its shard of every epoch; its part of a global batch is the next
-        // `batch_size / ranks` of its rows (every rank takes the same number of steps).
-        let mut sampler =
-            ShardedSampler::new(train_rows, ranks.size(), ranks.rank())?.with_seed(config.seed);
-        let local_batch = config.batch_size.div_ceil(ranks.size());
+/// The epochs of a run, from the first one not yet in `history`.
+struct Epochs<'a, B, const D: usize, K>
+where
+    B: AutodiffBackend,
+    K: TensorKind<B> + TensorKind<B::InnerBackend>,
+{
+    args: &'a Args,
+    ranks: &'a ranks::Ranks,
+    devices: Vec<B::Device>,
+    config: TrainConfig,
+    history: Vec<EpochReport>,
+    train_set: Labelled<B, D, K>,
+    test_set: Labelled<B::InnerBackend, D, K>,
+}
+
+/// Inputs and their classes.
+type Labelled<B, const D: usize, K> = (Tensor<B, D, K>, Tensor<B, 1, Int>);
+
+impl<B, M, O, const D: usize, K> ranks::Loop<B, M, O> for Epochs<'_, B, D, K>
+where
+    B: AutodiffBackend,
+    M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
+    M::InnerModule: Classifier<B::InnerBackend, Input = Tensor<B::InnerBackend, D, K>>
+        + Replicate<B::InnerBackend>
+        + Sync,
+    O: Optimizer<M, B>,
+    K: TensorKind<B> + BasicOps<B> + TensorKind<B::InnerBackend> + BasicOps<B::InnerBackend>,
+    Tensor<B, D, K>: Scatter<B>,
+    Tensor<B::InnerBackend, D, K>: Scatter<B::InnerBackend>,
+{
+    fn run<T: Trainer<B, M, Optimizer = O>>(self, mut trainer: T) -> anyhow::Result<()> {
+        let Self {
+            args,
+            ranks,
+            devices,
+            config,
+            mut history,
+            train_set,
+            test_set,
+        } = self;
+        let device = devices[0].clone();
+        let out = &args.out;
+        let train_rows = train_set.1.dims()[0];
+        // Every rank reads the same global batches, whatever the number of ranks, and takes its
+        // part of each: a run resumes at another world size with the same steps.
+        let mut sampler = ShardedSampler::new(train_rows, trainer.world_size(), trainer.rank())?
+            .with_seed(config.seed);
         let first_epoch = history.len();
         let mut trained_rows = 0usize;
         let mut trained_seconds = 0.0;
         for epoch in first_epoch..config.epochs {
             sampler.set_epoch(epoch as u64);
-            let indices = sampler.indices();
-            let batches = indices.len().div_ceil(local_batch);
-            let progress = ranks.progress_bar(batches as u64).with_prefix(format!(
-                "epoch {}/{}",
-                epoch + 1,
-                config.epochs
-            ));
+            let batches = sampler.global_batches(config.batch_size);
+            let progress = ranks
+                .progress_bar(batches.len() as u64)
+                .with_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
             let start = Instant::now();
             let (mut loss_sum, mut rows) = (0.0, 0usize);
-            for chunk in indices.chunks(local_batch) {
-                // The data sets are stacked on the device once; each batch is one `select`.
-                let picked = Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(chunk.iter().map(|&i| i as i64).collect(), [chunk.len()]),
-                    &device,
-                );
-                let batch = (
-                    train_set.0.clone().select(0, picked.clone()),
-                    train_set.1.clone().select(0, picked),
-                );
-                let stats = trainer
-                    .step(config.lr, batch, |model: &M, (x, y)| model.loss(x, y))
-                    .with_context(|| {
-                        format!(
-                            "{}training stopped in epoch {}; the last checkpoint in {} is intact",
-                            ranks.tag(),
-                            epoch + 1,
-                            out.display()
-                        )
-                    })?;
-                loss_sum += stats.loss * stats.rows as f64;
-                rows += stats.rows;
+            let stopped = || {
+                format!(
+                    "{}training stopped in epoch {}; the last checkpoint in {} is intact",
+                    ranks.tag(),
+                    epoch + 1,
+                    out.display()
+                )
+            };
+            for global in &batches {
+                // The global batch in `accumulate` micro-batches, each split across the ranks:
+                // one optimizer step, one gradient exchange.
+                let micro = config.accumulate.min(global.len()).max(1);
+                for i in 0..micro {
+                    let piece = &global[i * global.len() / micro..(i + 1) * global.len() / micro];
+                    let part = sampler.part(piece);
+                    // The data sets are stacked on the device once; each part is one `select`.
+                    let picked = Tensor::<B, 1, Int>::from_data(
+                        TensorData::new(part.iter().map(|&i| i as i64).collect(), [part.len()]),
+                        &device,
+                    );
+                    let batch = (
+                        train_set.0.clone().select(0, picked.clone()),
+                        train_set.1.clone().select(0, picked),
+                    );
+                    let stats = trainer
+                        .accumulate(batch, |model: &M, (x, y)| model.loss(x, y))
+                        .with_context(stopped)?;
+                    loss_sum += stats.loss * stats.rows as f64;
+                    rows += stats.rows;
+                }
+                trainer.apply(config.lr).with_context(stopped)?;
                 progress.inc(1);
                 progress.set_message(format!(
                     "loss {:.4} | {:.0} samples/s",
@@ -357,43 +441,47 @@ impl<B: AutodiffBackend> Run<'_, B> {
             trained_rows += rows;
             trained_seconds += seconds;
 
-            if !ranks.is_first() {
-                // Rank 0 measures accuracy and writes the checkpoints; the others go on training.
-                continue;
-            }
-            // The evaluator is made for this evaluation and dropped with the statement: kept,
-            // its handles on the parameters would make the next optimizer step write new
-            // buffers instead of updating in place.
-            let accuracy = evaluate(
-                &mut DataParallel::new(trainer.module().valid(), devices.clone())?,
-                &test_set,
-            )?;
+            // Every rank evaluates its part of the held-out rows.
+            let evaluation = Instant::now();
+            let (accuracy, test_loss) = evaluate(&trainer, &test_set)?;
+            let evaluation_seconds = evaluation.elapsed().as_secs_f64();
             let report = EpochReport {
                 epoch: epoch + 1,
                 train_loss: loss_sum / rows as f64,
                 test_accuracy: accuracy,
+                test_loss,
                 samples_per_second: rows as f64 / seconds,
                 seconds,
+                evaluation_seconds,
             };
             ranks.say(format_args!(
-                "epoch {}/{}: loss {:.4}, held-out accuracy {:.2}%, {:.0} samples/s",
+                "epoch {}/{}: loss {:.4}, held-out accuracy {:.2}% (loss {:.4}, evaluated in \
+                 {:.2} s), {:.0} samples/s",
                 report.epoch,
                 config.epochs,
                 report.train_loss,
                 100.0 * report.test_accuracy,
+                report.test_loss,
+                report.evaluation_seconds,
                 report.samples_per_second
             ));
             history.push(report);
-            let state = checkpoint::State {
-                config: config.clone(),
-                steps: trainer.steps(),
-                history: history.clone(),
-            };
-            checkpoint::save(out, trainer.module(), trainer.optimizer(), &state)?;
+            // Collective: with a sharded optimizer state, rank 0 gathers every shard.
+            let optimizer = trainer.optimizer_record()?;
+            if let Some(optimizer) = optimizer {
+                let state = checkpoint::State {
+                    config: config.clone(),
+                    steps: trainer.steps(),
+                    history: history.clone(),
+                    world_size: trainer.world_size(),
+                };
+                checkpoint::save::<B, M, O>(out, trainer.module(), optimizer, &state)?;
+            }
         }
 
+        let rank = trainer.rank();
         trainer.finish()?;
-        if !ranks.is_first() {
+        if rank != 0 {
             return Ok(());
         }
         let report = RunReport {
@@ -415,29 +503,33 @@ impl<B: AutodiffBackend> Run<'_, B> {
     }
 }
 
-/// Held-out accuracy, with the rows split across the devices.
-fn evaluate<B, M, const D: usize, K>(
-    parallel: &mut DataParallel<B, M>,
-    (inputs, targets): &(Tensor<B, D, K>, Tensor<B, 1, Int>),
-) -> anyhow::Result<f64>
+/// Held-out accuracy and mean loss, every row counted once across the devices and the ranks.
+fn evaluate<B, M, T, const D: usize, K>(
+    trainer: &T,
+    (inputs, targets): &Labelled<B::InnerBackend, D, K>,
+) -> anyhow::Result<(f64, f64)>
 where
-    B: Backend,
-    M: Classifier<B, Input = Tensor<B, D, K>> + Replicate<B> + Sync,
-    K: TensorKind<B> + BasicOps<B>,
-    Tensor<B, D, K>: Scatter<B>,
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    M::InnerModule: Classifier<B::InnerBackend, Input = Tensor<B::InnerBackend, D, K>>
+        + Replicate<B::InnerBackend>
+        + Sync,
+    T: Trainer<B, M>,
+    K: TensorKind<B::InnerBackend> + BasicOps<B::InnerBackend>,
+    Tensor<B::InnerBackend, D, K>: Scatter<B::InnerBackend>,
 {
     let rows = targets.dims()[0];
-    let mut correct = 0;
+    let [mut correct, mut loss] = [0.0; 2];
     for start in (0..rows).step_by(1024) {
         let len = 1024.min(rows - start);
         let batch = (
             inputs.clone().narrow(0, start, len),
             targets.clone().narrow(0, start, len),
         );
-        let per_replica = parallel.try_map(batch, |m, (x, y)| {
-            Ok::<_, std::convert::Infallible>(m.correct(x, y))
-        })?;
-        correct += per_replica.into_iter().sum::<usize>();
+        let [c, l] = trainer.evaluate(batch, |m, (x, y)| m.correct_and_loss_sum(x, y))?;
+        correct += c;
+        loss += l;
     }
-    Ok(correct as f64 / rows.max(1) as f64)
+    let rows = rows.max(1) as f64;
+    Ok((correct / rows, loss / rows))
 }

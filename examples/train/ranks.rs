@@ -1,13 +1,11 @@
-//! Who this process is in a multi-process run (`--mpi`, feature `mpi`), and what only rank 0
-//! does: print, measure accuracy, write checkpoints and the report.
+//! Who this process is in a multi-process run (`--mpi`, feature `mpi`): which trainer it runs
+//! the loop with, and what only rank 0 does (print, write checkpoints and the report).
 
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
-use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn_data_parallel::{BatchStats, DataParallelError, DataParallelTrainer, Scatter};
+use burn_data_parallel::{DataParallelTrainer, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::marker::PhantomData;
 
 pub struct Ranks {
     #[cfg(feature = "mpi")]
@@ -41,18 +39,6 @@ impl Ranks {
         }
         #[cfg(not(feature = "mpi"))]
         anyhow::bail!("--mpi needs a build with `--features mpi`")
-    }
-
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
-    pub fn is_first(&self) -> bool {
-        self.rank == 0
     }
 
     fn speaks(&self) -> bool {
@@ -133,92 +119,49 @@ impl Ranks {
         )
     }
 
-    /// The local trainer, joined to the other ranks in a multi-process run (which checks that
-    /// they hold the same model and gives them rank 0's weights).
-    pub fn join<B, M, O>(
+    /// Runs `training` with the local trainer, joined to the other ranks in a multi-process
+    /// run (which checks that they hold the same model and gives them rank 0's weights), and
+    /// with each rank keeping its shard of the optimizer state when `shard` is set.
+    pub fn train<B, M, O, L>(
         &self,
         local: DataParallelTrainer<B, M, O>,
-    ) -> anyhow::Result<Trainer<'_, B, M, O>>
+        shard: bool,
+        training: L,
+    ) -> anyhow::Result<()>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B> + burn_data_parallel::Replicate<B> + Sync,
         O: Optimizer<M, B>,
+        O::Record: burn_data_parallel::ShardableRecord<B>,
+        L: Loop<B, M, O>,
     {
         #[cfg(feature = "mpi")]
         if let Some(mpi) = &self.mpi {
-            use burn_data_parallel::LossReduction;
-            let joined =
-                burn_data_parallel::dist::DistributedTrainer::new(mpi, local, LossReduction::Mean)?;
+            let mut joined = burn_data_parallel::dist::DistributedTrainer::new(mpi, local)?;
+            if shard {
+                joined = joined.with_sharded_optimizer()?;
+            }
             self.say(format_args!(
-                "Gradients summed across the ranks through {:?}.",
-                joined.transport()
+                "Gradients summed across the ranks through {:?}{}.",
+                joined.transport(),
+                if shard {
+                    ", each rank keeping the optimizer state of its shard"
+                } else {
+                    ""
+                }
             ));
-            return Ok(Trainer::Ranks(joined));
+            return training.run(joined);
         }
-        Ok(Trainer::Local(local, PhantomData))
+        anyhow::ensure!(
+            !shard,
+            "--shard-optimizer shards the optimizer state across the ranks of an MPI job: it \
+             needs --mpi"
+        );
+        training.run(local)
     }
 }
 
-/// This process's trainer, alone or one of several ranks.
-pub enum Trainer<'a, B: AutodiffBackend, M, O> {
-    Local(DataParallelTrainer<B, M, O>, PhantomData<&'a ()>),
-    #[cfg(feature = "mpi")]
-    Ranks(burn_data_parallel::dist::DistributedTrainer<'a, B, M, O>),
-}
-
-impl<B, M, O> Trainer<'_, B, M, O>
-where
-    B: AutodiffBackend,
-    M: AutodiffModule<B> + burn_data_parallel::Replicate<B> + Sync,
-    O: Optimizer<M, B>,
-{
-    pub fn step<I, F>(
-        &mut self,
-        lr: f64,
-        batch: I,
-        loss: F,
-    ) -> Result<BatchStats, DataParallelError>
-    where
-        I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
-    {
-        match self {
-            Self::Local(t, _) => t.step(lr, batch, loss),
-            #[cfg(feature = "mpi")]
-            Self::Ranks(t) => t.step(lr, batch, loss),
-        }
-    }
-
-    pub fn module(&self) -> &M {
-        match self {
-            Self::Local(t, _) => t.module(),
-            #[cfg(feature = "mpi")]
-            Self::Ranks(t) => t.module(),
-        }
-    }
-
-    pub fn optimizer(&self) -> &O {
-        match self {
-            Self::Local(t, _) => t.optimizer(),
-            #[cfg(feature = "mpi")]
-            Self::Ranks(t) => t.optimizer(),
-        }
-    }
-
-    pub fn steps(&self) -> usize {
-        match self {
-            Self::Local(t, _) => t.steps(),
-            #[cfg(feature = "mpi")]
-            Self::Ranks(t) => t.steps(),
-        }
-    }
-
-    /// Ends training; in a multi-process run, checks that every rank took the same steps.
-    pub fn finish(self) -> Result<(), DataParallelError> {
-        match self {
-            Self::Local(..) => Ok(()),
-            #[cfg(feature = "mpi")]
-            Self::Ranks(t) => t.finish().map(|_| ()),
-        }
-    }
+/// A training loop, written once for any [`Trainer`]: alone or across ranks.
+pub trait Loop<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> {
+    fn run<T: Trainer<B, M, Optimizer = O>>(self, trainer: T) -> anyhow::Result<()>;
 }

@@ -13,10 +13,16 @@ pub struct EpochReport {
     pub train_loss: f64,
     /// Fraction of the held-out rows classified correctly after the epoch.
     pub test_accuracy: f64,
+    /// Mean cross-entropy over the held-out rows after the epoch.
+    #[serde(default)]
+    pub test_loss: f64,
     /// Training rows per second (forward, backward, reduction and step).
     pub samples_per_second: f64,
     /// Wall time of the epoch's training, in seconds.
     pub seconds: f64,
+    /// Wall time of the held-out evaluation, in seconds (shared among the ranks).
+    #[serde(default)]
+    pub evaluation_seconds: f64,
 }
 
 /// Everything a run did.

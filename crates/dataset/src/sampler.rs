@@ -106,14 +106,56 @@ impl ShardedSampler {
         }
     }
 
-    /// This rank's indices for the current epoch.
-    pub fn indices(&self) -> Vec<usize> {
+    /// Every index once, in the current epoch's order (shuffled by `seed + epoch`), the same on
+    /// every rank.
+    fn order(&self) -> Vec<usize> {
         let mut all: Vec<usize> = (0..self.len).collect();
         if self.shuffle {
             all.shuffle(&mut StdRng::seed_from_u64(
                 self.seed.wrapping_add(self.epoch),
             ));
         }
+        all
+    }
+
+    /// The current epoch's global batches of `batch_size` rows (the last one smaller if need
+    /// be), every index exactly once, with no padding and nothing dropped; the same on every
+    /// rank and **whatever the number of ranks**. Each rank then takes its
+    /// [`part`](Self::part) of each batch: training on them is the same (up to rounding) on any
+    /// number of ranks, so a run can be resumed at another world size. (`drop_last` does not
+    /// apply: a trainer that weights by rows takes uneven parts exactly.)
+    ///
+    /// ```
+    /// use dp_dataset::ShardedSampler;
+    ///
+    /// let sampler = ShardedSampler::new(10, 3, 1).unwrap().with_shuffle(false);
+    /// let batches = sampler.global_batches(4);
+    /// assert_eq!(batches, [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+    /// // Rank 1 of 3 takes row 1 of the first batch's 4, and row 0 of the last one's 2 (of
+    /// // which rank 0 takes none).
+    /// assert_eq!(sampler.part(&batches[0]), [1]);
+    /// assert_eq!(sampler.part(&batches[2]), [8]);
+    /// let rank0 = ShardedSampler::new(10, 3, 0).unwrap().with_shuffle(false);
+    /// assert!(rank0.part(&batches[2]).is_empty());
+    /// ```
+    pub fn global_batches(&self, batch_size: usize) -> Vec<Vec<usize>> {
+        self.order()
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// This rank's contiguous part of `rows` (a global batch): `rows[rank * n / replicas ..
+    /// (rank + 1) * n / replicas]`, so that the ranks' parts cover every row once and differ in
+    /// size by at most one.
+    pub fn part<'a, T>(&self, rows: &'a [T]) -> &'a [T] {
+        let n = rows.len();
+        &rows[self.rank * n / self.num_replicas..(self.rank + 1) * n / self.num_replicas]
+    }
+
+    /// This rank's indices for the current epoch.
+    pub fn indices(&self) -> Vec<usize> {
+        let mut all = self.order();
         let total = self.num_samples() * self.num_replicas;
         if total > all.len() && !all.is_empty() {
             let padding: Vec<usize> = all

@@ -101,3 +101,41 @@ fn bad_ranks_are_errors() {
         }
     );
 }
+
+#[test]
+fn global_batches_are_the_same_at_every_world_size_and_parts_cover_them_once() {
+    for len in [0, 1, 7, 10, 53] {
+        for batch in [1, 3, 4, 16, 60] {
+            let reference = {
+                let mut s = ShardedSampler::new(len, 1, 0).unwrap().with_seed(5);
+                s.set_epoch(2);
+                s.global_batches(batch)
+            };
+            // Every index once, in batches of `batch` but the last.
+            let flat: Vec<usize> = reference.concat();
+            let mut sorted = flat.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..len).collect::<Vec<_>>());
+            assert!(reference.iter().rev().skip(1).all(|b| b.len() == batch));
+            for ranks in 1..=4 {
+                let samplers: Vec<ShardedSampler> = (0..ranks)
+                    .map(|rank| {
+                        let mut s = ShardedSampler::new(len, ranks, rank).unwrap().with_seed(5);
+                        s.set_epoch(2);
+                        s
+                    })
+                    .collect();
+                for s in &samplers {
+                    assert_eq!(s.global_batches(batch), reference, "{len} rows on {ranks}");
+                }
+                for global in &reference {
+                    let parts: Vec<&[usize]> = samplers.iter().map(|s| s.part(global)).collect();
+                    assert_eq!(parts.concat(), *global, "parts in rank order");
+                    let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+                    let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                    assert!(max - min <= 1, "{sizes:?}");
+                }
+            }
+        }
+    }
+}

@@ -22,6 +22,27 @@ pub trait Classifier<B: Backend>: Module<B> {
             .forward(logits, targets)
     }
 
+    /// `[rows whose predicted class equals the target, the cross-entropy summed over the rows]`
+    /// from one forward pass: sums, so that the figures of several parts add up (a metric for
+    /// `Trainer::evaluate`).
+    fn correct_and_loss_sum(&self, input: Self::Input, targets: Tensor<B, 1, Int>) -> [f64; 2] {
+        let logits = self.logits(input);
+        let rows = targets.dims()[0];
+        let loss: f64 = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), targets.clone())
+            .into_scalar()
+            .elem();
+        let predicted = logits.argmax(1).squeeze_dim::<1>(1);
+        let correct = predicted
+            .equal(targets)
+            .int()
+            .sum()
+            .into_scalar()
+            .elem::<i64>();
+        [correct as f64, loss * rows as f64]
+    }
+
     /// Rows whose predicted class (highest score) equals the target.
     fn correct(&self, input: Self::Input, targets: Tensor<B, 1, Int>) -> usize {
         let predicted = self.logits(input).argmax(1).squeeze_dim::<1>(1);

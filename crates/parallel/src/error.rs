@@ -194,6 +194,31 @@ pub enum DataParallelError {
         found: usize,
     },
 
+    /// Ranks disagree on what they are doing: one accumulates another micro-batch, evaluates or
+    /// shards its optimizer state while another does something else.
+    #[error(
+        "at step {step}, rank {rank} {found} while this rank {expected}: every rank must make the \
+         same calls in the same order (the same number of `accumulate`s before each `apply`)"
+    )]
+    OutOfStep {
+        /// The first rank that differs.
+        rank: usize,
+        /// The step.
+        step: usize,
+        /// What this rank does.
+        expected: String,
+        /// What that rank does.
+        found: String,
+    },
+
+    /// An optimizer record could not be written to bytes or read back (gathering a sharded
+    /// optimizer state).
+    #[error("cannot move the optimizer state between ranks: {reason}")]
+    OptimizerRecord {
+        /// Burn's recorder error.
+        reason: String,
+    },
+
     /// A rank finished training while others still take steps (uneven data).
     #[error(
         "rank {rank} finished training after {step} steps while others go on: every rank must \

@@ -41,9 +41,15 @@
 //!   [`current_replica`] visible from inside the model;
 //! - [`DataParallel`]: the four steps together;
 //! - [`DataParallelTrainer`]: the training step, gradients combined weighted by rows, with
-//!   micro-batch accumulation;
-//! - `dist` (feature `mpi`): the same step across MPI ranks, one all-reduce per step (over
-//!   MPI, or NCCL for CUDA ranks with feature `cuda` too);
+//!   micro-batch accumulation and evaluation;
+//! - [`Trainer`]: the interface a training loop is written against, implemented by
+//!   [`DataParallelTrainer`] and by `dist::DistributedTrainer`; behind it, one seam (the
+//!   crate's `train::peers`) says what the other processes of a step contribute: nothing in
+//!   one process, collectives across ranks;
+//! - `dist` (feature `mpi`): the same step across MPI ranks, one gradient all-reduce per
+//!   optimizer step however many micro-batches (over MPI, or NCCL for CUDA ranks with feature
+//!   `cuda` too), or a reduce-scatter and an all-gather with the optimizer state sharded
+//!   (ZeRO stage 1);
 //! - devices: `cuda_availability` / `cuda_devices` (feature `cuda`) count GPUs without the
 //!   panic Burn gives where there is no CUDA driver or NVRTC, and say why there are none.
 //!
@@ -69,6 +75,19 @@
 //! norm's input does not itself depend on batch statistics (a first batch norm); a running
 //! variance leaves out the spread between the parts' means. Replicas never move or share the
 //! module's statistics. (PyTorch's `DataParallel` keeps replica 0's update alone.)
+//!
+//! **Across ranks** (`DistributedTrainer`): the same step as one process on the union of the
+//! ranks' rows, micro-batches accumulated or not, optimizer state sharded or not (checked with
+//! Adam over 20 steps on 2 and 3 ranks); [`Trainer::evaluate`] counts every held-out row once.
+//! A rank that fails, makes another call, or disagrees on the model, the transport or the
+//! sharding is an error on every rank, never a hang.
+//!
+//! **Host round trips in a training step**: each replica reads its loss once, after its
+//! backward pass is queued (the non-finite check needs the value); across ranks, each
+//! micro-batch adds two small all-gathers of row counts and losses, and each optimizer step one
+//! of its call and row counts, the presence flags of the gradients read from the exchanged
+//! buffer, and, over MPI, the buffer copied to the host and back around each collective (NCCL
+//! keeps it on the GPU and synchronizes its stream once per collective).
 //!
 //! **Devices**: where the devices are not all the same, the first call that uses a device
 //! checks once that a tensor goes there, is computed on and comes back intact, and returns
@@ -129,4 +148,6 @@ pub use parallel_apply::{ReplicaInfo, current_replica};
 pub use replicas::Replicate;
 pub use shard::{Gather, Scatter, ToDevice, Whole};
 pub use split::{Balanced, Chunk, SplitPolicy, chunk_sizes};
-pub use train::{BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming};
+pub use train::{
+    BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming, ShardableRecord, Trainer,
+};

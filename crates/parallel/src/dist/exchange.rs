@@ -23,15 +23,25 @@ pub enum GradientTransport {
     Nccl,
 }
 
-/// What the gradient exchange has carried: a step makes one all-reduce over every parameter at
-/// once, never one per parameter. Counted where the all-reduce is made, once it has succeeded.
+/// What the gradient exchange has carried: an optimizer step makes one all-reduce over every
+/// parameter at once (never one per parameter, nor one per micro-batch), or, with the optimizer
+/// state sharded, one reduce-scatter of the gradients and one all-gather of the parameters.
+/// Counted where each collective is made, once it has succeeded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExchangeStats {
     /// All-reduces of gradients completed.
     pub all_reduces: usize,
-    /// Gradient values they carried, from this rank, all together.
+    /// Reduce-scatters of gradients completed (sharded optimizer state).
+    pub reduce_scatters: usize,
+    /// All-gathers of updated parameters completed (sharded optimizer state).
+    pub all_gathers: usize,
+    /// Values these collectives carried, from this rank, all together (the length of the
+    /// buffer each was given).
     pub values: usize,
+    /// Time spent in them, copies to and from the host included: waiting for the slowest
+    /// rank to arrive counts here too.
+    pub time: std::time::Duration,
 }
 
 /// The engine chosen for this run, and what it has carried.
@@ -123,16 +133,85 @@ impl Exchange {
         mpi: &Mpi,
         flat: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>> {
+        self.run(mpi, flat, Collective::AllReduce)
+    }
+
+    /// `flat`, cut into blocks of `counts` values (one per rank), with block `rank` replaced
+    /// by the sum of every rank's block `rank`. Collective.
+    pub(crate) fn reduce_scatter_sum<B: Backend>(
+        &mut self,
+        mpi: &Mpi,
+        flat: Tensor<B, 1>,
+        counts: &[usize],
+    ) -> Result<Tensor<B, 1>> {
+        self.run(mpi, flat, Collective::ReduceScatter(counts))
+    }
+
+    /// `flat`, cut into blocks of `counts` values, with every block `r` replaced by rank `r`'s.
+    /// Collective.
+    pub(crate) fn all_gather<B: Backend>(
+        &mut self,
+        mpi: &Mpi,
+        flat: Tensor<B, 1>,
+        counts: &[usize],
+    ) -> Result<Tensor<B, 1>> {
+        self.run(mpi, flat, Collective::AllGather(counts))
+    }
+
+    /// Whether the engine needs blocks of one size (NCCL); MPI takes any.
+    pub(crate) fn needs_equal_blocks(&self) -> bool {
+        self.kind() == GradientTransport::Nccl
+    }
+
+    fn run<B: Backend>(
+        &mut self,
+        mpi: &Mpi,
+        flat: Tensor<B, 1>,
+        collective: Collective<'_>,
+    ) -> Result<Tensor<B, 1>> {
         let values = flat.dims()[0];
-        let summed = self.engine.all_reduce_sum(mpi, flat)?;
-        self.stats.all_reduces += 1;
+        if let Collective::ReduceScatter(counts) | Collective::AllGather(counts) = collective
+            && (counts.len() != mpi.size() || counts.iter().sum::<usize>() != values)
+        {
+            return Err(DataParallelError::Distributed {
+                message: format!(
+                    "a buffer of {values} values is not {} blocks of {counts:?}",
+                    mpi.size()
+                ),
+            });
+        }
+        let start = std::time::Instant::now();
+        let out = self.engine.run(mpi, flat, collective)?;
+        self.stats.time += start.elapsed();
+        match collective {
+            Collective::AllReduce => self.stats.all_reduces += 1,
+            Collective::ReduceScatter(_) => self.stats.reduce_scatters += 1,
+            Collective::AllGather(_) => self.stats.all_gathers += 1,
+        }
         self.stats.values += values;
-        Ok(summed)
+        Ok(out)
     }
 }
 
+/// A collective over one flat `f32` buffer, in place: every rank passes the whole buffer, cut
+/// for the last two into one block per rank, of the given lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Collective<'a> {
+    /// Every value summed over the ranks.
+    AllReduce,
+    /// Rank `r`'s block `r` summed over the ranks; the other blocks are left as they were.
+    ReduceScatter(&'a [usize]),
+    /// Every rank's block `r` from rank `r`.
+    AllGather(&'a [usize]),
+}
+
 impl Engine {
-    fn all_reduce_sum<B: Backend>(&self, mpi: &Mpi, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    fn run<B: Backend>(
+        &self,
+        mpi: &Mpi,
+        flat: Tensor<B, 1>,
+        collective: Collective<'_>,
+    ) -> Result<Tensor<B, 1>> {
         match self {
             Self::Host => {
                 let device = flat.device();
@@ -143,12 +222,19 @@ impl Engine {
                     .map_err(|err| DataParallelError::Distributed {
                         message: format!("cannot read the gradients: {err:?}"),
                     })?;
-                mpi.all_reduce_sum_f32(&mut values);
+                match collective {
+                    // Into a new buffer: the values are not copied once more to be sent.
+                    Collective::AllReduce => values = mpi.all_reduce_sum_f32(&values),
+                    Collective::ReduceScatter(counts) => {
+                        mpi.reduce_scatter_sum_f32(&mut values, counts)
+                    }
+                    Collective::AllGather(counts) => mpi.all_gather_f32(&mut values, counts),
+                }
                 let count = values.len();
                 Ok(Tensor::from_data(TensorData::new(values, [count]), &device))
             }
             #[cfg(feature = "cuda")]
-            Self::Nccl(comm) => comm.all_reduce_sum(mpi, flat),
+            Self::Nccl(comm) => comm.run(mpi, flat, collective),
         }
     }
 }

@@ -12,10 +12,12 @@
 //! through NCCL in GPU memory: see [`GradientTransport`]. [`Mpi::share_of`] gives the ranks of
 //! one machine their share of its GPUs.
 
+mod agree;
 mod exchange;
 mod flat;
 #[cfg(feature = "cuda")]
 mod nccl;
+mod ranks;
 mod trainer;
 mod world;
 

@@ -12,6 +12,7 @@
 //! over MPI, and all ranks go the same way.
 
 use super::Mpi;
+use super::exchange::Collective;
 use crate::{DataParallelError, Result};
 use burn::backend::Cuda;
 use burn::backend::cuda::CudaDevice;
@@ -121,14 +122,15 @@ impl NcclComm {
         })
     }
 
-    /// Sums every rank's `flat` in place on the GPU. Collective over MPI and NCCL.
-    pub(crate) fn all_reduce_sum<B: Backend>(
+    /// Runs `collective` in place on `flat` on the GPU. Collective over MPI and NCCL.
+    pub(crate) fn run<B: Backend>(
         &self,
         mpi: &Mpi,
         flat: Tensor<B, 1>,
+        collective: Collective<'_>,
     ) -> Result<Tensor<B, 1>> {
         let fail = |what: String| DataParallelError::Distributed {
-            message: format!("NCCL all-reduce: {what}"),
+            message: format!("NCCL {collective:?}: {what}"),
         };
         // `negotiate` chose NCCL only for this backend, so the downcast holds.
         let flat = *(Box::new(flat) as Box<dyn Any>)
@@ -175,19 +177,40 @@ impl NcclComm {
                 "rank {rank} could not hand over its gradients"
             )));
         }
-        let pointer = resource.resource().ptr as *mut core::ffi::c_void;
+        let pointer = resource.resource().ptr as *mut f32;
+        let stream = self.stream.cu_stream() as sys::cudaStream_t;
+        let (f32s, sum) = (sys::ncclDataType_t::ncclFloat32, sys::ncclRedOp_t::ncclSum);
+        // NCCL's block collectives take blocks of one size: the layout pads them so.
+        let block = match collective {
+            Collective::AllReduce => 0,
+            Collective::ReduceScatter(counts) | Collective::AllGather(counts) => {
+                if counts.iter().any(|&c| c != counts[0]) {
+                    return Err(fail(format!("blocks of unequal sizes {counts:?}")));
+                }
+                counts[0]
+            }
+        };
         // SAFETY: `pointer` is `count` contiguous f32 owned by `tensor` alone, kept alive by
-        // `resource` until the stream is synchronised below; every rank makes this call.
+        // `resource` until the stream is synchronised below; every rank makes this call. The
+        // block operations are NCCL's in-place forms: this rank's block is at
+        // `pointer + rank * block`, inside the buffer since `count` is `size * block`.
         unsafe {
-            result::all_reduce(
-                pointer,
-                pointer,
-                count,
-                sys::ncclDataType_t::ncclFloat32,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                self.stream.cu_stream() as sys::cudaStream_t,
-            )
+            match collective {
+                Collective::AllReduce => {
+                    let p = pointer.cast::<core::ffi::c_void>();
+                    result::all_reduce(p, p, count, f32s, sum, self.comm, stream)
+                }
+                Collective::ReduceScatter(_) => {
+                    let mine = pointer.add(mpi.rank() * block).cast::<core::ffi::c_void>();
+                    let all = pointer.cast::<core::ffi::c_void>();
+                    result::reduce_scatter(all, mine, block, f32s, sum, self.comm, stream)
+                }
+                Collective::AllGather(_) => {
+                    let mine = pointer.add(mpi.rank() * block).cast::<core::ffi::c_void>();
+                    let all = pointer.cast::<core::ffi::c_void>();
+                    result::all_gather(mine, all, block, f32s, self.comm, stream)
+                }
+            }
         }
         .map_err(|err| fail(format!("{err:?}")))?;
         self.stream

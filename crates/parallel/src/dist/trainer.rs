@@ -1,37 +1,75 @@
 //! `DistributedTrainer`: the data-parallel training step across MPI ranks.
 
 use super::Mpi;
+use super::agree::{Call, Phase, agree};
 use super::exchange::{Exchange, ExchangeStats, GradientTransport};
 use super::flat::Layout;
-use crate::train::{BatchStats, DataParallelTrainer, LossReduction};
+use super::ranks::Ranks;
+use crate::train::{BatchStats, DataParallelTrainer, ShardableRecord, Trainer, record};
 use crate::{DataParallelError, Replicate, Result, Scatter};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use std::time::Instant;
 
-/// Sent in place of a step number by a rank that has finished training.
-const FINISHED: u64 = u64::MAX;
+/// The record of optimizer `O` of module `M`.
+type OptimizerRecord<B, M, O> = <O as Optimizer<M, B>>::Record;
 
-/// Sent in place of its row count by a rank whose batch cannot be split.
-const UNREADABLE: u64 = u64::MAX;
+/// Gathers the shards of an optimizer record on rank 0.
+type Gather<B, M, O> = fn(
+    &Mpi,
+    OptimizerRecord<B, M, O>,
+    &burn::tensor::Device<B>,
+) -> Result<Option<OptimizerRecord<B, M, O>>>;
 
 /// Trains one model over several MPI ranks, each on its own devices, with the exact step of
 /// single-process training on the union of the ranks' batches.
 ///
 /// Every rank builds the same model and a [`DataParallelTrainer`] over its local devices, then
 /// wraps it: the ranks check that their models match and take rank 0's parameters. Each
-/// [`step`](Self::step) takes this rank's shard of the global batch; the gradients of all ranks
-/// are summed by one all-reduce over one flattened buffer, weighted by rows, and every rank takes
-/// the same optimizer step. Call [`finish`](Self::finish) at the end: a rank that stops early
-/// is then reported to the others as an error instead of leaving them waiting.
-pub struct DistributedTrainer<'a, B: AutodiffBackend, M, O> {
-    mpi: &'a Mpi,
+/// [`accumulate`](Trainer::accumulate) takes this rank's shard of a global micro-batch (it may
+/// be empty on some ranks); each [`apply`](Trainer::apply) sums the gradients of every rank
+/// and every micro-batch since the last one, weighted by rows, in **one** all-reduce over one
+/// flattened buffer, and every rank takes the same optimizer step. The loop is written against
+/// [`Trainer`], which [`DataParallelTrainer`] implements too.
+///
+/// With [`with_sharded_optimizer`](Self::with_sharded_optimizer), each rank keeps the optimizer
+/// state of about `1/ranks` of the parameters (ZeRO stage 1): the all-reduce becomes a
+/// reduce-scatter of the gradients and an all-gather of the updated parameters.
+///
+/// Every call is collective: every rank makes the same calls in the same order. A rank that
+/// fails, makes another call, or stops early is an error on every rank, not a hang. Call
+/// [`finish`](Trainer::finish) at the end.
+///
+/// ```no_run
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::nn::LinearConfig;
+/// use burn::optim::AdamConfig;
+/// use burn::tensor::{Distribution, Tensor};
+/// use burn_data_parallel::dist::{DistributedTrainer, Mpi};
+/// use burn_data_parallel::{DataParallelTrainer, Trainer};
+///
+/// type B = Autodiff<NdArray>;
+/// let mpi = Mpi::init()?; // started by `mpirun -n 2 ...`
+/// let device = Default::default();
+/// let model = LinearConfig::new(4, 1).init::<B>(&device);
+/// let local = DataParallelTrainer::new(model, AdamConfig::new().init(), vec![device])?;
+/// let mut trainer = DistributedTrainer::new(&mpi, local)?.with_sharded_optimizer()?;
+/// for _ in 0..2 {
+///     // This rank's rows of the global micro-batch.
+///     let x = Tensor::<B, 2>::random([8, 4], Distribution::Default, &device);
+///     let y = Tensor::<B, 2>::random([8, 1], Distribution::Default, &device);
+///     trainer.accumulate((x, y), |m, (x, y)| (m.forward(x) - y).powi_scalar(2).mean())?;
+/// }
+/// trainer.apply(1e-3)?; // one reduce-scatter and one all-gather for both micro-batches
+/// let full_state = trainer.optimizer_record()?; // Some(..) on rank 0: every shard
+/// let (model, _) = trainer.finish()?;
+/// # Ok::<(), burn_data_parallel::DataParallelError>(())
+/// ```
+pub struct DistributedTrainer<'a, B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> {
     local: DataParallelTrainer<B, M, O>,
-    reduction: LossReduction,
-    exchange: Exchange,
-    layout: Layout,
+    ranks: Ranks<'a>,
+    gather: Option<Gather<B, M, O>>,
 }
 
 impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
@@ -41,15 +79,14 @@ where
     O: Optimizer<M, B>,
 {
     /// Joins the ranks: refuses a model whose parameter shapes differ from rank 0's (on every
-    /// rank, before any step), then gives every rank rank 0's parameters. Gradients go through
-    /// NCCL where every rank can use it, else through MPI ([`GradientTransport::Auto`]).
+    /// rank, before any step), then gives every rank rank 0's parameters, ids included (so
+    /// that optimizer records name them alike on every rank: an optimizer state loaded before
+    /// joining must come from the checkpoint the module was loaded from). The loss reduction
+    /// is `local`'s ([`DataParallelTrainer::with_loss_reduction`]). Gradients go through NCCL
+    /// where every rank can use it, else through MPI ([`GradientTransport::Auto`]).
     /// Collective: every rank must call it.
-    pub fn new(
-        mpi: &'a Mpi,
-        local: DataParallelTrainer<B, M, O>,
-        reduction: LossReduction,
-    ) -> Result<Self> {
-        Self::with_transport(mpi, local, reduction, GradientTransport::Auto)
+    pub fn new(mpi: &'a Mpi, local: DataParallelTrainer<B, M, O>) -> Result<Self> {
+        Self::with_transport(mpi, local, GradientTransport::Auto)
     }
 
     /// [`new`](Self::new), with the engine that sums the gradients chosen by `transport`.
@@ -58,11 +95,10 @@ where
     pub fn with_transport(
         mpi: &'a Mpi,
         mut local: DataParallelTrainer<B, M, O>,
-        reduction: LossReduction,
         transport: GradientTransport,
     ) -> Result<Self> {
         let buffers = local.buffers().clone();
-        let layout = Layout::of::<B, M>(local.module(), &buffers);
+        let layout = Layout::of::<B, M>(local.module(), &buffers, 1, false);
         let count = layout.values();
         let signature = [super::world::fnv1a(&layout.signature()), count as u64];
         let all = mpi.all_gather_u64(&signature);
@@ -73,14 +109,17 @@ where
                 found: all[2 * rank + 1] as usize,
             });
         }
-        let mut buffer = if mpi.rank() == 0 {
-            layout.params::<B, M>(local.module())
+        let (mut buffer, mut ids) = if mpi.rank() == 0 {
+            (layout.params::<B, M>(local.module()), layout.ids())
         } else {
-            vec![0.0; count]
+            (vec![0.0; count], vec![0; layout.ids().len()])
         };
         mpi.broadcast_f32_from_0(&mut buffer);
-        let module = layout.with_params::<B, M>(local.module().clone(), &buffer);
+        mpi.broadcast_u64_from_0(&mut ids);
+        let module = layout.with_params::<B, M>(local.module().clone(), &buffer, &ids);
         local.replace_module(module);
+        let buffers = local.buffers().clone();
+        let layout = Layout::of::<B, M>(local.module(), &buffers, 1, false);
         // The gradients are gathered where the module's first parameter lives.
         let device = local
             .module()
@@ -90,167 +129,211 @@ where
             .unwrap_or_else(|| local.devices()[0].clone());
         let exchange = Exchange::open::<B::InnerBackend>(mpi, &device, transport)?;
         Ok(Self {
-            mpi,
-            local: local.with_loss_reduction(reduction),
-            reduction,
-            exchange,
-            layout,
+            local,
+            ranks: Ranks {
+                mpi,
+                exchange,
+                layout,
+                sharded: false,
+            },
+            gather: None,
         })
+    }
+
+    /// Keeps on each rank the optimizer state of its shard of the parameters only (ZeRO stage
+    /// 1): whole tensors, dealt to the ranks in contiguous runs of about `1/ranks` of the
+    /// values. Each step then reduce-scatters the gradients (each rank receives the sum of its
+    /// shard's), steps its shard, and all-gathers the parameters: the same traffic as one
+    /// all-reduce, and the same trajectory as without sharding, up to rounding.
+    ///
+    /// A state loaded before (a checkpoint's, whole) is cut to this rank's shard.
+    /// [`optimizer_record`](Trainer::optimizer_record) puts the shards back together on rank
+    /// 0. Collective: every rank must call it, before any step, or none.
+    pub fn with_sharded_optimizer(mut self) -> Result<Self>
+    where
+        O::Record: ShardableRecord<B>,
+    {
+        let mpi = self.ranks.mpi;
+        let call = Call {
+            phase: Phase::Shard,
+            step: self.local.steps(),
+            count: 0,
+            value: 0,
+        };
+        agree(mpi, call)?;
+        let buffers = self.local.buffers().clone();
+        let equal = self.ranks.exchange.needs_equal_blocks();
+        let layout = Layout::of::<B, M>(self.local.module(), &buffers, mpi.size(), equal);
+        let mine = layout.owned_by(mpi.rank());
+        self.local = self.local.map_optimizer(|optimizer| {
+            let record = optimizer.to_record().retain_params(&mine);
+            optimizer.load_record(record)
+        });
+        self.ranks.layout = layout;
+        self.ranks.sharded = true;
+        self.gather = Some(gather_shards::<B, O::Record>);
+        Ok(self)
+    }
+
+    /// Whether each rank keeps the optimizer state of its shard only.
+    pub fn is_sharded(&self) -> bool {
+        self.ranks.sharded
     }
 
     /// The engine summing the gradients: [`GradientTransport::Mpi`] or
     /// [`GradientTransport::Nccl`], the same on every rank.
     pub fn transport(&self) -> GradientTransport {
-        self.exchange.kind()
+        self.ranks.exchange.kind()
     }
 
     /// What the gradient exchange has carried on this rank since this trainer was made (steps
-    /// counted by [`DataParallelTrainer::with_steps_taken`] are not included): one all-reduce
-    /// per step.
+    /// counted by [`DataParallelTrainer::with_steps_taken`] are not included).
     pub fn exchange_stats(&self) -> ExchangeStats {
-        self.exchange.stats()
+        self.ranks.exchange.stats()
     }
 
-    /// The module, the same on every rank after each step.
-    pub fn module(&self) -> &M {
-        self.local.module()
+    /// The MPI job.
+    pub fn mpi(&self) -> &Mpi {
+        self.ranks.mpi
     }
 
-    /// The optimizer (for checkpoints, written by rank 0).
+    /// The optimizer as this rank holds it: with a sharded state, its shard only.
     pub fn optimizer(&self) -> &O {
         self.local.optimizer()
     }
 
-    /// Optimizer steps taken.
-    pub fn steps(&self) -> usize {
-        self.local.steps()
+    /// The size of this rank's optimizer state, serialized at full precision: about `1/ranks`
+    /// of the unsharded size with a sharded state.
+    pub fn optimizer_state_bytes(&self) -> Result<usize> {
+        self.local.optimizer_state_bytes()
     }
+}
 
-    /// One step on this rank's shard `batch` of the global batch (it may be empty on some
-    /// ranks). Returns the loss over the whole global batch and this rank's timings.
-    /// Collective: every rank must call it for every step.
-    pub fn step<I, F>(&mut self, lr: f64, batch: I, loss: F) -> Result<BatchStats>
+/// Every rank's record on rank 0, merged. Collective.
+fn gather_shards<B: AutodiffBackend, R: ShardableRecord<B>>(
+    mpi: &Mpi,
+    mine: R,
+    device: &B::Device,
+) -> Result<Option<R>> {
+    // A rank that cannot write its shard sends nothing rather than leave rank 0 waiting.
+    let bytes = record::to_bytes::<B, R>(mine);
+    let sent = bytes.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
+    let all = mpi.gather_bytes_to_0(sent);
+    bytes?;
+    let mut merged: Option<R> = None;
+    for (rank, bytes) in all.into_iter().enumerate() {
+        if bytes.is_empty() {
+            return Err(DataParallelError::OptimizerRecord {
+                reason: format!("rank {rank} could not write its shard"),
+            });
+        }
+        let shard = record::from_bytes::<B, R>(bytes, device)?;
+        merged = Some(match merged {
+            Some(merged) => merged.merge(shard),
+            None => shard,
+        });
+    }
+    Ok(merged)
+}
+
+impl<B, M, O> Trainer<B, M> for DistributedTrainer<'_, B, M, O>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Replicate<B> + Sync,
+    O: Optimizer<M, B>,
+{
+    type Optimizer = O;
+
+    /// Collective: this rank's shard `batch` of the global micro-batch (empty on some ranks
+    /// if need be); the loss returned is over every rank's rows.
+    fn accumulate<I, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
     where
         I: Scatter<B>,
         F: Fn(&M, I) -> Tensor<B, 1> + Sync,
     {
-        // A batch that cannot be read is reported after the gather, not before: the other
-        // ranks must not be left waiting in it.
-        let local_rows = batch.rows(self.local.dim()).map(|rows| rows.unwrap_or(0));
-        let step = self.local.steps() as u64;
-        let sent_rows = local_rows.as_ref().map_or(UNREADABLE, |&rows| rows as u64);
-        let all = self.mpi.all_gather_u64(&[step, sent_rows]);
-        if let Some(rank) = (0..self.mpi.size()).find(|&r| all[2 * r + 1] == UNREADABLE) {
-            return Err(self.peer_failed(rank, step, local_rows.err()));
-        }
-        let local_rows = local_rows?;
-        for rank in 0..self.mpi.size() {
-            match all[2 * rank] {
-                FINISHED => {
-                    return Err(DataParallelError::RankFinished {
-                        rank,
-                        step: step as usize,
-                    });
-                }
-                other if other != step => {
-                    return Err(DataParallelError::StepMismatch {
-                        rank,
-                        expected: step as usize,
-                        found: other as usize,
-                    });
-                }
-                _ => {}
-            }
-        }
-        let total_rows: usize = all.iter().skip(1).step_by(2).map(|&r| r as usize).sum();
-        if total_rows == 0 {
-            return Err(DataParallelError::EmptyInput {
-                dim: self.local.dim(),
-            });
-        }
-
-        let local = if local_rows > 0 {
-            self.local.accumulate_over(batch, loss, total_rows)
-        } else {
-            Ok(BatchStats {
-                loss: 0.0,
-                rows: 0,
-                replicas: Vec::new(),
-                reduce: Default::default(),
-            })
-        };
-        // Every rank learns whether any failed before anyone waits on the gradients.
-        let failed = self.mpi.all_gather_u64(&[u64::from(local.is_err())]);
-        if let Some(rank) = failed.iter().position(|&f| f != 0) {
-            return Err(self.peer_failed(rank, step, local.err()));
-        }
-        let mut stats = local?;
-
-        let weighted = match self.reduction {
-            LossReduction::Mean => stats.loss * stats.rows as f64,
-            LossReduction::Sum => stats.loss,
-        };
-        let global = self.mpi.all_reduce_sum_f64(weighted);
-        stats.loss = match self.reduction {
-            LossReduction::Mean => global / total_rows as f64,
-            LossReduction::Sum => global,
-        };
-        stats.rows = total_rows;
-
-        let start = Instant::now();
-        let (mpi, exchange, layout) = (self.mpi, &mut self.exchange, &self.layout);
-        // Buffers are weighted by this rank's share of the rows: summed, every rank holds
-        // their row-weighted mean.
-        let share = local_rows as f64 / total_rows as f64;
-        self.local.apply_reduced(lr, |module, grads| {
-            let flat = layout.pack::<B, M>(module, &grads, share);
-            let summed = exchange.all_reduce_sum(mpi, flat)?;
-            Ok(layout.unpack::<B, M>(module, summed))
-        })?;
-        stats.reduce += start.elapsed();
-        Ok(stats)
+        self.local.accumulate_with(&mut self.ranks, batch, loss)
     }
 
-    /// The error of a step that `rank` (the lowest failing one) could not take: this rank's
-    /// own error where it failed too, otherwise `rank`'s, whose message every rank receives
-    /// (Open MPI may end the job before `rank` has printed it). Collective.
-    fn peer_failed(
-        &self,
-        rank: usize,
-        step: u64,
-        own: Option<DataParallelError>,
-    ) -> DataParallelError {
-        let reason = self
-            .mpi
-            .share_text_from(rank, own.as_ref().map(ToString::to_string));
-        own.unwrap_or(DataParallelError::PeerFailed {
-            rank,
-            step: step as usize,
-            reason,
-        })
+    /// Collective: one all-reduce (or reduce-scatter and all-gather) of every micro-batch's
+    /// gradients since the last `apply`, then the same step on every rank.
+    fn apply(&mut self, lr: f64) -> Result<()> {
+        self.local.apply_with(&mut self.ranks, lr)
     }
 
-    /// Ends training on this rank: checks that every rank ends after the same number of steps,
-    /// and returns the module and the optimizer. Collective.
-    pub fn finish(self) -> Result<(M, O)> {
-        let all = self
-            .mpi
-            .all_gather_u64(&[FINISHED, self.local.steps() as u64]);
-        for rank in 0..self.mpi.size() {
-            if all[2 * rank] != FINISHED {
-                return Err(DataParallelError::StillTraining {
-                    rank,
-                    step: all[2 * rank] as usize,
-                    finished_after: self.local.steps(),
-                });
-            }
-            if all[2 * rank + 1] as usize != self.local.steps() {
-                return Err(DataParallelError::RankFinished {
-                    rank,
-                    step: all[2 * rank + 1] as usize,
-                });
-            }
+    fn module(&self) -> &M {
+        self.local.module()
+    }
+
+    fn steps(&self) -> usize {
+        self.local.steps()
+    }
+
+    fn rank(&self) -> usize {
+        self.ranks.mpi.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.ranks.mpi.size()
+    }
+
+    /// Collective when the state is sharded: the whole state, on rank 0.
+    fn optimizer_record(&self) -> Result<Option<O::Record>> {
+        let mpi = self.ranks.mpi;
+        let Some(gather) = self.gather else {
+            return Ok((mpi.rank() == 0).then(|| self.local.optimizer().to_record()));
+        };
+        let call = Call {
+            phase: Phase::Record,
+            step: self.local.steps(),
+            count: 0,
+            value: 0,
+        };
+        agree(mpi, call)?;
+        let device = self.local.devices()[0].clone();
+        gather(mpi, self.local.optimizer().to_record(), &device)
+    }
+
+    /// Collective: this rank evaluates rows `rank * n / ranks .. (rank + 1) * n / ranks` of
+    /// `set` (no row twice, none left out), and the sums are added over the ranks.
+    fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
+    where
+        M::InnerModule: Replicate<B::InnerBackend> + Sync,
+        I: Scatter<B::InnerBackend>,
+        F: Fn(&M::InnerModule, I) -> [f64; K] + Sync,
+    {
+        let mpi = self.ranks.mpi;
+        let (rank, size) = (mpi.rank(), mpi.size());
+        let part = crate::train::part_of(set, self.local.dim(), rank, size, self.local.devices());
+        let local = part.and_then(|part| match part {
+            Some(part) => self.local.evaluate(part, &metric),
+            None => Ok([0.0; K]),
+        });
+        let call = Call {
+            phase: Phase::Evaluate,
+            step: self.local.steps(),
+            count: K,
+            value: u64::from(local.is_err()),
+        };
+        let calls = agree(mpi, call)?;
+        if let Some(failed) = calls.iter().position(|c| c.value != 0) {
+            return Err(self
+                .ranks
+                .peer_failed(failed, self.local.steps(), local.err()));
         }
+        let mut sums = local?;
+        mpi.all_reduce_sum_f64s(&mut sums);
+        Ok(sums)
+    }
+
+    /// Collective: checks that every rank ends after the same number of steps.
+    fn finish(self) -> Result<(M, O)> {
+        let call = Call {
+            phase: Phase::Finish,
+            step: self.local.steps(),
+            count: 0,
+            value: 0,
+        };
+        agree(self.ranks.mpi, call)?;
         Ok(self.local.into_parts())
     }
 }

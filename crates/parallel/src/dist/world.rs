@@ -2,6 +2,8 @@
 
 use crate::{DataParallelError, Result};
 use mpi::collective::SystemOperation;
+use mpi::datatype::{Equivalence, PartitionMut};
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
@@ -111,26 +113,88 @@ impl Mpi {
         self.world.abort(code)
     }
 
+    /// Every rank's `values`, in rank order, on every rank (each rank passing as many).
+    /// Collective.
+    pub fn all_gather(&self, values: &[u64]) -> Vec<u64> {
+        self.all_gather_u64(values)
+    }
+
     pub(crate) fn all_gather_u64(&self, values: &[u64]) -> Vec<u64> {
         let mut out = vec![0u64; values.len() * self.size()];
         self.world.all_gather_into(values, &mut out[..]);
         out
     }
 
-    pub(crate) fn all_reduce_sum_f32(&self, buffer: &mut [f32]) {
-        let send = buffer.to_vec();
+    /// The element-wise sum of every rank's `values`. Collective.
+    pub(crate) fn all_reduce_sum_f32(&self, values: &[f32]) -> Vec<f32> {
+        let mut sum = vec![0.0f32; values.len()];
         self.world
-            .all_reduce_into(&send[..], buffer, SystemOperation::sum());
+            .all_reduce_into(values, &mut sum[..], SystemOperation::sum());
+        sum
     }
 
-    pub(crate) fn all_reduce_sum_f64(&self, value: f64) -> f64 {
-        let mut out = 0.0f64;
+    /// Rank `r`'s block of the element-wise sum of every rank's `buffer` (the `counts[r]`
+    /// values after those of the blocks before it), written in place there; the rest of
+    /// `buffer` is left as it was. Blocks may differ in size: nothing is padded.
+    pub(crate) fn reduce_scatter_sum_f32(&self, buffer: &mut [f32], counts: &[usize]) {
+        let (at, mine) = block_of(counts, self.rank());
+        let mut out = vec![0.0f32; mine];
+        let counts: Vec<mpi::Count> = counts.iter().map(|&c| c as mpi::Count).collect();
+        // rsmpi 0.8 wraps only the equal-block form (`MPI_Reduce_scatter_block`).
+        // SAFETY: `buffer` holds the sum of `counts` f32 values, `out` this rank's count, and
+        // `counts` has one entry per rank of the communicator; the call is blocking.
+        unsafe {
+            mpi::ffi::MPI_Reduce_scatter(
+                buffer.as_ptr().cast(),
+                out.as_mut_ptr().cast(),
+                counts.as_ptr(),
+                f32::equivalent_datatype().as_raw(),
+                SystemOperation::sum().as_raw(),
+                self.world.as_raw(),
+            );
+        }
+        buffer[at..at + mine].copy_from_slice(&out);
+    }
+
+    /// Every rank's block of `buffer` (rank `r`'s being the `counts[r]` values after those of
+    /// the blocks before it), in every rank's `buffer`.
+    pub(crate) fn all_gather_f32(&self, buffer: &mut [f32], counts: &[usize]) {
+        let (at, mine) = block_of(counts, self.rank());
+        let send = buffer[at..at + mine].to_vec();
+        let displs: Vec<mpi::Count> = (0..counts.len())
+            .map(|r| block_of(counts, r).0 as mpi::Count)
+            .collect();
+        let counts: Vec<mpi::Count> = counts.iter().map(|&c| c as mpi::Count).collect();
+        let mut all = PartitionMut::new(buffer, &counts[..], &displs[..]);
+        self.world.all_gather_varcount_into(&send[..], &mut all);
+    }
+
+    /// The element-wise sum of every rank's `values`, in every rank's.
+    pub(crate) fn all_reduce_sum_f64s(&self, values: &mut [f64]) {
+        let send = values.to_vec();
         self.world
-            .all_reduce_into(&value, &mut out, SystemOperation::sum());
-        out
+            .all_reduce_into(&send[..], values, SystemOperation::sum());
+    }
+
+    /// Every rank's `bytes` on rank 0 (in rank order; empty elsewhere). Collective.
+    pub(crate) fn gather_bytes_to_0(&self, bytes: Vec<u8>) -> Vec<Vec<u8>> {
+        if self.rank() != 0 {
+            self.world.process_at_rank(0).send(&bytes[..]);
+            return Vec::new();
+        }
+        let mut all = vec![bytes];
+        for rank in 1..self.size() {
+            let (received, _) = self.world.process_at_rank(rank as i32).receive_vec::<u8>();
+            all.push(received);
+        }
+        all
     }
 
     pub(crate) fn broadcast_f32_from_0(&self, buffer: &mut [f32]) {
+        self.world.process_at_rank(0).broadcast_into(buffer);
+    }
+
+    pub(crate) fn broadcast_u64_from_0(&self, buffer: &mut [u64]) {
         self.world.process_at_rank(0).broadcast_into(buffer);
     }
 
@@ -157,6 +221,11 @@ impl Mpi {
     pub(crate) fn broadcast_bytes_from_0(&self, buffer: &mut [u8]) {
         self.world.process_at_rank(0).broadcast_into(buffer);
     }
+}
+
+/// Where block `r` of blocks of `counts` values starts, and its length.
+fn block_of(counts: &[usize], r: usize) -> (usize, usize) {
+    (counts[..r].iter().sum(), counts[r])
 }
 
 /// FNV-1a: equal on two ranks exactly when their bytes are (up to a 2^-64 chance).

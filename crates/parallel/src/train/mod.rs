@@ -1,8 +1,18 @@
 //! Data-parallel training: every replica runs forward and backward on its part of the global
-//! batch, the gradients are combined on the first device weighted by rows, and one optimizer
-//! step is taken there.
+//! batch, the gradients are combined on the first device weighted by rows (and across ranks
+//! through the [`peers`] seam), and one optimizer step is taken.
 
+mod evaluate;
+mod peers;
+pub(crate) mod record;
 mod reduce;
 mod step;
+mod trainer;
 
+#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
+pub(crate) use evaluate::part_of;
+#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
+pub(crate) use peers::{Accumulated, Peers, Rows};
+pub use record::ShardableRecord;
 pub use step::{BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming};
+pub use trainer::Trainer;

@@ -18,13 +18,16 @@ pub(crate) struct GradientSum {
     sum: GradientsParams,
     rows: usize,
     parts: usize,
+    micro_batches: usize,
     /// The row count the sum is currently weighted for (rows of all processes).
     weighted_for: usize,
 }
 
 impl GradientSum {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.parts == 0
+    /// Micro-batches added since the last [`take`](Self::take), this process's parts empty or
+    /// not.
+    pub(crate) fn micro_batches(&self) -> usize {
+        self.micro_batches
     }
 
     pub(crate) fn weighted_for(&self) -> usize {
@@ -35,12 +38,13 @@ impl GradientSum {
         self.weighted_for = rows;
     }
 
-    /// Rows of every micro-batch added since the last [`take`](Self::take).
+    /// This process's rows of every micro-batch added since the last [`take`](Self::take).
     pub(crate) fn rows(&self) -> usize {
         self.rows
     }
 
-    /// Adds `parts` (one per replica, in replica order) covering `rows` rows, on `device`.
+    /// Adds a micro-batch: `parts` (one per replica, in replica order, none where this process
+    /// had no rows) covering `rows` rows, on `device`.
     pub(crate) fn add<B, M>(
         &mut self,
         module: &M,
@@ -52,6 +56,7 @@ impl GradientSum {
         M: AutodiffModule<B>,
     {
         self.parts += parts.len();
+        self.micro_batches += 1;
         self.rows += rows;
         module.visit(&mut Add::<B> {
             sum: &mut self.sum,
@@ -75,13 +80,13 @@ impl GradientSum {
         }
     }
 
-    /// The sum, leaving the accumulator empty; `None` if nothing was added.
-    pub(crate) fn take(&mut self) -> Option<GradientsParams> {
-        let parts = std::mem::take(&mut self.parts);
+    /// The sum, leaving the accumulator empty.
+    pub(crate) fn take(&mut self) -> GradientsParams {
+        self.parts = 0;
+        self.micro_batches = 0;
         self.rows = 0;
         self.weighted_for = 0;
-        let sum = std::mem::take(&mut self.sum);
-        (parts > 0).then_some(sum)
+        std::mem::take(&mut self.sum)
     }
 }
 

@@ -1,5 +1,7 @@
 //! `DataParallelTrainer`: the data-parallel training step.
 
+use super::Trainer;
+use super::peers::{Accumulated, Alone, Peers};
 use super::reduce::GradientSum;
 use crate::parallel_apply::Rendezvous;
 use crate::replicas::Link;
@@ -61,6 +63,9 @@ struct ReplicaResult {
 }
 
 /// Trains a module over several devices with the exact step of single-device training.
+///
+/// It implements [`Trainer`], the interface a training loop is written against, as
+/// `dist::DistributedTrainer` does across MPI ranks.
 ///
 /// Each [`step`](Self::step) splits the global batch (inputs and targets together, by the same
 /// rule as [`DataParallel::forward`]), runs forward and backward on every replica concurrently,
@@ -176,9 +181,7 @@ where
         I: Scatter<B>,
         F: Fn(&M, I) -> Tensor<B, 1> + Sync,
     {
-        let stats = self.accumulate(batch, loss)?;
-        self.apply(lr)?;
-        Ok(stats)
+        Trainer::step(self, lr, batch, loss)
     }
 
     /// Runs forward and backward on every replica and adds the gradients to those accumulated
@@ -193,19 +196,87 @@ where
         I: Scatter<B>,
         F: Fn(&M, I) -> Tensor<B, 1> + Sync,
     {
-        let batch_rows = batch.rows(self.parallel.dim())?.unwrap_or(0);
-        let rows_so_far = self.pending.rows() + batch_rows;
-        self.accumulate_over(batch, loss, rows_so_far)
+        self.accumulate_with(&mut Alone, batch, loss)
     }
 
-    /// [`accumulate`](Self::accumulate), with each row weighing `1 / rows_so_far` in a mean
-    /// loss: the rows of every micro-batch so far, on every process taking part in the step.
-    pub(crate) fn accumulate_over<I, F>(
+    /// One optimizer step with learning rate `lr` on everything accumulated since the last
+    /// one; the replicas receive the new parameters on the next call.
+    pub fn apply(&mut self, lr: f64) -> Result<()> {
+        self.apply_with(&mut Alone, lr)
+    }
+
+    /// [`accumulate`](Self::accumulate), with `peers` taking part: each row weighs
+    /// `1 / rows` in a mean loss, `rows` counting every micro-batch of the step so far on every
+    /// process, and the loss returned is over every process's rows.
+    pub(crate) fn accumulate_with<I, F>(
+        &mut self,
+        peers: &mut impl Peers<B, M, O>,
+        batch: I,
+        loss: F,
+    ) -> Result<BatchStats>
+    where
+        I: Scatter<B>,
+        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+    {
+        let dim = self.parallel.dim();
+        let local = batch.rows(dim).map(|rows| rows.unwrap_or(0));
+        let rows = peers.rows(self.steps, self.pending.micro_batches(), local)?;
+        if rows.total == 0 {
+            return Err(DataParallelError::EmptyInput { dim });
+        }
+        let rows_so_far = self.pending.weighted_for() + rows.total;
+        let local = if rows.local > 0 {
+            self.forward_backward(batch, loss, rows_so_far)
+        } else {
+            Ok((Vec::new(), Vec::new()))
+        };
+        let reduction = self.reduction;
+        // This process's loss, summed as the whole step's is: every process learns whether any
+        // failed before anyone goes on.
+        let (weighted, local) = match local {
+            Ok((timings, grads)) => {
+                let weighted = timings.iter().map(|(timing, loss)| match reduction {
+                    LossReduction::Mean => loss * timing.rows as f64,
+                    LossReduction::Sum => *loss,
+                });
+                (Ok(weighted.sum::<f64>()), Some((timings, grads)))
+            }
+            Err(err) => (Err(err), None),
+        };
+        let total_loss = peers.outcome(self.steps, weighted)?;
+        let (timings, grads) = local.unwrap_or_default();
+
+        let start = Instant::now();
+        let first = self.parallel.devices()[0].clone();
+        if reduction == LossReduction::Mean {
+            // Earlier micro-batches were weighted for fewer rows than there now are.
+            let earlier = self.pending.weighted_for();
+            let scale = earlier as f64 / rows_so_far as f64;
+            self.pending.rescale::<B, M>(self.parallel.module(), scale);
+        }
+        self.pending.set_weighted_for(rows_so_far);
+        self.pending
+            .add::<B, M>(self.parallel.module(), grads, rows.local, &first);
+        Ok(BatchStats {
+            loss: match reduction {
+                LossReduction::Mean => total_loss / rows.total as f64,
+                LossReduction::Sum => total_loss,
+            },
+            rows: rows.total,
+            replicas: timings.into_iter().map(|(timing, _)| timing).collect(),
+            reduce: start.elapsed(),
+        })
+    }
+
+    /// Forward and backward on every replica's part of `batch`, each row weighing
+    /// `1 / rows_so_far` in a mean loss: each replica's timing and loss, and its gradients.
+    #[allow(clippy::type_complexity)]
+    fn forward_backward<I, F>(
         &mut self,
         batch: I,
         loss: F,
         rows_so_far: usize,
-    ) -> Result<BatchStats>
+    ) -> Result<(Vec<(ReplicaTiming, f64)>, Vec<GradientsParams>)>
     where
         I: Scatter<B>,
         F: Fn(&M, I) -> Tensor<B, 1> + Sync,
@@ -225,16 +296,19 @@ where
                 let value = catch_unwind(AssertUnwindSafe(|| loss(replica, part)));
                 forwards_done.wait();
                 let value = value.unwrap_or_else(|panic| resume_unwind(panic));
-                let scalar: f64 = value.clone().into_scalar().elem();
-                let grads = scalar.is_finite().then(|| {
-                    // The replica's share of the rows: the replicas' gradients then add up to the
-                    // gradient over every row (see `reduce`).
-                    let weight = match reduction {
-                        LossReduction::Mean => rows as f64 / rows_so_far.max(1) as f64,
-                        LossReduction::Sum => 1.0,
-                    };
-                    GradientsParams::from_grads(value.mul_scalar(weight).backward(), replica)
-                });
+                // The replica's share of the rows: the replicas' gradients then add up to the
+                // gradient over every row (see `reduce`).
+                let weight = match reduction {
+                    LossReduction::Mean => rows as f64 / rows_so_far.max(1) as f64,
+                    LossReduction::Sum => 1.0,
+                };
+                let grads = value.clone().mul_scalar(weight).backward();
+                // Read once the backward pass is queued: on a GPU, reading the loss first would
+                // wait for the forward pass before any backward work is sent.
+                let scalar: f64 = value.into_scalar().elem();
+                let grads = scalar
+                    .is_finite()
+                    .then(|| GradientsParams::from_grads(grads, replica));
                 Ok::<_, Infallible>(ReplicaResult {
                     loss: scalar,
                     rows,
@@ -246,64 +320,58 @@ where
             Some(Link::Detached),
         )?;
 
-        let rows: usize = results.iter().map(|r| r.rows).sum();
-        let loss = match reduction {
-            LossReduction::Mean => {
-                results.iter().map(|r| r.loss * r.rows as f64).sum::<f64>() / rows.max(1) as f64
-            }
-            LossReduction::Sum => results.iter().map(|r| r.loss).sum(),
-        };
         let devices = self.parallel.devices();
-        let replicas = results
-            .iter()
-            .enumerate()
-            .map(|(replica, r)| ReplicaTiming {
-                replica,
-                device: format!("{:?}", devices[replica]),
-                rows: r.rows,
-                compute: r.compute,
-            })
-            .collect();
+        let mut timings = Vec::with_capacity(results.len());
         let mut grads = Vec::with_capacity(results.len());
         for (replica, result) in results.into_iter().enumerate() {
-            match result.grads {
-                Some(g) => grads.push(g),
-                None => {
-                    return Err(DataParallelError::NonFiniteLoss {
-                        step: self.steps,
-                        replica,
-                        loss: result.loss,
-                    });
-                }
-            }
+            let Some(g) = result.grads else {
+                return Err(DataParallelError::NonFiniteLoss {
+                    step: self.steps,
+                    replica,
+                    loss: result.loss,
+                });
+            };
+            grads.push(g);
+            let timing = ReplicaTiming {
+                replica,
+                device: format!("{:?}", devices[replica]),
+                rows: result.rows,
+                compute: result.compute,
+            };
+            timings.push((timing, result.loss));
         }
-
-        let start = Instant::now();
-        let first = devices[0].clone();
-        if reduction == LossReduction::Mean {
-            // Earlier micro-batches were weighted for fewer rows than there now are.
-            let earlier = self.pending.weighted_for();
-            let scale = earlier as f64 / rows_so_far.max(1) as f64;
-            self.pending.rescale::<B, M>(self.parallel.module(), scale);
-        }
-        self.pending.set_weighted_for(rows_so_far);
-        self.pending
-            .add::<B, M>(self.parallel.module(), grads, rows, &first);
-        Ok(BatchStats {
-            loss,
-            rows,
-            replicas,
-            reduce: start.elapsed(),
-        })
+        Ok((timings, grads))
     }
 
-    /// One optimizer step with learning rate `lr` on everything accumulated since the last
-    /// one; the replicas receive the new parameters on the next call.
-    pub fn apply(&mut self, lr: f64) -> Result<()> {
-        if self.pending.is_empty() {
+    /// [`apply`](Self::apply), with `peers` combining the gradients with theirs.
+    pub(crate) fn apply_with(&mut self, peers: &mut impl Peers<B, M, O>, lr: f64) -> Result<()> {
+        if self.pending.micro_batches() == 0 {
             return Err(DataParallelError::NothingAccumulated);
         }
-        self.apply_reduced(lr, |_, grads| Ok(grads))
+        let accumulated = Accumulated {
+            step: self.steps,
+            micro_batches: self.pending.micro_batches(),
+            rows: self.pending.rows(),
+            grads: self.pending.take(),
+        };
+        let optimizer = &mut self.optimizer;
+        let mut failed = None;
+        // The copies on the other devices are made again from the new parameters on the next
+        // call. On the CPU a copy shares the parameters' memory, so this costs no data movement.
+        self.parallel.update_module(|module| {
+            match peers.update(module, optimizer, lr, accumulated) {
+                Ok(module) => module,
+                Err((module, err)) => {
+                    failed = Some(err);
+                    module
+                }
+            }
+        });
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        self.steps += 1;
+        Ok(())
     }
 
     /// The module's buffers.
@@ -312,33 +380,87 @@ where
         self.parallel.buffers()
     }
 
+    /// How the loss function reduces over its rows.
+    pub fn loss_reduction(&self) -> LossReduction {
+        self.reduction
+    }
+
     /// The dimension batches are split along.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn dim(&self) -> usize {
         self.parallel.dim()
     }
 
-    /// One optimizer step on the accumulated gradients (empty if none) after `reduce` has
-    /// combined them with other processes'.
-    pub(crate) fn apply_reduced(
-        &mut self,
-        lr: f64,
-        reduce: impl FnOnce(&M, GradientsParams) -> Result<GradientsParams>,
-    ) -> Result<()> {
-        let grads = self.pending.take().unwrap_or_default();
-        let grads = reduce(self.parallel.module(), grads)?;
-        let optimizer = &mut self.optimizer;
-        // The copies on the other devices are made again from the new parameters on the next
-        // call. On the CPU a copy shares the parameters' memory, so this costs no data movement.
-        self.parallel
-            .update_module(|module| optimizer.step(lr, module, grads));
-        self.steps += 1;
-        Ok(())
+    /// This trainer with its optimizer replaced by `f(optimizer)`.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn map_optimizer(self, f: impl FnOnce(O) -> O) -> Self {
+        Self {
+            optimizer: f(self.optimizer),
+            ..self
+        }
+    }
+
+    /// The size of the optimizer's state, serialized at full precision.
+    pub fn optimizer_state_bytes(&self) -> Result<usize> {
+        super::record::to_bytes::<B, _>(self.optimizer.to_record()).map(|bytes| bytes.len())
     }
 
     /// Replaces the module, keeping the optimizer (all processes start from one set of weights).
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn replace_module(&mut self, module: M) {
         self.parallel.set_module(module);
+    }
+}
+
+impl<B, M, O> Trainer<B, M> for DataParallelTrainer<B, M, O>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Replicate<B> + Sync,
+    O: Optimizer<M, B>,
+{
+    type Optimizer = O;
+
+    fn accumulate<I, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
+    where
+        I: Scatter<B>,
+        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+    {
+        DataParallelTrainer::accumulate(self, batch, loss)
+    }
+
+    fn apply(&mut self, lr: f64) -> Result<()> {
+        DataParallelTrainer::apply(self, lr)
+    }
+
+    fn module(&self) -> &M {
+        DataParallelTrainer::module(self)
+    }
+
+    fn steps(&self) -> usize {
+        DataParallelTrainer::steps(self)
+    }
+
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world_size(&self) -> usize {
+        1
+    }
+
+    fn optimizer_record(&self) -> Result<Option<O::Record>> {
+        Ok(Some(self.optimizer.to_record()))
+    }
+
+    fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
+    where
+        M::InnerModule: Replicate<B::InnerBackend> + Sync,
+        I: Scatter<B::InnerBackend>,
+        F: Fn(&M::InnerModule, I) -> [f64; K] + Sync,
+    {
+        DataParallelTrainer::evaluate(self, set, metric)
+    }
+
+    fn finish(self) -> Result<(M, O)> {
+        Ok(self.into_parts())
     }
 }

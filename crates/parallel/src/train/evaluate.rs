@@ -1,0 +1,64 @@
+//! Evaluation on the inference module, each row counted once across devices and ranks.
+
+use super::DataParallelTrainer;
+use crate::{DataParallel, Replicate, Result, Scatter};
+use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use std::convert::Infallible;
+
+impl<B, M, O> DataParallelTrainer<B, M, O>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Replicate<B> + Sync,
+    O: Optimizer<M, B>,
+{
+    /// Sums `metric` over every row of `set`, split across the devices by the `torch.chunk`
+    /// rule, on the inference module (`valid()`); see [`Trainer::evaluate`](crate::Trainer::evaluate).
+    pub fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
+    where
+        M::InnerModule: Replicate<B::InnerBackend> + Sync,
+        I: Scatter<B::InnerBackend>,
+        F: Fn(&M::InnerModule, I) -> [f64; K] + Sync,
+    {
+        // Made for this evaluation and dropped with it: kept, its handles on the parameters
+        // would make the next optimizer step write new buffers instead of updating in place.
+        let mut parallel =
+            DataParallel::new(self.module().valid(), self.devices().to_vec())?.with_dim(self.dim());
+        let parts = parallel.try_map(set, |m, part| Ok::<_, Infallible>(metric(m, part)))?;
+        let mut sums = [0.0; K];
+        for part in parts {
+            for (sum, value) in sums.iter_mut().zip(part) {
+                *sum += value;
+            }
+        }
+        Ok(sums)
+    }
+}
+
+/// Rows `rank * n / ranks .. (rank + 1) * n / ranks` of `set` along `dim`, on `devices[0]`, or
+/// `None` where that is no row: every row in exactly one rank's part.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn part_of<B: Backend, I: Scatter<B>>(
+    set: I,
+    dim: usize,
+    rank: usize,
+    ranks: usize,
+    devices: &[B::Device],
+) -> Result<Option<I>> {
+    let rows = set.rows(dim)?.unwrap_or(0);
+    let (start, end) = (rank * rows / ranks, (rank + 1) * rows / ranks);
+    if start == end {
+        return Ok(None);
+    }
+    if rows == end - start {
+        return Ok(Some(set));
+    }
+    let sizes: Vec<usize> = [start, end - start, rows - end]
+        .into_iter()
+        .filter(|&n| n > 0)
+        .collect();
+    let mine = usize::from(start > 0);
+    let on = vec![devices[0].clone(); sizes.len()];
+    Ok(set.scatter(dim, &sizes, &on).into_iter().nth(mine))
+}
