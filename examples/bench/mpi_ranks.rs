@@ -98,8 +98,15 @@ where
     }
     let exchanged = trainer.exchange_stats();
     let collectives = exchanged.all_reduces + exchanged.reduce_scatters.max(exchanged.all_gathers);
-    let bytes = trainer.optimizer_state_bytes()? as u64;
-    let largest = mpi_max(mpi, bytes);
+    // A rank that cannot measure its state still takes part in the gather.
+    let bytes = trainer.optimizer_state_bytes();
+    let sent = bytes.as_ref().map_or(u64::MAX, |&b| b as u64);
+    let largest = mpi_max(mpi, sent);
+    bytes?;
+    anyhow::ensure!(
+        largest != u64::MAX,
+        "a rank could not measure its optimizer state"
+    );
     trainer.finish()?;
     let (_, median_seconds) = median(samples);
     if mpi.rank() == 0 {

@@ -468,15 +468,21 @@ where
             history.push(report);
             // Collective: with a sharded optimizer state, rank 0 gathers every shard.
             let optimizer = trainer.optimizer_record()?;
-            if let Some(optimizer) = optimizer {
-                let state = checkpoint::State {
-                    config: config.clone(),
-                    steps: trainer.steps(),
-                    history: history.clone(),
-                    world_size: trainer.world_size(),
-                };
-                checkpoint::save::<B, M, O>(out, trainer.module(), optimizer, &state)?;
-            }
+            let saved = match optimizer {
+                Some(optimizer) => {
+                    let state = checkpoint::State {
+                        config: config.clone(),
+                        steps: trainer.steps(),
+                        history: history.clone(),
+                        world_size: trainer.world_size(),
+                    };
+                    checkpoint::save::<B, M, O>(out, trainer.module(), optimizer, &state)
+                        .map(|_| ())
+                }
+                None => Ok(()),
+            };
+            // Rank 0 alone writes: the others stop with it rather than wait for it.
+            ranks.all_succeed("write the checkpoint", saved)?;
         }
 
         let rank = trainer.rank();

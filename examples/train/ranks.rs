@@ -65,6 +65,22 @@ impl Ranks {
         Ok(())
     }
 
+    /// `outcome` on this rank; in a multi-process run, an error on every rank if any rank's
+    /// `outcome` (of something it did alone, such as `what`) is one.
+    pub fn all_succeed(&self, what: &str, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = &self.mpi {
+            let all = mpi.all_gather(&[u64::from(outcome.is_err())]);
+            outcome?;
+            if let Some(rank) = all.iter().position(|&failed| failed != 0) {
+                anyhow::bail!("rank {rank} could not {what}");
+            }
+            return Ok(());
+        }
+        let _ = what;
+        outcome
+    }
+
     /// This rank's share of the machine's GPUs in a multi-process run, all of them otherwise.
     #[cfg(feature = "cuda")]
     pub fn gpus(

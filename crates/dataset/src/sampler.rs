@@ -121,9 +121,11 @@ impl ShardedSampler {
     /// The current epoch's global batches of `batch_size` rows (the last one smaller if need
     /// be), every index exactly once, with no padding and nothing dropped; the same on every
     /// rank and **whatever the number of ranks**. Each rank then takes its
-    /// [`part`](Self::part) of each batch: training on them is the same (up to rounding) on any
-    /// number of ranks, so a run can be resumed at another world size. (`drop_last` does not
-    /// apply: a trainer that weights by rows takes uneven parts exactly.)
+    /// [`part`](Self::part) of each batch: with a trainer that weights by rows, training on them
+    /// is the same (up to rounding) on any number of ranks, so a run can be resumed at another
+    /// world size; except where the model depends on how the batch is split (batch norm
+    /// normalizes each part by its own statistics) or draws random numbers (dropout).
+    /// (`drop_last` does not apply: uneven parts are taken exactly.)
     ///
     /// ```
     /// use dp_dataset::ShardedSampler;

@@ -194,28 +194,40 @@ impl NcclComm {
         // `resource` until the stream is synchronised below; every rank makes this call. The
         // block operations are NCCL's in-place forms: this rank's block is at
         // `pointer + rank * block`, inside the buffer since `count` is `size * block`.
-        unsafe {
+        let outcome = unsafe {
             match collective {
                 Collective::AllReduce => {
                     let p = pointer.cast::<core::ffi::c_void>();
                     result::all_reduce(p, p, count, f32s, sum, self.comm, stream)
                 }
                 Collective::ReduceScatter(_) => {
-                    let mine = pointer.add(mpi.rank() * block).cast::<core::ffi::c_void>();
+                    let mine = pointer
+                        .wrapping_add(mpi.rank() * block)
+                        .cast::<core::ffi::c_void>();
                     let all = pointer.cast::<core::ffi::c_void>();
                     result::reduce_scatter(all, mine, block, f32s, sum, self.comm, stream)
                 }
                 Collective::AllGather(_) => {
-                    let mine = pointer.add(mpi.rank() * block).cast::<core::ffi::c_void>();
+                    let mine = pointer
+                        .wrapping_add(mpi.rank() * block)
+                        .cast::<core::ffi::c_void>();
                     let all = pointer.cast::<core::ffi::c_void>();
                     result::all_gather(mine, all, block, f32s, self.comm, stream)
                 }
             }
         }
-        .map_err(|err| fail(format!("{err:?}")))?;
-        self.stream
-            .synchronize()
-            .map_err(|err| fail(format!("{err:?}")))?;
+        .map_err(|err| fail(format!("{err:?}")))
+        .and_then(|_| {
+            self.stream
+                .synchronize()
+                .map_err(|err| fail(format!("{err:?}")))
+        });
+        // A rank whose NCCL call failed says so before the others go on to the next call.
+        let done = mpi.all_gather_u64(&[u64::from(outcome.is_ok())]);
+        outcome?;
+        if let Some(rank) = done.iter().position(|&d| d == 0) {
+            return Err(fail(format!("rank {rank} could not complete it")));
+        }
         drop(resource);
         let summed = Tensor::<Cuda, 1>::from_primitive(TensorPrimitive::Float(tensor));
         Ok(*(Box::new(summed) as Box<dyn Any>)

@@ -100,6 +100,7 @@ where
         let buffers = local.buffers().clone();
         let layout = Layout::of::<B, M>(local.module(), &buffers, 1, false);
         let count = layout.values();
+        fits_mpi_count(&[count])?;
         let signature = [super::world::fnv1a(&layout.signature()), count as u64];
         let all = mpi.all_gather_u64(&signature);
         if let Some(rank) = (1..mpi.size()).find(|&r| all[2 * r..2 * r + 2] != all[0..2]) {
@@ -169,6 +170,7 @@ where
             let record = optimizer.to_record().retain_params(&mine);
             optimizer.load_record(record)
         });
+        fits_mpi_count(&layout.counts())?;
         self.ranks.layout = layout;
         self.ranks.sharded = true;
         self.gather = Some(gather_shards::<B, O::Record>);
@@ -207,6 +209,20 @@ where
     pub fn optimizer_state_bytes(&self) -> Result<usize> {
         self.local.optimizer_state_bytes()
     }
+}
+
+/// Refuses buffers longer than MPI's `int` counts (the same on every rank: the layouts match).
+fn fits_mpi_count(counts: &[usize]) -> Result<()> {
+    let total: usize = counts.iter().sum();
+    if i32::try_from(total).is_err() {
+        return Err(DataParallelError::Distributed {
+            message: format!(
+                "the model's {total} values exceed the {} one MPI collective can carry",
+                i32::MAX
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Every rank's record on rank 0, merged. Collective.
@@ -290,7 +306,15 @@ where
         };
         agree(mpi, call)?;
         let device = self.local.devices()[0].clone();
-        gather(mpi, self.local.optimizer().to_record(), &device)
+        let gathered = gather(mpi, self.local.optimizer().to_record(), &device);
+        // Only the failing rank and rank 0 know of a failure: every rank learns of it.
+        let failed = mpi.all_gather_u64(&[u64::from(gathered.is_err())]);
+        if let Some(rank) = failed.iter().position(|&f| f != 0) {
+            return Err(self
+                .ranks
+                .peer_failed(rank, self.local.steps(), gathered.err()));
+        }
+        gathered
     }
 
     /// Collective: this rank evaluates rows `rank * n / ranks .. (rank + 1) * n / ranks` of
