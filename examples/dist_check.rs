@@ -31,7 +31,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, ElementConversion, Int, Tensor, TensorData, TensorKind};
 use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
 use burn_data_parallel::{
-    DataParallelTrainer, Replicate, Scatter, ShardableRecord, SplitPolicy, Trainer, chunk_sizes,
+    Chunk, DataParallelTrainer, Replicate, Scatter, ShardableRecord, SplitPolicy, Trainer,
 };
 use clap::Parser;
 use compare::max_param_diff;
@@ -506,7 +506,7 @@ where
         // divide the batch, some rows are repeated, and single-process training sees the same rows.
         let indices_of = |r: usize| -> anyhow::Result<Vec<i64>> {
             if args.uneven {
-                let sizes = chunk_sizes(args.global_batch, size);
+                let sizes = Chunk.sizes(args.global_batch, size);
                 let start: usize = sizes.iter().take(r).sum();
                 let len = sizes.get(r).copied().unwrap_or(0);
                 return Ok((start..start + len).map(|i| i as i64).collect());
@@ -525,7 +525,7 @@ where
         // per-part single-device training) over the same parts as every rank's replicas make.
         let parts: Vec<usize> = shards
             .iter()
-            .flat_map(|shard| chunk_sizes(shard.len(), local_devices))
+            .flat_map(|shard| Chunk.sizes(shard.len(), local_devices))
             .collect();
         let mut reference = Reference::new(&initial, optimizer(), ghost.then_some(parts), &device)?;
         let loss = |m: &M, (x, y): (Tensor<B, D, K>, Tensor<B, 1, Int>)| m.loss(x, y);

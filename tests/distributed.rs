@@ -52,12 +52,17 @@ fn spawn_mpirun(args: &[&str]) -> Child {
 
 /// Waits for `job` and returns whether it succeeded and what it printed; gives up (and fails)
 /// after a minute, so that a hang is a failure rather than a stuck suite.
-fn wait_bounded(mut job: Child, what: &str) -> (bool, String) {
+fn wait_bounded(job: Child, what: &str) -> (bool, String) {
+    wait_at_most(job, what, Duration::from_secs(60))
+}
+
+/// [`wait_bounded`] with another limit.
+fn wait_at_most(mut job: Child, what: &str, limit: Duration) -> (bool, String) {
     let start = Instant::now();
     while job.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
+        if start.elapsed() > limit {
             let _ = job.kill();
-            panic!("{what} still running after 60 s");
+            panic!("{what} still running after {} s", limit.as_secs());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -236,7 +241,8 @@ fn bench_measures_w3_over_mpi_ranks() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (ok, out) = wait_bounded(bench, "bench --mpi-ranks 1,2");
+    // Eight MPI rows of W3 (1.3 M parameters) in a debug build, beside the suite's other jobs.
+    let (ok, out) = wait_at_most(bench, "bench --mpi-ranks 1,2", Duration::from_secs(300));
     assert!(ok, "{out}");
     // A measurement that fails is left out of the report, so count the MPI rows.
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -264,6 +270,27 @@ fn bench_measures_w3_over_mpi_ranks() {
     };
     assert_eq!(exchanged("MpiRanks"), [1_323_024, 1_323_024], "{out}");
     assert_eq!(exchanged("MpiRanksFineTune"), [10_252, 10_252], "{out}");
+    // Sharded Adam: 1 rank takes the all-reduce path; 2 ranks hand the reduce-scatter and the
+    // all-gather the all-reduce's buffer each, and the largest shard of the state is smaller
+    // than the whole (whole tensors: the 1024x1024 weight is 79% of the parameters).
+    assert_eq!(
+        exchanged("MpiRanksSharded"),
+        [1_323_024, 2_646_048],
+        "{out}"
+    );
+    let state = |runner: &str| -> Vec<u64> {
+        report["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["spec"]["runner"] == runner)
+            .map(|m| m["optimizer_bytes"].as_u64().unwrap())
+            .collect()
+    };
+    let (whole, sharded) = (state("MpiRanksAdam"), state("MpiRanksSharded"));
+    assert_eq!(sharded[0], whole[0], "{out}");
+    assert!(sharded[1] < whole[1] * 85 / 100, "{whole:?} {sharded:?}");
+    assert!(ratios.contains("state sharded / not sharded"), "{ratios}");
     assert!(
         ratios.contains("last layer trained / all layers trained"),
         "{ratios}"

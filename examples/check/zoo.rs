@@ -10,7 +10,9 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
-use burn_data_parallel::{DataParallel, DataParallelTrainer, Replicate, Scatter, chunk_sizes};
+use burn_data_parallel::{
+    Chunk, DataParallel, DataParallelTrainer, Replicate, Scatter, SplitPolicy,
+};
 use dp_model::{
     BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
 };
@@ -171,7 +173,7 @@ where
     for rows in [30, 10] {
         let start = make();
         let (x, y) = X::batch::<B>(rows, 100 + rows as u64, d);
-        let sizes = chunk_sizes(rows, devices.len());
+        let sizes = Chunk.sizes(rows, devices.len());
         let reference = M::from_inner(start.valid());
         let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost, d);
         let expected = GradientsParams::from_grads(loss.backward(), &reference);
@@ -266,7 +268,7 @@ where
     let d = &devices[0];
     let start = make();
     let (x, y) = X::batch::<B>(rows, 200 + rows as u64, d);
-    let sizes = chunk_sizes(rows, devices.len());
+    let sizes = Chunk.sizes(rows, devices.len());
     let reference = M::from_inner(start.valid());
     let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost, d);
     let grads = GradientsParams::from_grads(loss.backward(), &reference);

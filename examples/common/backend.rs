@@ -78,29 +78,15 @@ fn run_on_cpu<J: Job>(count: usize, job: J) -> anyhow::Result<()> {
     job.run::<Autodiff<NdArray>>(vec![Default::default(); count], "CPU devices")
 }
 
-/// burn-ndarray multiplies matrices on one process-wide pool sized by `MATMUL_NUM_THREADS`
-/// (default: the physical cores, at most 4), where several CPU replicas would all queue, so
-/// each of the `replicas` gets its share of the cores instead, unless the user chose a value;
-/// `OPENBLAS_NUM_THREADS` plays that part for a build on OpenBLAS (feature `blas`). (Flex
-/// multiplies on each replica's own rayon pool and needs nothing; on a GPU the settings are
-/// harmless.)
+/// Shares the cores between the replicas (and the ranks of this machine), with the library's
+/// [`burn_data_parallel::share_cpu_cores`].
 ///
 /// It sets environment variables, so it must run while the program has a single thread:
 /// [`run_on_available`] calls it first, and a program that starts threads earlier (MPI does)
 /// calls it before that.
 pub fn share_cpu_threads(replicas: Option<usize>) {
-    let replicas = replicas.unwrap_or(1);
-    if replicas <= 1 {
-        return;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let share = (cores / replicas).max(1);
-    for variable in ["MATMUL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
-        if std::env::var_os(variable).is_none() {
-            // SAFETY: see above: called while the program runs a single thread.
-            unsafe { std::env::set_var(variable, share.to_string()) };
-        }
-    }
+    // SAFETY: see above: called while the program runs a single thread.
+    unsafe { burn_data_parallel::share_cpu_cores(replicas.unwrap_or(1)) };
 }
 
 #[cfg(not(any(feature = "ndarray", feature = "flex")))]

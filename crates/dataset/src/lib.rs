@@ -20,6 +20,8 @@
 //! assert_eq!(sizes, [[30, 5], [30, 5], [30, 5], [10, 5]]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod images;
 mod random;
 mod sampler;

@@ -13,6 +13,8 @@
 //!   - [`TiedEmbeddings`]: one parameter used twice (input embedding and output projection);
 //!   - [`Branchy`]: a layer only some rows go through, so some steps give it no gradient.
 
+#![warn(missing_docs)]
+
 mod branch;
 mod classifier;
 mod cnn;

@@ -216,6 +216,11 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     }
 
     /// The wrapped module (also replica 0).
+    ///
+    /// # Panics
+    ///
+    /// If an optimizer step panicked inside the trainer holding this wrapper (the module was
+    /// moved into it), until [`set_module`](Self::set_module) gives a new one.
     pub fn module(&self) -> &M {
         self.module.as_ref().expect(LOST)
     }
@@ -260,8 +265,9 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
 
     /// How many replicas have been copied and kept since creation: at most one per extra device
     /// until the module changes, however many calls were made. (The replicas of a module
-    /// trained through this wrapper are made on every call and not counted.)
-    pub fn replica_builds(&self) -> usize {
+    /// trained through this wrapper are made on every call and not counted.) For the tests.
+    #[cfg(test)]
+    pub(crate) fn replica_builds(&self) -> usize {
         self.replicas.builds()
     }
 
@@ -289,15 +295,42 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Fn(&M, I) -> Result<O, E> + Sync,
     {
-        let outputs = self.try_map(input, f)?;
+        let outputs = self.try_parallel_apply(input, f)?;
         O::gather(outputs, self.dim, &self.output_device)
     }
 
     /// Runs `f(replica, part)` on every part of `input`, and returns the outputs in replica
-    /// order without merging them: for per-replica results such as losses or gradients.
+    /// order without merging them (PyTorch's `parallel_apply` step): for per-replica results
+    /// such as losses, metrics or gradients.
     ///
-    /// Fails like [`try_forward`](DataParallel::try_forward), except that nothing is gathered.
-    pub fn try_map<I, O, E, F>(&mut self, input: I, f: F) -> Result<Vec<O>>
+    /// ```
+    /// use burn::backend::NdArray;
+    /// use burn::nn::LinearConfig;
+    /// use burn::tensor::Tensor;
+    /// use burn_data_parallel::DataParallel;
+    ///
+    /// let device = Default::default();
+    /// let model = LinearConfig::new(5, 2).init::<NdArray>(&device);
+    /// let mut dp = DataParallel::new(model, vec![device; 4])?;
+    /// let rows = dp.parallel_apply(Tensor::<NdArray, 2>::ones([30, 5], &device), |_, x| {
+    ///     x.dims()[0]
+    /// })?;
+    /// assert_eq!(rows, [8, 8, 8, 6]);
+    /// # Ok::<(), burn_data_parallel::DataParallelError>(())
+    /// ```
+    pub fn parallel_apply<I, O, F>(&mut self, input: I, f: F) -> Result<Vec<O>>
+    where
+        M: Sync,
+        I: Scatter<B>,
+        O: Send,
+        F: Fn(&M, I) -> O + Sync,
+    {
+        self.try_parallel_apply(input, |replica, part| Ok::<_, Infallible>(f(replica, part)))
+    }
+
+    /// [`parallel_apply`](Self::parallel_apply) for a function that can fail: the error of the
+    /// lowest failing replica is returned as [`DataParallelError::ReplicaFailed`].
+    pub fn try_parallel_apply<I, O, E, F>(&mut self, input: I, f: F) -> Result<Vec<O>>
     where
         M: Sync,
         I: Scatter<B>,
@@ -319,7 +352,8 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             .buffers
     }
 
-    /// Runs `f` on every part as [`try_map`](Self::try_map) does, on replicas linked as `link`
+    /// Runs `f` on every part as [`try_parallel_apply`](Self::try_parallel_apply) does, on
+    /// replicas linked as `link`
     /// says, or as the module calls for when `None` (connected when it trains, else kept
     /// detached copies).
     pub(crate) fn run<I, O, E, F>(&mut self, input: I, f: F, link: Option<Link>) -> Result<Vec<O>>

@@ -58,22 +58,16 @@ pub fn cuda_availability() -> Result<usize, CudaUnavailable> {
         // cudarc panics where the library it loaded lacks a function (not the real driver).
         Err(payload) => Err(CudaUnavailable::DriverFailed(format!(
             "it panicked when asked for the GPUs: {}",
-            crate::parallel_apply::panic_message(payload.as_ref())
+            crate::error::panic_message(payload.as_ref())
         ))),
     }
 }
 
-/// The number of CUDA GPUs Burn can use, 0 where there is no CUDA driver, no NVRTC or no GPU
-/// ([`cuda_availability`] says which). Never panics.
-#[cfg(feature = "cuda")]
-pub fn cuda_device_count() -> usize {
-    cuda_availability().unwrap_or(0)
-}
-
-/// One device per CUDA GPU, in index order; empty where there is none.
+/// One device per CUDA GPU, in index order; empty where there is no CUDA driver, no NVRTC or no
+/// GPU ([`cuda_availability`] says which). Never panics.
 #[cfg(feature = "cuda")]
 pub fn cuda_devices() -> Vec<burn::backend::cuda::CudaDevice> {
-    (0..cuda_device_count())
+    (0..cuda_availability().unwrap_or(0))
         .map(burn::backend::cuda::CudaDevice::new)
         .collect()
 }

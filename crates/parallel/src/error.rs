@@ -2,9 +2,13 @@
 
 /// Why a data-parallel call failed.
 ///
-/// Every failure is returned, never a panic: a replica that panics is caught on its thread and
-/// reported here once every thread has finished, and the [`DataParallel`](crate::DataParallel)
-/// stays usable for the next call.
+/// Failures of a call are returned, not raised: a replica that panics is caught on its thread
+/// and reported here once every thread has finished, and the
+/// [`DataParallel`](crate::DataParallel) stays usable for the next call. One case panics: if the
+/// function given to an optimizer step panics (a panicking optimizer, or a panicking collective
+/// across ranks), the module it held is lost, and the accessors of the wrapper (`module`,
+/// `module_mut`, `into_inner`) panic until [`set_module`](crate::DataParallel::set_module)
+/// gives it a new one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataParallelError {
@@ -150,14 +154,49 @@ pub enum DataParallelError {
     #[error("no gradient accumulated since the last optimizer step")]
     NothingAccumulated,
 
-    /// Distributed training failed in MPI or NCCL, or ranks disagree on how to run.
-    #[error("distributed training: {message}")]
-    Distributed {
-        /// What went wrong.
-        message: String,
+    /// `Mpi::init` was called a second time in this process (MPI starts once per process).
+    #[cfg(feature = "mpi")]
+    #[error("MPI is already initialised in this process: call `Mpi::init` once")]
+    MpiAlreadyInitialized,
+
+    /// A rank asked for another gradient transport than rank 0.
+    #[cfg(feature = "mpi")]
+    #[error(
+        "rank {rank} asks for the {asked:?} gradient transport and rank 0 for {rank_0:?}: every \
+         rank must ask for the same"
+    )]
+    TransportMismatch {
+        /// The first rank that differs.
+        rank: usize,
+        /// What it asked for.
+        asked: crate::dist::GradientTransport,
+        /// What rank 0 asked for.
+        rank_0: crate::dist::GradientTransport,
+    },
+
+    /// The model has more values than one MPI collective can carry (MPI counts are `int`s).
+    #[cfg(feature = "mpi")]
+    #[error(
+        "the model's {values} values exceed the {} one MPI collective can carry",
+        i32::MAX
+    )]
+    TooLargeForMpi {
+        /// Values the exchange would carry.
+        values: usize,
+    },
+
+    /// A collective (an MPI or NCCL call, or the copy of its buffer) failed.
+    #[cfg(feature = "mpi")]
+    #[error("{operation} failed: {reason}")]
+    Collective {
+        /// The collective: "NCCL ReduceScatter", "reading the gradients"...
+        operation: String,
+        /// What the engine said.
+        reason: String,
     },
 
     /// A rank holds a model whose parameters differ in shape or number from rank 0's.
+    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} holds a different model from rank 0 ({found} parameters against {expected}, \
          or other shapes): every rank must build the same model; nothing was trained"
@@ -172,6 +211,7 @@ pub enum DataParallelError {
     },
 
     /// A rank was started with another value (a configuration) than rank 0.
+    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} has another {what} than rank 0: every rank must be started the same way; \
          nothing was trained"
@@ -184,6 +224,7 @@ pub enum DataParallelError {
     },
 
     /// Ranks disagree on the step they are taking.
+    #[cfg(feature = "mpi")]
     #[error("rank {rank} is at step {found} while this rank is at step {expected}")]
     StepMismatch {
         /// The rank out of step.
@@ -196,6 +237,7 @@ pub enum DataParallelError {
 
     /// Ranks disagree on what they are doing: one accumulates another micro-batch, evaluates or
     /// shards its optimizer state while another does something else.
+    #[cfg(feature = "mpi")]
     #[error(
         "at step {step}, rank {rank} {found} while this rank {expected}: every rank must make the \
          same calls in the same order (the same number of `accumulate`s before each `apply`)"
@@ -220,6 +262,7 @@ pub enum DataParallelError {
     },
 
     /// A rank finished training while others still take steps (uneven data).
+    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} finished training after {step} steps while others go on: every rank must \
          take the same number of steps (a ShardedSampler gives them that)"
@@ -232,6 +275,7 @@ pub enum DataParallelError {
     },
 
     /// This rank finished training while another still takes steps (uneven data).
+    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} is still training (at step {step}) while this rank finished after \
          {finished_after} steps: every rank must take the same number of steps"
@@ -246,6 +290,7 @@ pub enum DataParallelError {
     },
 
     /// NCCL was asked for but a rank cannot use it.
+    #[cfg(feature = "mpi")]
     #[error("rank {rank} cannot reduce gradients through NCCL: {reason}")]
     NcclUnavailable {
         /// The lowest rank that cannot.
@@ -255,6 +300,7 @@ pub enum DataParallelError {
     },
 
     /// Another rank failed this step; no step was taken.
+    #[cfg(feature = "mpi")]
     #[error("rank {rank} failed at step {step} ({reason}); no step was taken")]
     PeerFailed {
         /// The lowest failing rank.
@@ -298,3 +344,12 @@ pub enum DataParallelError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = DataParallelError> = std::result::Result<T, E>;
+
+/// The message a panic was raised with.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic with a non-string payload)".to_owned())
+}

@@ -28,6 +28,30 @@
 //! # Ok::<(), burn_data_parallel::DataParallelError>(())
 //! ```
 //!
+//! Training takes the exact step of single-device training on the whole batch, the gradients
+//! of uneven parts weighted by their rows:
+//!
+//! ```
+//! use burn::backend::{Autodiff, NdArray};
+//! use burn::nn::LinearConfig;
+//! use burn::optim::AdamConfig;
+//! use burn::tensor::{Distribution, Tensor};
+//! use burn_data_parallel::{DataParallelTrainer, Trainer};
+//!
+//! type B = Autodiff<NdArray>;
+//! let device = Default::default();
+//! let model = LinearConfig::new(5, 1).init::<B>(&device);
+//! let mut trainer = DataParallelTrainer::new(model, AdamConfig::new().init(), vec![device; 4])?;
+//! let x = Tensor::<B, 2>::random([30, 5], Distribution::Default, &device);
+//! let y = Tensor::<B, 2>::random([30, 1], Distribution::Default, &device);
+//! let stats = trainer.step(1e-3, (x, y), |m, (x, y)| (m.forward(x) - y).powi_scalar(2).mean())?;
+//! assert_eq!(stats.replicas.len(), 4); // 8, 8, 8 and 6 rows
+//! # Ok::<(), burn_data_parallel::DataParallelError>(())
+//! ```
+//!
+//! The same loop runs across processes and machines with `dist::DistributedTrainer` (feature
+//! `mpi`), which implements [`Trainer`] too.
+//!
 //! Where each piece lives:
 //! - [`split`](crate::SplitPolicy): how many rows each device gets ([`Chunk`], [`Balanced`]);
 //! - [`Scatter`] / [`Gather`]: how inputs are split and outputs merged (tensors of any rank and
@@ -94,39 +118,27 @@
 //! [`DataParallelError::DeviceTransfer`] otherwise: Burn 0.21 copies between devices on CUDA
 //! and the CPU backends, not on wgpu or ROCm.
 //!
+//! **Errors**: bad input (no device, rows that disagree, an empty batch, a split policy that
+//! loses rows), a replica that panics or fails, a non-finite loss, devices that cannot exchange
+//! tensors, and, across ranks, any rank that fails or disagrees: each is a
+//! [`DataParallelError`] naming what and where, never a silent truncation. (PyTorch's
+//! `DataParallel` truncates inputs whose tensors disagree on their rows.)
+//!
 //! # Threads on the CPU
 //!
 //! With N CPU "devices", N replicas compute at once, each on a long-lived worker that is a
-//! rayon pool [`DataParallel::with_threads_per_replica`] threads wide (default 1), so that the
-//! rayon work of Burn's Flex backend (matrix products included) and of burn-ndarray stays on
-//! the replica's own threads. burn-ndarray multiplies matrices on a pool of its own instead,
-//! `matrixmultiply`'s, sized once per process by the `MATMUL_NUM_THREADS` environment variable
-//! (default: the physical cores, at most 4): set it to `cores / N` (1 on a 2-core machine with
-//! 2 replicas) before the first tensor operation, or the replicas queue on it. What runs on
-//! the caller's thread between the replicas' work (gradient sum, optimizer step) uses rayon's
-//! global pool (`RAYON_NUM_THREADS`).
-//!
-//! The examples of this workspace set `MATMUL_NUM_THREADS` when they run several CPU replicas.
-//! These pools exist only with burn-ndarray's default feature `multi-threads` (Flex: `rayon`),
-//! which `burn` without its default features leaves out. On the CPU, Flex trains faster than
-//! ndarray and scales better across replicas, since its matrix product takes a transposed
-//! operand as it is where ndarray copies it (`BENCHMARKS.md`).
-//!
-//! Training also depends on the program's allocator: burn-ndarray allocates multi-megabyte
-//! buffers every step, which glibc's malloc maps and unmaps each time, so each replica faults
-//! its memory in again and the replicas queue on the kernel's memory-map lock. A library cannot
-//! choose the allocator; the workspace's examples use mimalloc (`#[global_allocator] static A:
-//! mimalloc::MiMalloc = mimalloc::MiMalloc;`), which makes the W3 training benchmark 1.27
-//! times faster, with one CPU replica as with two.
-//!
-//! `BENCHMARKS.md` at the repository root has the measured effect of these settings.
-//!
-//! Unlike PyTorch, inputs whose tensors disagree on their rows are an error rather than silently
-//! truncated, a replica's panic is an error naming the replica and its device, and inference
-//! replicas are not re-copied on every call.
+//! rayon pool [`DataParallel::with_threads_per_replica`] threads wide (default 1), where the
+//! rayon work of Burn's Flex backend and of burn-ndarray stays. burn-ndarray multiplies
+//! matrices on a process-wide pool of its own instead: call [`share_cpu_cores`] first thing in
+//! `main` so that the replicas (and the MPI ranks of one machine) do not queue on it. The
+//! README's Performance section and `BENCHMARKS.md` have the measured effect of the thread
+//! settings, of the backend (Flex or burn-ndarray) and of the program's allocator.
+
+#![warn(missing_docs)]
 
 mod buffers;
 mod by_id;
+mod cpu_threads;
 mod data_parallel;
 mod devices;
 #[cfg(feature = "mpi")]
@@ -140,14 +152,21 @@ mod split;
 mod train;
 mod workers;
 
+// The integration tests' helpers name the crate; its internal tests reuse them.
+#[cfg(test)]
+extern crate self as burn_data_parallel;
+#[cfg(test)]
+mod tests;
+
+pub use cpu_threads::share_cpu_cores;
 pub use data_parallel::DataParallel;
 #[cfg(feature = "cuda")]
-pub use devices::{CudaUnavailable, cuda_availability, cuda_device_count, cuda_devices};
+pub use devices::{CudaUnavailable, cuda_availability, cuda_devices};
 pub use error::{DataParallelError, Result};
 pub use parallel_apply::{ReplicaInfo, current_replica};
 pub use replicas::Replicate;
 pub use shard::{Gather, Scatter, ToDevice, Whole};
-pub use split::{Balanced, Chunk, SplitPolicy, chunk_sizes};
+pub use split::{Balanced, Chunk, SplitPolicy};
 pub use train::{
     BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming, ShardableRecord, Trainer,
 };

@@ -7,7 +7,6 @@
 
 use crate::workers::Workers;
 use crate::{DataParallelError, Result};
-use std::any::Any;
 use std::cell::RefCell;
 use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -18,10 +17,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Which replica the current thread is running, as seen from inside a model's `forward`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaInfo {
-    /// Index of the replica, which is also the index of its device in the device list.
+    /// Index of the replica, which is also the index of its device in the device list the
+    /// wrapper was given.
     pub index: usize,
-    /// The replica's device, in its `Debug` form.
-    pub device: String,
     /// How many replicas run this call.
     pub replicas: usize,
 }
@@ -97,14 +95,7 @@ where
         .zip(outcomes.iter_mut())
         .enumerate()
         .map(|(i, ((replica, input), slot))| {
-            move || {
-                *slot = Some(run_replica(
-                    replica_info(i, count, devices),
-                    replica,
-                    input,
-                    f,
-                ))
-            }
+            move || *slot = Some(run_replica(replica_info(i, count), replica, input, f))
         });
     workers.run(tasks, in_turn);
 
@@ -145,16 +136,12 @@ where
     match result {
         Ok(Ok(output)) => Outcome::Done(output),
         Ok(Err(error)) => Outcome::Failed(error.into()),
-        Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+        Err(payload) => Outcome::Panicked(crate::error::panic_message(payload.as_ref())),
     }
 }
 
-fn replica_info<D: Debug>(index: usize, replicas: usize, devices: &[D]) -> ReplicaInfo {
-    ReplicaInfo {
-        index,
-        device: device_name(index, devices),
-        replicas,
-    }
+fn replica_info(index: usize, replicas: usize) -> ReplicaInfo {
+    ReplicaInfo { index, replicas }
 }
 
 /// A point that every replica of a call reaches before any goes past it. Usable once per call.
@@ -174,13 +161,4 @@ fn device_name<D: Debug>(index: usize, devices: &[D]) -> String {
     devices
         .get(index)
         .map_or_else(|| "?".to_owned(), |device| format!("{device:?}"))
-}
-
-/// The message a panic was raised with.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(a panic with a non-string payload)".to_owned())
 }

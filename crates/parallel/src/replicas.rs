@@ -94,6 +94,7 @@ impl<M> Replicas<M> {
     }
 
     /// Copies made since creation, refreshes included.
+    #[cfg(test)]
     pub(crate) fn builds(&self) -> usize {
         self.builds
     }

@@ -44,7 +44,7 @@ fn check_with<B: Backend>(
             let outcome = catch_unwind(AssertUnwindSafe(trip)).unwrap_or_else(|payload| {
                 Err(format!(
                     "it panicked: {}",
-                    crate::parallel_apply::panic_message(payload.as_ref())
+                    crate::error::panic_message(payload.as_ref())
                 ))
             });
             let _ = sender.send(outcome);

@@ -23,13 +23,24 @@ pub trait SplitPolicy: Debug + Send + Sync {
 /// use burn_data_parallel::{Chunk, SplitPolicy};
 /// assert_eq!(Chunk.sizes(30, 4), [8, 8, 8, 6]);
 /// assert_eq!(Chunk.sizes(5, 4), [2, 2, 1]); // only 3 devices are used
+/// assert_eq!(Chunk.sizes(10, 4), [3, 3, 3, 1]);
+/// assert!(Chunk.sizes(0, 4).is_empty());
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Chunk;
 
 impl SplitPolicy for Chunk {
+    /// 0 rows give no chunk at all (PyTorch gives `devices` empty ones, which no replica can
+    /// use).
     fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
-        chunk_sizes(rows, devices)
+        if rows == 0 || devices == 0 {
+            return Vec::new();
+        }
+        let chunk = rows.div_ceil(devices);
+        (0..rows)
+            .step_by(chunk)
+            .map(|start| chunk.min(rows - start))
+            .collect()
     }
 }
 
@@ -50,27 +61,6 @@ impl SplitPolicy for Balanced {
             .map(|i| rows / parts + usize::from(i < rows % parts))
             .collect()
     }
-}
-
-/// The chunk sizes `torch.chunk(rows, devices)` produces, without its empty chunks.
-///
-/// 0 rows give no chunk at all (PyTorch gives `devices` empty ones, which no replica can use).
-///
-/// ```
-/// use burn_data_parallel::chunk_sizes;
-/// assert_eq!(chunk_sizes(10, 4), [3, 3, 3, 1]);
-/// assert_eq!(chunk_sizes(2, 4), [1, 1]);
-/// assert!(chunk_sizes(0, 4).is_empty());
-/// ```
-pub fn chunk_sizes(rows: usize, devices: usize) -> Vec<usize> {
-    if rows == 0 || devices == 0 {
-        return Vec::new();
-    }
-    let chunk = rows.div_ceil(devices);
-    (0..rows)
-        .step_by(chunk)
-        .map(|start| chunk.min(rows - start))
-        .collect()
 }
 
 /// Checks a policy's answer, so that a faulty custom policy is an error rather than lost rows.
@@ -120,7 +110,7 @@ mod tests {
         ];
         for &(rows, devices, expected) in table {
             assert_eq!(
-                chunk_sizes(rows, devices),
+                Chunk.sizes(rows, devices),
                 expected,
                 "{rows} rows on {devices}"
             );

@@ -96,7 +96,7 @@ fn gradients_reach_the_inputs_through_the_split() {
 }
 
 #[test]
-fn per_replica_losses_from_try_map_reach_the_module_too() {
+fn per_replica_losses_from_parallel_apply_reach_the_module_too() {
     let model = two_parameters();
     let (x, y) = data(30);
     let plain = loss(model.forward(x.clone()), y.clone());
@@ -108,9 +108,7 @@ fn per_replica_losses_from_try_map_reach_the_module_too() {
     let mut dp = DataParallel::new(model, cpus(4)).unwrap();
     // Each replica returns its summed squared error; their sum over 30 rows is the mean.
     let parts = dp
-        .try_map((x, y), |m, (x, y)| {
-            Ok::<_, std::convert::Infallible>((m.forward(x) - y).powi_scalar(2).sum())
-        })
+        .parallel_apply((x, y), |m, (x, y)| (m.forward(x) - y).powi_scalar(2).sum())
         .unwrap();
     let total = parts
         .into_iter()
@@ -125,31 +123,4 @@ fn per_replica_losses_from_try_map_reach_the_module_too() {
     for (f, e) in found.iter().zip(&expected) {
         assert!((f - e).abs() <= 1e-5, "{found:?} against {expected:?}");
     }
-}
-
-#[test]
-fn inference_keeps_its_replicas_and_training_makes_none_to_keep() {
-    // Evaluation (no autodiff): replicas are made once and kept.
-    let mut eval = DataParallel::new(LinearConfig::new(1, 1).init::<B>(&cpu()), cpus(4)).unwrap();
-    for _ in 0..3 {
-        eval.forward(Tensor::<B, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
-            .unwrap();
-    }
-    assert_eq!(eval.replica_builds(), 3);
-    // Training through the wrapper links fresh replicas to the module every call: none kept.
-    let mut train = DataParallel::new(two_parameters(), cpus(4)).unwrap();
-    for _ in 0..3 {
-        train
-            .forward(Tensor::<AB, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
-            .unwrap();
-    }
-    assert_eq!(train.replica_builds(), 0);
-    // A frozen module trains nothing: its replicas are kept as for inference.
-    let mut frozen = DataParallel::new(two_parameters().no_grad(), cpus(4)).unwrap();
-    for _ in 0..3 {
-        frozen
-            .forward(Tensor::<AB, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
-            .unwrap();
-    }
-    assert_eq!(frozen.replica_builds(), 3);
 }

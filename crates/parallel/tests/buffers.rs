@@ -12,7 +12,9 @@ mod common;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::SgdConfig;
 use burn::tensor::Tensor;
-use burn_data_parallel::{DataParallel, DataParallelTrainer, Replicate, Scatter, chunk_sizes};
+use burn_data_parallel::{
+    Chunk, DataParallel, DataParallelTrainer, Replicate, Scatter, SplitPolicy,
+};
 use common::zoo::*;
 use common::{B, cpus};
 use dp_model::{Classifier, Cnn};
@@ -94,7 +96,7 @@ fn a_trainer_step_leaves_the_row_weighted_statistics() {
     for (devices, rows) in [(4, 30), (4, 10), (3, 5), (2, 7)] {
         let start = cnn();
         let (x, y) = images::<AB>(rows, rows as u64);
-        let expected = expected_stats(&start, x.clone(), &chunk_sizes(rows, devices));
+        let expected = expected_stats(&start, x.clone(), &Chunk.sizes(rows, devices));
         let first_mean = single_device_first_mean(&start, x.clone());
         let mut trainer =
             DataParallelTrainer::new(start.unaliased(), SgdConfig::new().init(), cpus(devices))
@@ -124,7 +126,7 @@ fn a_trainer_step_leaves_the_row_weighted_statistics() {
 fn a_forward_through_data_parallel_leaves_the_row_weighted_statistics() {
     let start = cnn();
     let (x, _) = images::<AB>(30, 1);
-    let expected = expected_stats(&start, x.clone(), &chunk_sizes(30, 4));
+    let expected = expected_stats(&start, x.clone(), &Chunk.sizes(30, 4));
     let first_mean = single_device_first_mean(&start, x.clone());
     let mut dp = DataParallel::new(start.unaliased(), cpus(4)).unwrap();
     dp.forward(x, |m, x| m.logits(x)).unwrap();

@@ -1,4 +1,5 @@
-//! Every failure is a typed error, never a panic, and the wrapper keeps working afterwards.
+//! Every failure of a call is a typed error, not a panic, and the wrapper keeps working
+//! afterwards.
 
 mod common;
 

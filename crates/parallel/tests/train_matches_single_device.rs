@@ -112,7 +112,7 @@ fn check_one_step<O: Optimizer<Mlp<AB>, AB>>(make: impl Fn() -> O, lr: f64, name
             );
             assert_eq!(stats.rows, rows);
             let split: Vec<usize> = stats.replicas.iter().map(|r| r.rows).collect();
-            assert_eq!(split, burn_data_parallel::chunk_sizes(rows, devices));
+            assert_eq!(split, burn_data_parallel::Chunk.sizes(rows, devices));
         }
     }
 }

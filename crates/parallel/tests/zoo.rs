@@ -10,7 +10,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::{Int, Tensor};
 use burn_data_parallel::{
-    DataParallel, DataParallelTrainer, Gather, Replicate, Scatter, chunk_sizes,
+    Chunk, DataParallel, DataParallelTrainer, Gather, Replicate, Scatter, SplitPolicy,
 };
 use common::zoo::*;
 use common::{B, cpus};
@@ -64,7 +64,7 @@ fn backward_through_data_parallel<M>(
     let start = make();
     for (devices, rows) in [(4, 30), (4, 10), (3, 5), (2, 2), (1, 7)] {
         let (x, y) = batch(rows, 100 + rows as u64);
-        let sizes = chunk_sizes(rows, devices);
+        let sizes = Chunk.sizes(rows, devices);
 
         let reference = copy(&start);
         let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost);
@@ -102,7 +102,7 @@ fn trainer_step<M, O>(
     let start = make();
     for (devices, rows) in SPLITS {
         let (x, y) = batch(rows, 200 + rows as u64);
-        let sizes = chunk_sizes(rows, devices);
+        let sizes = Chunk.sizes(rows, devices);
         let reference = copy(&start);
         let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost);
         let grads = GradientsParams::from_grads(loss.backward(), &reference);
@@ -157,7 +157,7 @@ fn accumulation<M, O>(
         .iter()
         .map(|(x, y)| {
             let rows = y.dims()[0];
-            let sizes = chunk_sizes(rows, devices);
+            let sizes = Chunk.sizes(rows, devices);
             reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost)
                 .mul_scalar(rows as f64 / total as f64)
         })

@@ -67,8 +67,9 @@ pub(crate) fn agree(mpi: &Mpi, call: Call) -> Result<Vec<Call>> {
     let mut calls = Vec::with_capacity(mpi.size());
     for (rank, words) in all.chunks_exact(4).enumerate() {
         let Some(phase) = Phase::from(words[0]) else {
-            return Err(DataParallelError::Distributed {
-                message: format!("rank {rank} sent an unknown call ({})", words[0]),
+            return Err(DataParallelError::Collective {
+                operation: "agreeing on the next call".into(),
+                reason: format!("rank {rank} sent an unknown call ({})", words[0]),
             });
         };
         let other = Call {
@@ -109,6 +110,13 @@ fn check(rank: usize, mine: &Call, other: &Call) -> Result<()> {
             found: other.describe(),
         }),
     }
+}
+
+/// What ranks compare instead of whole values (FNV-1a): equal on two ranks exactly when their bytes are (up to a 2^-64 chance).
+pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

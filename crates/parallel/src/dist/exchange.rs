@@ -77,20 +77,17 @@ impl Exchange {
         // The same message on every rank, whichever rank's Open MPI lets print.
         let asked = mpi.all_gather_u64(&[wanted as u64]);
         if let Some(rank) = asked.iter().position(|&a| a != asked[0]) {
-            let name = |code: u64| {
+            let of = |code: u64| {
                 use GradientTransport::*;
                 [Auto, Mpi, Nccl]
                     .into_iter()
                     .find(|&t| t as u64 == code)
-                    .map_or_else(|| "unknown".to_owned(), |t| format!("{t:?}"))
+                    .unwrap_or(Auto)
             };
-            return Err(DataParallelError::Distributed {
-                message: format!(
-                    "rank {rank} asks for the {} gradient transport and rank 0 for {}: every \
-                     rank must ask for the same",
-                    name(asked[rank]),
-                    name(asked[0])
-                ),
+            return Err(DataParallelError::TransportMismatch {
+                rank,
+                asked: of(asked[rank]),
+                rank_0: of(asked[0]),
             });
         }
         if wanted == GradientTransport::Mpi {
@@ -173,9 +170,10 @@ impl Exchange {
         if let Collective::ReduceScatter(counts) | Collective::AllGather(counts) = collective
             && (counts.len() != mpi.size() || counts.iter().sum::<usize>() != values)
         {
-            return Err(DataParallelError::Distributed {
-                message: format!(
-                    "a buffer of {values} values is not {} blocks of {counts:?}",
+            return Err(DataParallelError::Collective {
+                operation: format!("{collective:?}"),
+                reason: format!(
+                    "a buffer of {values} values is not {} such blocks",
                     mpi.size()
                 ),
             });
@@ -219,8 +217,9 @@ impl Engine {
                     .into_data()
                     .convert::<f32>()
                     .into_vec::<f32>()
-                    .map_err(|err| DataParallelError::Distributed {
-                        message: format!("cannot read the gradients: {err:?}"),
+                    .map_err(|err| DataParallelError::Collective {
+                        operation: "reading the gradients to the host".into(),
+                        reason: format!("{err:?}"),
                     })?;
                 match collective {
                     // Into a new buffer: the values are not copied once more to be sent.

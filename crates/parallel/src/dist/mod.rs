@@ -2,10 +2,13 @@
 //!
 //! One process per rank, started by `mpirun`. Each rank trains on its shard of every global
 //! batch (see `ShardedSampler` in the dataset crate), on one or several devices of its own.
-//! Every step, the ranks' gradients are summed by one all-reduce over a single flattened
-//! buffer, weighted by rows, so every rank takes the step single-process training takes on the
-//! whole global batch. At the start, rank 0's parameters are broadcast to every rank, after a
-//! check that all ranks hold the same model.
+//! Every optimizer step, the ranks' gradients are summed by one all-reduce over a single
+//! flattened buffer, weighted by rows (or reduce-scattered, and the parameters all-gathered,
+//! with the optimizer state sharded), so every rank takes the step single-process training
+//! takes on the whole global batch. Besides that gradient collective, each micro-batch and
+//! each step make small all-gathers through which the ranks agree on the call, the rows and
+//! the losses, and learn of any rank's failure. At the start, rank 0's parameters are broadcast
+//! to every rank, after a check that all ranks hold the same model.
 //!
 //! The gradients cross processes through host memory with MPI, or, for CUDA ranks (features
 //! `cuda` and `mpi`) where `libnccl.so` can be loaded and each rank has a GPU of its own,

@@ -129,8 +129,9 @@ impl NcclComm {
         flat: Tensor<B, 1>,
         collective: Collective<'_>,
     ) -> Result<Tensor<B, 1>> {
-        let fail = |what: String| DataParallelError::Distributed {
-            message: format!("NCCL {collective:?}: {what}"),
+        let fail = |reason: String| DataParallelError::Collective {
+            operation: format!("NCCL {collective:?}"),
+            reason,
         };
         // `negotiate` chose NCCL only for this backend, so the downcast holds.
         let flat = *(Box::new(flat) as Box<dyn Any>)
@@ -273,7 +274,7 @@ fn ordinal<B: Backend>(device: &B::Device) -> std::result::Result<usize, String>
                 std::any::type_name::<B>()
             )
         })?;
-    if crate::cuda_device_count() <= device.index {
+    if crate::cuda_availability().unwrap_or(0) <= device.index {
         return Err(format!("there is no CUDA device {}", device.index));
     }
     // SAFETY: only tries to open the library by its known names.

@@ -101,7 +101,7 @@ where
         let layout = Layout::of::<B, M>(local.module(), &buffers, 1, false);
         let count = layout.values();
         fits_mpi_count(&[count])?;
-        let signature = [super::world::fnv1a(&layout.signature()), count as u64];
+        let signature = [super::agree::fingerprint(&layout.signature()), count as u64];
         let all = mpi.all_gather_u64(&signature);
         if let Some(rank) = (1..mpi.size()).find(|&r| all[2 * r..2 * r + 2] != all[0..2]) {
             return Err(DataParallelError::ModelMismatch {
@@ -215,12 +215,7 @@ where
 fn fits_mpi_count(counts: &[usize]) -> Result<()> {
     let total: usize = counts.iter().sum();
     if i32::try_from(total).is_err() {
-        return Err(DataParallelError::Distributed {
-            message: format!(
-                "the model's {total} values exceed the {} one MPI collective can carry",
-                i32::MAX
-            ),
-        });
+        return Err(DataParallelError::TooLargeForMpi { values: total });
     }
     Ok(())
 }

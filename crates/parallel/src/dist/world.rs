@@ -30,11 +30,8 @@ impl Mpi {
     /// caught instead and returned as an error on every rank, like any failed step.
     pub fn init() -> Result<Self> {
         // Only the calling thread talks to MPI; replicas run on other threads but never call it.
-        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or(
-            DataParallelError::Distributed {
-                message: "MPI is already initialised in this process".into(),
-            },
-        )?;
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or(DataParallelError::MpiAlreadyInitialized)?;
         let world = universe.world();
         let rank = world.rank();
         // The ranks sharing this machine, in world order.
@@ -98,7 +95,7 @@ impl Mpi {
     ///
     /// `what` names the value in the error ("configuration").
     pub fn ensure_same(&self, what: &str, value: &[u8]) -> Result<()> {
-        let all = self.all_gather_u64(&[fnv1a(value)]);
+        let all = self.all_gather_u64(&[super::agree::fingerprint(value)]);
         match all.iter().position(|&hash| hash != all[0]) {
             None => Ok(()),
             Some(rank) => Err(DataParallelError::RankDisagrees {
@@ -226,13 +223,6 @@ impl Mpi {
 /// Where block `r` of blocks of `counts` values starts, and its length.
 fn block_of(counts: &[usize], r: usize) -> (usize, usize) {
     (counts[..r].iter().sum(), counts[r])
-}
-
-/// FNV-1a: equal on two ranks exactly when their bytes are (up to a 2^-64 chance).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn share_of<D: Clone>(all: &[D], local_rank: usize, local_size: usize) -> Vec<D> {

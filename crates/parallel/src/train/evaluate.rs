@@ -5,7 +5,6 @@ use crate::{DataParallel, Replicate, Result, Scatter};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use std::convert::Infallible;
 
 impl<B, M, O> DataParallelTrainer<B, M, O>
 where
@@ -25,7 +24,7 @@ where
         // would make the next optimizer step write new buffers instead of updating in place.
         let mut parallel =
             DataParallel::new(self.module().valid(), self.devices().to_vec())?.with_dim(self.dim());
-        let parts = parallel.try_map(set, |m, part| Ok::<_, Infallible>(metric(m, part)))?;
+        let parts = parallel.parallel_apply(set, |m, part| metric(m, part))?;
         let mut sums = [0.0; K];
         for part in parts {
             for (sum, value) in sums.iter_mut().zip(part) {

@@ -29,10 +29,9 @@ pub enum LossReduction {
 /// Time one replica spent on its part of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaTiming {
-    /// Index of the replica and of its device.
+    /// Index of the replica, and of its device in
+    /// [`devices`](DataParallelTrainer::devices).
     pub replica: usize,
-    /// The device, in its `Debug` form.
-    pub device: String,
     /// Rows of its part.
     pub rows: usize,
     /// Forward and backward, on the replica's thread.
@@ -320,7 +319,6 @@ where
             Some(Link::Detached),
         )?;
 
-        let devices = self.parallel.devices();
         let mut timings = Vec::with_capacity(results.len());
         let mut grads = Vec::with_capacity(results.len());
         for (replica, result) in results.into_iter().enumerate() {
@@ -334,7 +332,6 @@ where
             grads.push(g);
             let timing = ReplicaTiming {
                 replica,
-                device: format!("{:?}", devices[replica]),
                 rows: result.rows,
                 compute: result.compute,
             };

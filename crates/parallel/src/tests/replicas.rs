@@ -1,9 +1,12 @@
-//! Replicas are made once per device, kept across calls, and made again after the module changes.
+//! Replicas are made once per device, kept across calls, and made again after the module
+//! changes: counted by `DataParallel::replica_builds`, which only the crate's own tests see.
 
-mod common;
-
-use burn_data_parallel::DataParallel;
-use common::*;
+use super::common::zoo::AB;
+use super::common::*;
+use crate::DataParallel;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
 
 #[test]
 fn replicas_are_made_once_and_reused() {
@@ -58,7 +61,7 @@ fn replicas_follow_a_changed_module() {
 
 #[test]
 fn each_device_keeps_its_worker_thread_across_calls() {
-    use burn_data_parallel::current_replica;
+    use crate::current_replica;
     use std::sync::Mutex;
     let mut dp = DataParallel::new(linear(5, 2), cpus(3)).unwrap();
     let seen = Mutex::new(Vec::new());
@@ -86,4 +89,36 @@ fn each_device_keeps_its_worker_thread_across_calls() {
             Some(format!("dp-replica-{replica}.0").as_str())
         );
     }
+}
+
+/// A two-parameter model (`Linear(1, 1)` with its bias) on an autodiff backend.
+fn two_parameters() -> Linear<AB> {
+    LinearConfig::new(1, 1).init::<AB>(&cpu()).fork(&cpu())
+}
+
+#[test]
+fn inference_keeps_its_replicas_and_training_makes_none_to_keep() {
+    // Evaluation (no autodiff): replicas are made once and kept.
+    let mut eval = DataParallel::new(LinearConfig::new(1, 1).init::<B>(&cpu()), cpus(4)).unwrap();
+    for _ in 0..3 {
+        eval.forward(Tensor::<B, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
+            .unwrap();
+    }
+    assert_eq!(eval.replica_builds(), 3);
+    // Training through the wrapper links fresh replicas to the module every call: none kept.
+    let mut train = DataParallel::new(two_parameters(), cpus(4)).unwrap();
+    for _ in 0..3 {
+        train
+            .forward(Tensor::<AB, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
+            .unwrap();
+    }
+    assert_eq!(train.replica_builds(), 0);
+    // A frozen module trains nothing: its replicas are kept as for inference.
+    let mut frozen = DataParallel::new(two_parameters().no_grad(), cpus(4)).unwrap();
+    for _ in 0..3 {
+        frozen
+            .forward(Tensor::<AB, 2>::ones([8, 1], &cpu()), |m, x| m.forward(x))
+            .unwrap();
+    }
+    assert_eq!(frozen.replica_builds(), 3);
 }
