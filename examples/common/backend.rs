@@ -78,15 +78,16 @@ fn run_on_cpu<J: Job>(count: usize, job: J) -> anyhow::Result<()> {
     job.run::<Autodiff<NdArray>>(vec![Default::default(); count], "CPU devices")
 }
 
-/// Shares the cores between the replicas (and the ranks of this machine), with the library's
-/// [`burn_data_parallel::share_cpu_cores`].
-///
-/// It sets environment variables, so it must run while the program has a single thread:
-/// [`run_on_available`] calls it first, and a program that starts threads earlier (MPI does)
-/// calls it before that.
+/// Shares the cores between the replicas (and the ranks of this machine) with the library's
+/// [`burn_data_parallel::share_cpu_cores`], once: a program that starts threads before
+/// [`run_on_available`] (MPI does) calls this first, and the call in [`run_on_available`] then
+/// does nothing, since `share_cpu_cores` must run while the program has a single thread.
 pub fn share_cpu_threads(replicas: Option<usize>) {
-    // SAFETY: see above: called while the program runs a single thread.
-    unsafe { burn_data_parallel::share_cpu_cores(replicas.unwrap_or(1)) };
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the first call comes before any other thread (see above); later ones do nothing.
+    ONCE.call_once(|| unsafe {
+        burn_data_parallel::share_cpu_cores(replicas.unwrap_or(1));
+    });
 }
 
 #[cfg(not(any(feature = "ndarray", feature = "flex")))]

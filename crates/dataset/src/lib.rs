@@ -36,3 +36,8 @@ pub use synthetic::{
     ClassificationBatch, ClassificationBatcher, ClassificationItem, SyntheticClassification,
     SyntheticConfig, batch_of,
 };
+
+// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

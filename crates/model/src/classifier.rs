@@ -7,6 +7,20 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor};
 
 /// A classifier: `logits` gives one row of class scores per input row.
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::tensor::{Int, Tensor};
+/// use dp_model::{Classifier, MlpConfig};
+///
+/// let device = Default::default();
+/// let model = MlpConfig::new(4, vec![8], 3).init::<NdArray>(&device);
+/// let x = Tensor::<NdArray, 2>::zeros([5, 4], &device);
+/// let y = Tensor::<NdArray, 1, Int>::zeros([5], &device);
+/// assert_eq!(model.logits(x.clone()).dims(), [5, 3]);
+/// let [correct, loss_sum] = model.correct_and_loss_sum(x, y);
+/// assert!(correct <= 5.0 && loss_sum > 0.0);
+/// ```
 pub trait Classifier<B: Backend>: Module<B> {
     /// One batch of inputs (a tensor whose first dimension is the rows, or several).
     type Input: Clone + Send;

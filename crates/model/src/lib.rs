@@ -30,3 +30,8 @@ pub use mlp::{Mlp, MlpConfig};
 pub use tied::{TiedEmbeddings, TiedEmbeddingsConfig};
 pub use transformer::{PAD, TextClassifier, TextClassifierConfig, TextEncoder};
 pub use tutorial::{ShapeObserver, TutorialModel, TutorialModelConfig};
+
+// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,17 +1,23 @@
 //! Sharing a machine's cores between CPU replicas, and between the processes of an MPI job.
 
-/// Gives each of `replicas` CPU replicas of this process, and of every other process of the
-/// same MPI job on this machine, its share of the cores in burn-ndarray's matrix products:
-/// sets `MATMUL_NUM_THREADS` (and `OPENBLAS_NUM_THREADS`, for builds on OpenBLAS) to
-/// `cores / (replicas * local processes)`, at least 1, unless the variable is already set.
-/// Returns the threads each replica gets.
+/// Shares this machine's cores between `replicas` CPU replicas of this process and the other
+/// processes of the same MPI job on this machine, through the thread pools the CPU backends
+/// size from the environment, each unless already set:
 ///
-/// burn-ndarray multiplies matrices on one process-wide pool sized by `MATMUL_NUM_THREADS`
-/// (default: the physical cores, at most 4), where several replicas would all queue. Burn's
-/// Flex backend multiplies on each replica's own rayon pool and needs nothing; on a GPU the
-/// variables are harmless. The processes of this machine are counted from the variables Open
-/// MPI (`OMPI_COMM_WORLD_LOCAL_SIZE`) and MPICH (`MPI_LOCALNRANKS`) set before a process
-/// starts, so this can run before MPI does.
+/// - `MATMUL_NUM_THREADS` (burn-ndarray's matrix products, one process-wide pool where several
+///   replicas would all queue) and `OPENBLAS_NUM_THREADS` (builds on OpenBLAS): `cores /
+///   (replicas * local processes)`;
+/// - `RAYON_NUM_THREADS` (rayon's global pool, where a lone replica runs and where the caller's
+///   work between the replicas' parts goes), with several processes on this machine: `cores /
+///   local processes`.
+///
+/// Each replica's own rayon pool is set by
+/// [`DataParallel::with_threads_per_replica`](crate::DataParallel::with_threads_per_replica)
+/// instead. Returns the value `MATMUL_NUM_THREADS` holds afterwards, `None` where it is left
+/// unset (one replica in one process: the backend's default). On a GPU the variables are
+/// harmless. The local processes are counted from the variables Open MPI
+/// (`OMPI_COMM_WORLD_LOCAL_SIZE`) and MPICH (`MPI_LOCALNRANKS`) set before a process starts, so
+/// this can run before MPI does.
 ///
 /// # Safety
 ///
@@ -22,24 +28,30 @@
 /// // First thing in `main`:
 /// // SAFETY: no other thread yet.
 /// let threads = unsafe { burn_data_parallel::share_cpu_cores(2) };
-/// println!("{threads} thread(s) per replica");
+/// println!("matrix product threads per replica: {threads:?}");
 /// // ... then the devices, the model, `DataParallel::new(model, vec![device; 2])`.
 /// ```
-pub unsafe fn share_cpu_cores(replicas: usize) -> usize {
+pub unsafe fn share_cpu_cores(replicas: usize) -> Option<usize> {
     let processes = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
         .into_iter()
         .find_map(|name| std::env::var(name).ok()?.parse::<usize>().ok())
-        .unwrap_or(1);
+        .unwrap_or(1)
+        .max(1);
+    let replicas = replicas.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let share = (cores / (replicas.max(1) * processes.max(1))).max(1);
-    if replicas * processes <= 1 {
-        return share;
-    }
-    for variable in ["MATMUL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
+    let set = |variable: &str, value: usize| {
         if std::env::var_os(variable).is_none() {
             // SAFETY: the caller runs a single thread (this function's contract).
-            unsafe { std::env::set_var(variable, share.to_string()) };
+            unsafe { std::env::set_var(variable, value.max(1).to_string()) };
         }
+    };
+    if replicas * processes > 1 {
+        let share = cores / (replicas * processes);
+        set("MATMUL_NUM_THREADS", share);
+        set("OPENBLAS_NUM_THREADS", share);
     }
-    share
+    if processes > 1 {
+        set("RAYON_NUM_THREADS", cores / processes);
+    }
+    std::env::var("MATMUL_NUM_THREADS").ok()?.parse().ok()
 }

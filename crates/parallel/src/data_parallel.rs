@@ -192,9 +192,8 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     /// (default 1, so that N replicas use N cores without competing). A single replica runs on
     /// the caller's thread and uses rayon's global pool, as the plain model would.
     ///
-    /// On burn-ndarray, matrix products use their own pool instead, sized once per process by
-    /// the `MATMUL_NUM_THREADS` environment variable: set it to 1 when running several CPU
-    /// replicas (see the crate documentation).
+    /// On burn-ndarray, matrix products use their own pool instead, sized once per process:
+    /// [`share_cpu_cores`](crate::share_cpu_cores) shares it between the replicas.
     pub fn with_threads_per_replica(mut self, threads: usize) -> Self {
         self.workers = Workers::new(threads);
         self
@@ -287,6 +286,24 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
 
     /// Like [`forward`](DataParallel::forward), for a function that can fail: the error of the
     /// lowest failing replica is returned as [`DataParallelError::ReplicaFailed`].
+    ///
+    /// ```
+    /// use burn::backend::NdArray;
+    /// use burn::nn::LinearConfig;
+    /// use burn::tensor::Tensor;
+    /// use burn_data_parallel::{DataParallel, DataParallelError};
+    ///
+    /// let device = Default::default();
+    /// let model = LinearConfig::new(5, 2).init::<NdArray>(&device);
+    /// let mut dp = DataParallel::new(model, vec![device; 2])?;
+    /// let x = Tensor::<NdArray, 2>::ones([4, 5], &device);
+    /// let failed = dp.try_forward(x, |m, x| {
+    ///     let y = m.forward(x);
+    ///     if y.clone().is_nan().any().into_scalar() { Err("NaN output") } else { Ok(y) }
+    /// });
+    /// assert!(failed.is_ok());
+    /// # Ok::<(), DataParallelError>(())
+    /// ```
     pub fn try_forward<I, O, E, F>(&mut self, input: I, f: F) -> Result<O>
     where
         M: Sync,

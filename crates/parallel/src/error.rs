@@ -185,12 +185,13 @@ pub enum DataParallelError {
         values: usize,
     },
 
-    /// A collective (an MPI or NCCL call, or the copy of its buffer) failed.
+    /// A step of the gradient exchange (an MPI or NCCL collective, the copy of its buffer, or
+    /// the ranks' agreement on the call) failed.
     #[cfg(feature = "mpi")]
-    #[error("{operation} failed: {reason}")]
+    #[error("{operation:?} failed: {reason}")]
     Collective {
-        /// The collective: "NCCL ReduceScatter", "reading the gradients"...
-        operation: String,
+        /// Which step.
+        operation: crate::dist::CollectiveOp,
         /// What the engine said.
         reason: String,
     },

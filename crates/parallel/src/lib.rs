@@ -103,15 +103,22 @@
 //! **Across ranks** (`DistributedTrainer`): the same step as one process on the union of the
 //! ranks' rows, micro-batches accumulated or not, optimizer state sharded or not (checked with
 //! Adam over 20 steps on 2 and 3 ranks); [`Trainer::evaluate`] counts every held-out row once.
-//! A rank that fails, makes another call, or disagrees on the model, the transport or the
-//! sharding is an error on every rank, never a hang.
+//! A rank whose call fails, that makes another call, or that disagrees on the model, the
+//! transport or the sharding is an error on every rank rather than a hang (a rank that returns
+//! without `finish` still leaves the others waiting, as in any MPI program).
 //!
 //! **Host round trips in a training step**: each replica reads its loss once, after its
-//! backward pass is queued (the non-finite check needs the value); across ranks, each
-//! micro-batch adds two small all-gathers of row counts and losses, and each optimizer step one
-//! of its call and row counts, the presence flags of the gradients read from the exchanged
-//! buffer, and, over MPI, the buffer copied to the host and back around each collective (NCCL
-//! keeps it on the GPU and synchronizes its stream once per collective).
+//! backward pass is queued (the non-finite check needs the value). Across ranks:
+//! - each micro-batch: two small MPI all-gathers (the call and row counts; failure and loss);
+//! - each optimizer step: one small MPI all-gather (the call and row counts), then the gradient
+//!   exchange, the only collective that carries gradients (with the presence flags and the
+//!   running statistics): one all-reduce, or a reduce-scatter and an all-gather when sharded;
+//!   the presence flags are then read to the host;
+//! - over MPI, the exchanged buffer goes to the host and back around each gradient collective,
+//!   followed by one small all-gather that tells every rank whether any rank failed;
+//! - over NCCL, the buffer stays on the GPU; each gradient collective waits for Burn's queue to
+//!   finish, makes one small MPI all-gather before (every rank's buffer ready) and one after
+//!   (every rank's call succeeded), and synchronizes NCCL's stream.
 //!
 //! **Devices**: where the devices are not all the same, the first call that uses a device
 //! checks once that a tensor goes there, is computed on and comes back intact, and returns
@@ -122,7 +129,10 @@
 //! loses rows), a replica that panics or fails, a non-finite loss, devices that cannot exchange
 //! tensors, and, across ranks, any rank that fails or disagrees: each is a
 //! [`DataParallelError`] naming what and where, never a silent truncation. (PyTorch's
-//! `DataParallel` truncates inputs whose tensors disagree on their rows.)
+//! `DataParallel` truncates inputs whose tensors disagree on their rows.) What panics: an
+//! optimizer step that panics inside a trainer loses the module it was given, so the trainer's
+//! [`module`](DataParallelTrainer::module) and later calls panic; across ranks a panic outside a
+//! replica ends the whole MPI job, naming the rank.
 //!
 //! # Threads on the CPU
 //!
@@ -170,3 +180,8 @@ pub use split::{Balanced, Chunk, SplitPolicy};
 pub use train::{
     BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming, ShardableRecord, Trainer,
 };
+
+// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

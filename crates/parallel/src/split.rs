@@ -12,6 +12,29 @@ use std::fmt::Debug;
 /// The returned sizes go to the first devices of the list, in order. They must be non-zero, at
 /// most one per device, and sum to `rows`; [`DataParallel`](crate::DataParallel) checks this and
 /// returns [`InvalidSplit`](crate::DataParallelError::InvalidSplit) otherwise.
+///
+/// ```
+/// use burn_data_parallel::SplitPolicy;
+///
+/// /// Twice the rows for the first device (a faster GPU), the rest shared by the others.
+/// #[derive(Debug)]
+/// struct FirstDoubled;
+///
+/// impl SplitPolicy for FirstDoubled {
+///     fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
+///         let first = (2 * rows).div_ceil(devices + 1).min(rows);
+///         let rest = (rows - first, devices - 1);
+///         let mut sizes = vec![first];
+///         if rest.1 > 0 {
+///             sizes.extend((0..rest.1).map(|i| rest.0 / rest.1 + usize::from(i < rest.0 % rest.1)));
+///         }
+///         sizes.retain(|&s| s > 0);
+///         sizes
+///     }
+/// }
+/// assert_eq!(FirstDoubled.sizes(30, 2), [20, 10]);
+/// // `DataParallel::new(model, devices)?.with_split_policy(FirstDoubled)`
+/// ```
 pub trait SplitPolicy: Debug + Send + Sync {
     /// Rows for each of the first devices, for `rows` rows over `devices` devices (both > 0).
     fn sizes(&self, rows: usize, devices: usize) -> Vec<usize>;

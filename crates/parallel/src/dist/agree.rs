@@ -68,7 +68,7 @@ pub(crate) fn agree(mpi: &Mpi, call: Call) -> Result<Vec<Call>> {
     for (rank, words) in all.chunks_exact(4).enumerate() {
         let Some(phase) = Phase::from(words[0]) else {
             return Err(DataParallelError::Collective {
-                operation: "agreeing on the next call".into(),
+                operation: super::CollectiveOp::Agreement,
                 reason: format!("rank {rank} sent an unknown call ({})", words[0]),
             });
         };

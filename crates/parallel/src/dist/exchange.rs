@@ -171,11 +171,8 @@ impl Exchange {
             && (counts.len() != mpi.size() || counts.iter().sum::<usize>() != values)
         {
             return Err(DataParallelError::Collective {
-                operation: format!("{collective:?}"),
-                reason: format!(
-                    "a buffer of {values} values is not {} such blocks",
-                    mpi.size()
-                ),
+                operation: collective.op(),
+                reason: format!("a buffer of {values} values is not {counts:?}"),
             });
         }
         let start = std::time::Instant::now();
@@ -203,6 +200,33 @@ pub(crate) enum Collective<'a> {
     AllGather(&'a [usize]),
 }
 
+impl Collective<'_> {
+    /// Which operation this is, for errors.
+    pub(crate) fn op(&self) -> CollectiveOp {
+        match self {
+            Self::AllReduce => CollectiveOp::AllReduce,
+            Self::ReduceScatter(_) => CollectiveOp::ReduceScatter,
+            Self::AllGather(_) => CollectiveOp::AllGather,
+        }
+    }
+}
+
+/// The step of a gradient exchange that failed ([`DataParallelError::Collective`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CollectiveOp {
+    /// The all-reduce of the gradients.
+    AllReduce,
+    /// The reduce-scatter of the gradients (sharded optimizer state).
+    ReduceScatter,
+    /// The all-gather of the parameters (sharded optimizer state).
+    AllGather,
+    /// The copy of the buffer to the host, for MPI.
+    HostCopy,
+    /// The ranks' agreement on the next call.
+    Agreement,
+}
+
 impl Engine {
     fn run<B: Backend>(
         &self,
@@ -213,14 +237,19 @@ impl Engine {
         match self {
             Self::Host => {
                 let device = flat.device();
-                let mut values = flat
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .map_err(|err| DataParallelError::Collective {
-                        operation: "reading the gradients to the host".into(),
-                        reason: format!("{err:?}"),
-                    })?;
+                let values = flat.into_data().convert::<f32>().into_vec::<f32>();
+                // A rank that cannot read its buffer says so before anyone waits in MPI.
+                let ready = mpi.all_gather_u64(&[u64::from(values.is_ok())]);
+                let mut values = values.map_err(|err| DataParallelError::Collective {
+                    operation: CollectiveOp::HostCopy,
+                    reason: format!("{err:?}"),
+                })?;
+                if let Some(rank) = ready.iter().position(|&r| r == 0) {
+                    return Err(DataParallelError::Collective {
+                        operation: CollectiveOp::HostCopy,
+                        reason: format!("rank {rank} could not read its buffer"),
+                    });
+                }
                 match collective {
                     // Into a new buffer: the values are not copied once more to be sent.
                     Collective::AllReduce => values = mpi.all_reduce_sum_f32(&values),

@@ -24,6 +24,6 @@ mod ranks;
 mod trainer;
 mod world;
 
-pub use exchange::{ExchangeStats, GradientTransport};
+pub use exchange::{CollectiveOp, ExchangeStats, GradientTransport};
 pub use trainer::DistributedTrainer;
 pub use world::Mpi;

@@ -130,8 +130,8 @@ impl NcclComm {
         collective: Collective<'_>,
     ) -> Result<Tensor<B, 1>> {
         let fail = |reason: String| DataParallelError::Collective {
-            operation: format!("NCCL {collective:?}"),
-            reason,
+            operation: collective.op(),
+            reason: format!("NCCL: {reason}"),
         };
         // `negotiate` chose NCCL only for this backend, so the downcast holds.
         let flat = *(Box::new(flat) as Box<dyn Any>)

@@ -37,9 +37,10 @@ type Gather<B, M, O> = fn(
 /// state of about `1/ranks` of the parameters (ZeRO stage 1): the all-reduce becomes a
 /// reduce-scatter of the gradients and an all-gather of the updated parameters.
 ///
-/// Every call is collective: every rank makes the same calls in the same order. A rank that
-/// fails, makes another call, or stops early is an error on every rank, not a hang. Call
-/// [`finish`](Trainer::finish) at the end.
+/// Every call is collective: every rank makes the same calls in the same order. A rank whose
+/// call fails, that makes another call, or that finishes early is an error on every rank, not a
+/// hang; call [`finish`](Trainer::finish) at the end (a rank that returns without it leaves the
+/// others waiting, as in any MPI program).
 ///
 /// ```no_run
 /// use burn::backend::{Autodiff, NdArray};

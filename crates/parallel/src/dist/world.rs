@@ -11,6 +11,17 @@ use mpi::traits::*;
 ///
 /// Created once per process; MPI cannot be started again after it is dropped. A program
 /// started without `mpirun` is a job of one rank.
+///
+/// ```no_run
+/// use burn_data_parallel::dist::Mpi;
+///
+/// let mpi = Mpi::init()?; // `mpirun -n 4 my-program` on a machine with 8 GPUs
+/// mpi.ensure_same("configuration", b"lr=0.001 batch=256")?; // refused on every rank if not
+/// let gpus: Vec<usize> = (0..8).collect();
+/// let mine = mpi.share_of(&gpus); // rank r of this machine: GPUs 2r and 2r+1
+/// println!("rank {} of {} drives {mine:?}", mpi.rank(), mpi.size());
+/// # Ok::<(), burn_data_parallel::DataParallelError>(())
+/// ```
 pub struct Mpi {
     _universe: mpi::environment::Universe,
     world: SimpleCommunicator,

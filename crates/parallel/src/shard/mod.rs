@@ -16,6 +16,33 @@ use crate::{DataParallelError, Result};
 use burn::tensor::backend::Backend;
 
 /// An input that can be split along one dimension into one part per replica.
+///
+/// Your own batch type splits by delegating to the tuple of its tensors:
+///
+/// ```
+/// use burn::tensor::backend::Backend;
+/// use burn::tensor::{Int, Tensor};
+/// use burn_data_parallel::{Result, Scatter};
+///
+/// struct Batch<B: Backend> {
+///     images: Tensor<B, 4>,
+///     labels: Tensor<B, 1, Int>,
+/// }
+///
+/// impl<B: Backend> Scatter<B> for Batch<B> {
+///     fn rows(&self, dim: usize) -> Result<Option<usize>> {
+///         (self.images.clone(), self.labels.clone()).rows(dim)
+///     }
+///
+///     fn scatter(self, dim: usize, sizes: &[usize], devices: &[B::Device]) -> Vec<Self> {
+///         (self.images, self.labels)
+///             .scatter(dim, sizes, devices)
+///             .into_iter()
+///             .map(|(images, labels)| Batch { images, labels })
+///             .collect()
+///     }
+/// }
+/// ```
 pub trait Scatter<B: Backend>: Sized + Send {
     /// The size along `dim` of the tensors to split, or `None` when nothing in `self` is split
     /// (every replica receives it whole).

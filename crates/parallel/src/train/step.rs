@@ -15,6 +15,24 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 /// What the loss function returns for the rows it is given.
+///
+/// ```
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::nn::LinearConfig;
+/// use burn::optim::SgdConfig;
+/// use burn::tensor::Tensor;
+/// use burn_data_parallel::{DataParallelTrainer, LossReduction};
+///
+/// type B = Autodiff<NdArray>;
+/// let device = Default::default();
+/// let model = LinearConfig::new(2, 1).init::<B>(&device);
+/// let mut trainer = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device; 2])?
+///     .with_loss_reduction(LossReduction::Sum);
+/// let (x, y) = (Tensor::<B, 2>::ones([6, 2], &device), Tensor::<B, 2>::zeros([6, 1], &device));
+/// // The loss of each part is a sum over its rows; the step is that of the sum over all 6.
+/// trainer.step(0.01, (x, y), |m, (x, y)| (m.forward(x) - y).powi_scalar(2).sum())?;
+/// # Ok::<(), burn_data_parallel::DataParallelError>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LossReduction {
     /// The mean over the rows (the default, like Burn's and PyTorch's losses): the step equals
@@ -134,6 +152,13 @@ where
         self
     }
 
+    /// Gives each replica `threads` threads for the backend's rayon work (default 1); see
+    /// [`DataParallel::with_threads_per_replica`].
+    pub fn with_threads_per_replica(mut self, threads: usize) -> Self {
+        self.parallel = self.parallel.with_threads_per_replica(threads);
+        self
+    }
+
     /// Splits batches by `policy` instead of the `torch.chunk` rule. The step is the same
     /// whatever the split.
     pub fn with_split_policy(mut self, policy: impl SplitPolicy + 'static) -> Self {
@@ -142,6 +167,11 @@ where
     }
 
     /// The module being trained, on the first device.
+    ///
+    /// # Panics
+    ///
+    /// After an [`apply`](Self::apply) whose optimizer step panicked: the module was moved into
+    /// it and is lost with it.
     pub fn module(&self) -> &M {
         self.parallel.module()
     }
@@ -200,6 +230,11 @@ where
 
     /// One optimizer step with learning rate `lr` on everything accumulated since the last
     /// one; the replicas receive the new parameters on the next call.
+    ///
+    /// # Panics
+    ///
+    /// If the optimizer panics; the module it was given is then lost, and every later call
+    /// that needs it panics too.
     pub fn apply(&mut self, lr: f64) -> Result<()> {
         self.apply_with(&mut Alone, lr)
     }
