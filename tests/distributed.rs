@@ -535,6 +535,23 @@ fn micro_batches_accumulate_into_one_all_reduce_per_step_and_train_like_one_proc
     }
     let (ok, out, _) = mpirun(1, &["--accumulate", "4", "--steps", "3"]);
     assert!(ok, "{out}");
+    // Attention with a padding mask, tied embeddings and a frozen encoder accumulate alike.
+    for model in ["transformer", "tied", "finetune"] {
+        let args = [
+            "--model",
+            model,
+            "--accumulate",
+            "3",
+            "--steps",
+            "4",
+            "--optimizer",
+            "adamw",
+        ];
+        let (ok, out, _) = mpirun(2, &args);
+        assert!(ok, "{model}: {out}");
+        let pass = "PASS: 4 steps on 2 ranks, 4 gradient all-reduces";
+        assert_eq!(out.matches(pass).count(), 2, "{model}: {out}");
+    }
 }
 
 #[test]
