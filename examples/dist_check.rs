@@ -31,7 +31,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, ElementConversion, Int, Tensor, TensorData, TensorKind};
 use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
 use burn_data_parallel::{
-    Chunk, DataParallelTrainer, Replicate, Scatter, ShardableRecord, SplitPolicy, Trainer,
+    Adaptive, Chunk, DataParallelTrainer, Replicate, Scatter, ShardableRecord, SplitPolicy, Trainer,
 };
 use clap::Parser;
 use compare::max_param_diff;
@@ -110,6 +110,16 @@ struct Args {
     /// Rows of the held-out set the trained model is evaluated on across the ranks.
     #[arg(long, default_value_t = 37)]
     held_out: usize,
+    /// Split each global batch between the ranks by their measured speed
+    /// (`with_rank_split(Adaptive)`), each rank taking the rows `Trainer::part` gives it.
+    #[arg(long)]
+    balance_ranks: bool,
+    /// This rank does the opposite of --balance-ranks (it must be refused on every rank).
+    #[arg(long)]
+    odd_balance_rank: Option<usize>,
+    /// This rank is slow: its replicas sleep 2 ms per row.
+    #[arg(long)]
+    slow_rank: Option<usize>,
 }
 
 /// The models of the zoo.
@@ -484,11 +494,18 @@ where
         };
         let mut trainer = DistributedTrainer::with_transport(mpi, local, transport)
             .with_context(|| format!("rank {rank}: cannot start training"))?;
+        if args.balance_ranks != (args.odd_balance_rank == Some(rank)) {
+            trainer = trainer.with_rank_split(Adaptive::new());
+        }
         if args.sharded != (args.odd_sharding_rank == Some(rank)) {
             trainer = trainer
                 .with_sharded_optimizer()
                 .with_context(|| format!("rank {rank}: cannot shard the optimizer state"))?;
         }
+        anyhow::ensure!(
+            !(args.balance_ranks && (ghost || args.uneven)),
+            "--balance-ranks checks models without batch norm, with the parts it decides"
+        );
         anyhow::ensure!(
             args.accumulate == 1 || !ghost,
             "--accumulate checks models without batch norm (the reference would need the same \
@@ -519,7 +536,14 @@ where
             Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [n]), &device)
         };
         let shards: Vec<Vec<i64>> = (0..size).map(indices_of).collect::<anyhow::Result<_>>()?;
-        let union = as_tensor(shards.concat());
+        // Balanced parts are contiguous and cover the whole global batch at every step.
+        let union = if args.balance_ranks {
+            as_tensor((0..args.global_batch as i64).collect())
+        } else {
+            as_tensor(shards.concat())
+        };
+        let slow = args.slow_rank == Some(rank);
+        let mut rank_rows = Vec::new();
         // The reference, in one process: plain training on the union of the shards; for a model
         // that normalizes by batch statistics, a `DataParallelTrainer` (itself checked against
         // per-part single-device training) over the same parts as every rank's replicas make.
@@ -542,10 +566,17 @@ where
             let (x, y) = batch(step, args.global_batch, &device);
             // This rank's shard, in `accumulate` micro-batches: one optimizer step.
             let micro = args.accumulate + usize::from(args.extra_micro_batch_rank == Some(rank));
-            let n = shards[rank].len();
+            let shard: Vec<i64> = if args.balance_ranks {
+                let part = trainer.part(args.global_batch)?;
+                rank_rows.push(part.len());
+                part.map(|i| i as i64).collect()
+            } else {
+                shards[rank].clone()
+            };
+            let n = shard.len();
             let (mut loss_sum, mut rows) = (0.0, 0);
             for i in 0..micro {
-                let piece = shards[rank][i * n / micro..(i + 1) * n / micro].to_vec();
+                let piece = shard[i * n / micro..(i + 1) * n / micro].to_vec();
                 let piece = as_tensor(piece);
                 let stats = trainer
                     .accumulate(
@@ -558,6 +589,10 @@ where
                                 !replica_panics,
                                 "fault injected in a replica at step {step}"
                             );
+                            if slow {
+                                let rows = batch.1.dims()[0] as u64;
+                                std::thread::sleep(std::time::Duration::from_millis(2 * rows));
+                            }
                             loss(m, batch)
                         },
                     )
@@ -580,6 +615,12 @@ where
                      {reference_loss:.6})"
                 );
             }
+        }
+        if let Some(policy) = trainer.rank_split() {
+            println!(
+                "[rank {rank}] rows per step {rank_rows:?}; rank shares {:?}",
+                policy.shares()
+            );
         }
         let exchanged = trainer.exchange_stats();
         let sharded = trainer.is_sharded();

@@ -35,7 +35,7 @@ fn bench_writes_a_report_with_every_configuration() {
             "--seconds",
             "0.02",
             "--workloads",
-            "w1,w3",
+            "w1,w3,w4",
             "--devices",
             "1,2",
             "--burn-train",
@@ -59,9 +59,9 @@ fn bench_writes_a_report_with_every_configuration() {
     let measurements = report["measurements"].as_array().unwrap();
     // W1: plain, x1, x2; W3: plain twice, x1 twice, x2, forward + backward() through
     // DataParallel x1 and x2, and the ceiling of x2 where there are two cores for the two
-    // replicas.
+    // replicas; W4: each replica alone, two equal replicas, and the three splits.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(measurements.len(), 10 + usize::from(cpus >= 2), "{stdout}");
+    assert_eq!(measurements.len(), 16 + usize::from(cpus >= 2), "{stdout}");
     assert!(
         measurements
             .iter()
@@ -74,6 +74,30 @@ fn bench_writes_a_report_with_every_configuration() {
             .any(|r| r["what"].as_str().unwrap().starts_with(start))
     };
     assert!(has("scaling"), "{ratios:?}");
+    for split in ["torch.chunk", "Balanced", "Adaptive"] {
+        assert!(
+            has(&format!(
+                "DataParallel x2, {split} split, 1 thread per replica / ideal"
+            )),
+            "{ratios:?}"
+        );
+    }
+    assert!(
+        has("DataParallel x2, Adaptive split, 1 thread per replica / torch.chunk split"),
+        "{ratios:?}"
+    );
+    // Every W4 row with two replicas says how it split the batch, every row summing to 256.
+    for m in measurements
+        .iter()
+        .filter(|m| m["spec"]["workload"] == "W4" && m["spec"]["devices"] == 2)
+    {
+        let rows = m["replica_rows"].as_array().unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.as_u64().unwrap()).sum::<u64>(),
+            256,
+            "{m}"
+        );
+    }
     assert!(
         has("forward + backward() through DataParallel x2"),
         "{ratios:?}"

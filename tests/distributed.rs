@@ -152,6 +152,50 @@ fn ranks_with_different_row_counts_some_with_none_train_like_one_process() {
     }
 }
 
+/// Rank 1 made slow (2 ms of sleep per row): with `with_rank_split(Adaptive)` it gets fewer
+/// rows of each global batch within a few steps, and training still equals one process on the
+/// whole batches.
+#[test]
+fn a_slow_rank_gets_fewer_rows_and_training_stays_exact() {
+    let (ok, out, _) = mpirun(
+        2,
+        &[
+            "--balance-ranks",
+            "--slow-rank",
+            "1",
+            "--global-batch",
+            "64",
+            "--steps",
+            "8",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("PASS: 8 steps on 2 ranks").count(), 2, "{out}");
+    let rows = |rank: usize| -> Vec<usize> {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("[rank {rank}] rows per step [")))
+            .unwrap_or_else(|| panic!("no rows from rank {rank}: {out}"));
+        let list = line.split('[').nth(2).unwrap().split(']').next().unwrap();
+        list.split(", ").map(|n| n.parse().unwrap()).collect()
+    };
+    let (fast, slow) = (rows(0), rows(1));
+    assert_eq!((fast[0], slow[0]), (32, 32), "{out}");
+    for (f, s) in fast.iter().zip(&slow) {
+        assert_eq!(f + s, 64, "{out}");
+    }
+    assert!(slow[3..].iter().all(|&r| (1..=8).contains(&r)), "{out}");
+}
+
+#[test]
+fn ranks_that_split_batches_otherwise_are_refused() {
+    let out = mpirun_failing(2, &["--balance-ranks", "--odd-balance-rank", "1"]);
+    assert!(
+        out.contains("splits the global batches between the ranks otherwise"),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_replica_that_panics_is_an_error_on_every_rank_not_an_abort() {
     let out = mpirun_failing(2, &["--replica-panic-rank", "1", "--fault-step", "3"]);
@@ -738,13 +782,14 @@ fn a_checkpoint_resumes_at_another_world_size_with_the_uninterrupted_losses() {
     // Two ranks sharded for one epoch (rank 0 gathers the shards into the checkpoint), then
     // three ranks for one, then one process for the last.
     run(2, base(&sharded, "1"), &["--shard-optimizer"]);
-    run(3, base(&sharded, "2"), &["--resume"]);
+    // The three ranks split the global batches by their measured speed.
+    run(3, base(&sharded, "2"), &["--resume", "--balance-ranks"]);
     let text = run(0, base(&sharded, "3"), &["--resume"]);
     assert!(text.contains("trained on 3 ranks"), "{text}");
     assert_same_epochs(
         &epochs_of(std::path::Path::new(&sharded)),
         &expected,
-        "2 ranks sharded, then 3, then 1 process",
+        "2 ranks sharded, then 3 balanced, then 1 process",
     );
 }
 
@@ -766,15 +811,17 @@ fn the_train_example_accumulates_micro_batches_across_ranks_like_one_process() {
             "2",
             "--accumulate",
             "3",
+            "--balance-ranks",
         ],
     );
     assert!(
-        text.contains("global batches of 50 in 3 micro-batches"),
+        text.contains("global batches of 50 in 3 micro-batches")
+            && text.contains("split by the ranks' measured speed"),
         "{text}"
     );
     assert_same_epochs(
         &epochs_of(std::path::Path::new(&many)),
         &epochs_of(std::path::Path::new(&one)),
-        "2 ranks, 3 micro-batches per step",
+        "2 ranks, 3 micro-batches per step, parts by the ranks' speed",
     );
 }

@@ -84,6 +84,52 @@ fn a_tiny_config_runs_end_to_end_and_resuming_equals_an_uninterrupted_run() {
     }
 }
 
+/// `--split adaptive` on CPU replicas of unequal widths trains exactly as the `torch.chunk`
+/// split does, and says how it split.
+#[test]
+fn an_adaptive_split_trains_as_the_chunk_split_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), 2);
+    let runs: Vec<(Value, String)> = [
+        &[][..],
+        &["--split", "adaptive", "--threads-per-device", "2,1,1"],
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, extra)| {
+        let out = dir.path().join(format!("run{i}"));
+        let args = [&["--config", &config, "--devices", "3"][..], extra].concat();
+        let (ok, stdout, stderr) = train(&out, &args);
+        assert!(ok, "{stderr}");
+        (report(&out), stdout)
+    })
+    .collect();
+    let [(chunk, _), (adaptive, stdout)] = &runs[..] else {
+        unreachable!()
+    };
+    assert!(stdout.contains("(shares "), "{stdout}");
+    let epochs = |r: &Value| r["epochs"].as_array().unwrap().clone();
+    for (x, y) in epochs(chunk).iter().zip(&epochs(adaptive)) {
+        for key in ["train_loss", "test_loss"] {
+            let diff = (x[key].as_f64().unwrap() - y[key].as_f64().unwrap()).abs();
+            assert!(diff <= 1e-5, "{key}: {x} vs {y}");
+        }
+        assert_eq!(y["shares"].as_array().unwrap().len(), 3, "{y}");
+    }
+    let (ok, _, stderr) = train(
+        &dir.path().join("bad"),
+        &[
+            "--config",
+            &config,
+            "--devices",
+            "3",
+            "--threads-per-device",
+            "2,1",
+        ],
+    );
+    assert!(!ok && stderr.contains("one count per device"), "{stderr}");
+}
+
 #[test]
 fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();

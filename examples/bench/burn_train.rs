@@ -154,6 +154,7 @@ mod with_burn_train {
             optimizer_bytes: None,
             exchange_seconds: None,
             compute_seconds: None,
+            replica_rows: None,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The benchmark report: W1 (the tutorial's per-call cost), W2 (MLP inference) and W3 (MLP
-//! training step) over 1, 2 and 4 devices, beside the plain model, printed as Markdown and
-//! saved as JSON.
+//! training step) over 1, 2 and 4 devices, beside the plain model, and W4 (W3 on two replicas
+//! of unequal speed, split three ways), printed as Markdown and saved as JSON.
 //!
 //! ```text
 //! cargo run --release --bin bench                                  # CPU, about two minutes
@@ -21,12 +21,15 @@ mod exit;
 mod mpi_ranks;
 mod report;
 mod spec;
+#[path = "../common/split.rs"]
+mod split;
 mod workloads;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use spec::{Measurement, Runner, Spec, Workload};
+use split::Split;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -41,7 +44,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     devices: Vec<usize>,
     /// Workloads to measure.
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
     workloads: Vec<String>,
     /// Also run W3 with burn-train's multi-device training (needs `--features bench-burn-train`).
     #[arg(long, action = clap::ArgAction::Set, default_value_t = cfg!(feature = "bench-burn-train"))]
@@ -136,14 +139,29 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
         devices,
         threads,
         seconds: args.seconds,
+        split: Split::Chunk,
     };
     for name in &args.workloads {
         let workload = match name.to_ascii_lowercase().as_str() {
             "w1" => Workload::W1,
             "w2" => Workload::W2,
             "w3" => Workload::W3,
-            other => anyhow::bail!("unknown workload {other} (w1, w2, w3)"),
+            "w4" => Workload::W4,
+            other => anyhow::bail!("unknown workload {other} (w1, w2, w3, w4)"),
         };
+        if workload == Workload::W4 {
+            // Each replica alone, then both under each split, all in this run.
+            specs.push(spec(workload, Runner::ReplicaAlone(0), 1, one));
+            specs.push(spec(workload, Runner::ReplicaAlone(1), 1, one));
+            specs.push(spec(workload, Runner::EqualReplicas, 2, one));
+            for split in [Split::Chunk, Split::Balanced, Split::Adaptive] {
+                specs.push(Spec {
+                    split,
+                    ..spec(workload, Runner::DataParallel, 2, one)
+                });
+            }
+            continue;
+        }
         specs.push(spec(workload, Runner::Plain, 1, None));
         if workload != Workload::W1 && !cuda {
             specs.push(spec(workload, Runner::Plain, 1, one));

@@ -122,6 +122,7 @@ where
                 (exchanged.time - exchanged_before.time).as_secs_f64() / iterations as f64,
             ),
             compute_seconds: Some(compute / iterations as f64),
+            replica_rows: None,
         };
         println!("RESULT {}", serde_json::to_string(&measurement)?);
     }

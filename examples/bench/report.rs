@@ -85,7 +85,7 @@ impl Report {
                 self.features.join(", ")
             },
         ));
-        for workload in [Workload::W1, Workload::W2, Workload::W3] {
+        for workload in [Workload::W1, Workload::W2, Workload::W3, Workload::W4] {
             let rows: Vec<&Measurement> = self
                 .measurements
                 .iter()
@@ -97,9 +97,9 @@ impl Report {
             let (unit, per) = match workload {
                 Workload::W1 => ("µs per call", 1e6),
                 Workload::W2 => ("ms per batch of 1024", 1e3),
-                Workload::W3 => ("ms per step (median)", 1e3),
+                Workload::W3 | Workload::W4 => ("ms per step (median)", 1e3),
             };
-            let rate = if workload == Workload::W3 {
+            let rate = if matches!(workload, Workload::W3 | Workload::W4) {
                 "samples/s"
             } else {
                 "rows/s"
@@ -123,6 +123,10 @@ impl Report {
                 let exchanged = match m.optimizer_bytes {
                     Some(bytes) => format!("{exchanged}; optimizer state {bytes} bytes per rank"),
                     None => exchanged,
+                };
+                let exchanged = match &m.replica_rows {
+                    Some(rows) if rows.len() > 1 => format!("{exchanged} (rows {rows:?})"),
+                    _ => exchanged,
                 };
                 md.push_str(&format!(
                     "| {}{exchanged} | {:.2} | {:.0} | {} |\n",
@@ -154,6 +158,9 @@ fn title(workload: Workload) -> &'static str {
         Workload::W1 => "W1: the tutorial, Linear(5, 2) on a batch of 30 (per-call cost)",
         Workload::W2 => "W2: inference, MLP 256-1024-1024-10, batch 1024",
         Workload::W3 => "W3: training step, same MLP, global batch 256, cross-entropy, SGD 0.05",
+        Workload::W4 => {
+            "W4: W3 on 2 replicas of unequal speed (replica 1 computes every row twice)"
+        }
     }
 }
 
@@ -220,6 +227,7 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
             });
         }
     }
+    out.extend(unequal_devices(ms));
     for w in [Workload::W2, Workload::W3] {
         out.extend(ratio(
             w,
@@ -359,6 +367,65 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 data_parallel_like(m),
                 Some(m),
             ));
+        }
+    }
+    out
+}
+
+/// W4: each split against the ideal (the two replicas' throughputs alone, added) and against
+/// the `torch.chunk` split.
+fn unequal_devices(ms: &[Measurement]) -> Vec<Ratio> {
+    let w = Workload::W4;
+    let alone: Vec<&Measurement> = (0..2)
+        .filter_map(|i| {
+            ms.iter()
+                .find(|m| m.spec.workload == w && m.spec.runner == Runner::ReplicaAlone(i))
+        })
+        .collect();
+    let splits: Vec<&Measurement> = ms
+        .iter()
+        .filter(|m| m.spec.workload == w && m.spec.runner == Runner::DataParallel)
+        .collect();
+    let chunk = splits
+        .iter()
+        .find(|m| m.spec.split == crate::split::Split::Chunk);
+    let equal = ms
+        .iter()
+        .find(|m| m.spec.workload == w && m.spec.runner == Runner::EqualReplicas);
+    let mut out = Vec::new();
+    let ideal = (alone.len() == 2).then(|| {
+        (
+            alone[0].rows_per_second + alone[1].rows_per_second,
+            format!("{} + {}", alone[0].spec.label(), alone[1].spec.label()),
+        )
+    });
+    if let (Some(equal), [fast, _]) = (equal, alone.as_slice()) {
+        out.push(Ratio {
+            workload: w,
+            what: "two equal replicas at once / twice one alone (what this machine allows)".into(),
+            numerator: equal.spec.label(),
+            denominator: format!("2 x {}", fast.spec.label()),
+            value: equal.rows_per_second / (2.0 * fast.rows_per_second),
+        });
+    }
+    for m in &splits {
+        if let Some((ideal, label)) = &ideal {
+            out.push(Ratio {
+                workload: w,
+                what: format!("{} / ideal (replicas alone, added)", m.spec.label()),
+                numerator: m.spec.label(),
+                denominator: label.clone(),
+                value: m.rows_per_second / ideal,
+            });
+        }
+        if let Some(chunk) = chunk.filter(|c| c.spec.split != m.spec.split) {
+            out.push(Ratio {
+                workload: w,
+                what: format!("{} / torch.chunk split", m.spec.label()),
+                numerator: m.spec.label(),
+                denominator: chunk.spec.label(),
+                value: m.rows_per_second / chunk.rows_per_second,
+            });
         }
     }
     out

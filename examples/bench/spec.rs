@@ -2,6 +2,7 @@
 //! child process that runs it (each in its own process, because burn-ndarray's matrix-multiply
 //! thread count is read once per process from `MATMUL_NUM_THREADS`).
 
+use crate::split::Split;
 use serde::{Deserialize, Serialize};
 
 /// The fixed workloads.
@@ -13,6 +14,10 @@ pub enum Workload {
     W2,
     /// Training: the same MLP, global batch 256, cross-entropy, SGD lr 0.05, one full step.
     W3,
+    /// W3 on 2 replicas of unequal speed: replica 1 runs forward and backward twice on its rows
+    /// (the second loss times 0, which leaves the gradient alone), so that each of its rows
+    /// costs twice a row of replica 0.
+    W4,
 }
 
 /// Who runs the workload.
@@ -43,6 +48,12 @@ pub enum Runner {
     /// cannot beat this, even with free gradient combination and optimizer step: it is the
     /// ceiling for N-device scaling on this backend.
     Ceiling,
+    /// W4 only: the training step of replica `i` alone on one device (replica 1 with its double
+    /// cost); the two together give the ideal W4 throughput, the sum of theirs.
+    ReplicaAlone(usize),
+    /// W4 only: 2 replicas both at replica 0's speed (W3's DataParallel x2): what running two
+    /// replicas at once costs on this machine, whatever the split.
+    EqualReplicas,
 }
 
 /// One measurement to make.
@@ -57,6 +68,9 @@ pub struct Spec {
     pub threads: Option<usize>,
     /// How long to measure, after warm-up.
     pub seconds: f64,
+    /// How batches are split between the replicas.
+    #[serde(default)]
+    pub split: Split,
 }
 
 /// What a measurement gave.
@@ -85,6 +99,9 @@ pub struct Measurement {
     /// MPI rows: rank 0's mean seconds per step in forward and backward.
     #[serde(default)]
     pub compute_seconds: Option<f64>,
+    /// W4 rows: each replica's rows in the last timed step.
+    #[serde(default)]
+    pub replica_rows: Option<Vec<usize>>,
 }
 
 impl Spec {
@@ -93,11 +110,13 @@ impl Spec {
     /// the replicas' parts (gradient sum, optimizer step) may use while they wait.
     pub fn rayon_threads(&self) -> Option<usize> {
         self.threads.map(|threads| match self.runner {
-            Runner::DataParallel | Runner::ForwardBackward | Runner::BurnTrain => {
-                threads * self.devices
-            }
+            Runner::DataParallel
+            | Runner::ForwardBackward
+            | Runner::BurnTrain
+            | Runner::EqualReplicas => threads * self.devices,
             Runner::Plain
             | Runner::Ceiling
+            | Runner::ReplicaAlone(_)
             | Runner::MpiRanks
             | Runner::MpiRanksFineTune
             | Runner::MpiRanksAdam
@@ -111,7 +130,7 @@ impl Spec {
     /// Flex's matrix products) would be handed to another thread and waited for.
     pub fn single_device_pool(&self) -> Option<usize> {
         match self.runner {
-            Runner::Plain | Runner::Ceiling => self.threads,
+            Runner::Plain | Runner::Ceiling | Runner::ReplicaAlone(_) => self.threads,
             Runner::DataParallel if self.devices == 1 => self.threads,
             _ => None,
         }
@@ -131,6 +150,15 @@ impl Spec {
     pub fn label(&self) -> String {
         let runner = match self.runner {
             Runner::Plain => "plain model".to_owned(),
+            Runner::DataParallel if self.workload == Workload::W4 => format!(
+                "DataParallel x{}, {} split",
+                self.devices,
+                match self.split {
+                    Split::Chunk => "torch.chunk",
+                    Split::Balanced => "Balanced",
+                    Split::Adaptive => "Adaptive",
+                }
+            ),
             Runner::DataParallel => format!("DataParallel x{}", self.devices),
             Runner::ForwardBackward => format!(
                 "DataParallel x{} forward + backward() (PyTorch's habit)",
@@ -147,6 +175,12 @@ impl Spec {
                 "MPI, {} rank(s) of 1 device, Adam, state sharded (ZeRO-1)",
                 self.devices
             ),
+            Runner::ReplicaAlone(0) => "replica 0 alone".to_owned(),
+            Runner::EqualReplicas => format!(
+                "DataParallel x{}, every replica at replica 0's speed",
+                self.devices
+            ),
+            Runner::ReplicaAlone(i) => format!("replica {i} alone (every row computed twice)"),
             Runner::Ceiling => format!(
                 "ceiling for x{}: one share of {} rows alone, forward+backward",
                 self.devices,
@@ -156,7 +190,10 @@ impl Spec {
         let threads = match self.threads {
             Some(t) => {
                 let each = match self.runner {
-                    Runner::DataParallel | Runner::ForwardBackward | Runner::BurnTrain
+                    Runner::DataParallel
+                    | Runner::ForwardBackward
+                    | Runner::BurnTrain
+                    | Runner::EqualReplicas
                         if self.devices > 1 =>
                     {
                         " per replica"

@@ -6,7 +6,7 @@ use burn::nn::LinearConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
-use burn_data_parallel::{DataParallel, DataParallelTrainer};
+use burn_data_parallel::{DataParallel, DataParallelTrainer, current_replica};
 use dp_model::{Classifier, Mlp, MlpConfig};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,7 @@ pub fn measure<B: AutodiffBackend>(
 ) -> anyhow::Result<Measurement> {
     let device = devices[0].clone();
     B::seed(&device, 1);
+    let mut replica_rows = None;
     let (rows, samples) = match spec.workload {
         Workload::W1 => (30, w1::<B::InnerBackend>(spec, devices)?),
         Workload::W2 => (W2_BATCH, w2::<B::InnerBackend>(spec, devices)?),
@@ -60,6 +61,11 @@ pub fn measure<B: AutodiffBackend>(
             Runner::BurnTrain => return crate::burn_train::measure::<B>(spec, devices),
             _ => (W3_BATCH, w3::<B>(spec, devices)?),
         },
+        Workload::W4 => {
+            let (samples, rows) = w4::<B>(spec, devices)?;
+            replica_rows = Some(rows);
+            (W3_BATCH, samples)
+        }
     };
     let (iterations, median_seconds) = median(samples);
     Ok(Measurement {
@@ -72,6 +78,7 @@ pub fn measure<B: AutodiffBackend>(
         optimizer_bytes: None,
         exchange_seconds: None,
         compute_seconds: None,
+        replica_rows,
     })
 }
 
@@ -185,4 +192,46 @@ fn w3<B: AutodiffBackend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Resul
         return Err(e.into());
     }
     Ok(samples)
+}
+
+/// W4: the W3 step on replicas of unequal speed, the slow one (replica 1, or the single
+/// replica of `ReplicaAlone(1)`) computing every row twice. Returns the step times and each
+/// replica's rows in the last step.
+fn w4<B: AutodiffBackend>(
+    spec: &Spec,
+    devices: Vec<B::Device>,
+) -> anyhow::Result<(Vec<f64>, Vec<usize>)> {
+    let device = devices[0].clone();
+    let model: Mlp<B> = mlp_config().init::<B>(&device).fork(&device);
+    let (x, y) = w3_batch::<B>(&device);
+    let slow = match spec.runner {
+        Runner::ReplicaAlone(1) => 0,
+        Runner::ReplicaAlone(_) | Runner::EqualReplicas => usize::MAX,
+        _ => 1,
+    };
+    let loss = move |m: &Mlp<B>, (x, y): (Tensor<B, 2>, Tensor<B, 1, Int>)| {
+        if current_replica().is_some_and(|r| r.index == slow) {
+            // The same work again, with no effect on the gradient.
+            let again = m.loss(x.clone(), y.clone()).mul_scalar(0.0);
+            m.loss(x, y) + again
+        } else {
+            m.loss(x, y)
+        }
+    };
+    let mut trainer = DataParallelTrainer::new(model, SgdConfig::new().init(), devices.clone())?
+        .with_split_policy(spec.split.policy());
+    let mut failure = None;
+    let mut rows = Vec::new();
+    let samples = time::<B>(spec.seconds, &devices, || {
+        match trainer.step(W3_LR, (x.clone(), y.clone()), loss) {
+            Ok(stats) => rows = stats.replicas.iter().map(|r| r.rows).collect(),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok((samples, rows))
 }

@@ -9,6 +9,7 @@
 //! cargo run --release --bin check -- --devices 4
 //! ```
 
+mod adaptive;
 #[path = "../common/allocator.rs"]
 mod allocator;
 #[path = "../common/backend.rs"]
@@ -82,6 +83,7 @@ impl backend::Job for Checks {
         for outcome in zoo::checks::<B>(&devices, args.step_tolerance)?
             .into_iter()
             .chain(placement::checks::<B>(&devices)?)
+            .chain(adaptive::checks::<B>(&devices, args.step_tolerance)?)
         {
             results.push(outcome.report());
         }

@@ -7,6 +7,8 @@
 //! cargo run --release --bin train -- --accumulate 4            # 4 micro-batches per step
 //! mpirun -n 2 target/release/train --mpi                      # built with --features mpi
 //! mpirun -n 2 target/release/train --mpi --shard-optimizer    # ZeRO stage 1
+//! mpirun -n 2 target/release/train --mpi --balance-ranks      # parts by the ranks' speeds
+//! cargo run --release --bin train -- --devices 2 --split adaptive --threads-per-device 2,1
 //! ```
 
 #[path = "../common/allocator.rs"]
@@ -19,6 +21,8 @@ mod config;
 mod exit;
 mod ranks;
 mod report;
+#[path = "../common/split.rs"]
+mod split;
 
 use anyhow::Context;
 use burn::data::dataset::{Dataset, InMemDataset};
@@ -27,7 +31,7 @@ use burn::optim::AdamConfig;
 use burn::optim::Optimizer;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, Int, Tensor, TensorData, TensorKind};
-use burn_data_parallel::{DataParallelTrainer, Replicate, Scatter, Trainer};
+use burn_data_parallel::{DataParallelTrainer, Replicate, Scatter, SplitPolicy, Trainer};
 use clap::Parser;
 use config::{ModelKind, TrainConfig};
 use dp_dataset::{
@@ -89,6 +93,18 @@ struct Args {
     /// (ZeRO stage 1); checkpoints still hold the whole state.
     #[arg(long)]
     shard_optimizer: bool,
+    /// How each batch is split between this process's devices: `adaptive` gives each device
+    /// rows in proportion to its measured speed. The training is the same whatever the split.
+    #[arg(long, value_enum, default_value_t = split::Split::Chunk)]
+    split: split::Split,
+    /// Threads of each CPU device's replica, one count per device (e.g. `2,1`: devices of
+    /// unequal speed); by default one each.
+    #[arg(long, value_delimiter = ',')]
+    threads_per_device: Option<Vec<usize>>,
+    /// With --mpi, split each global batch between the ranks in proportion to their measured
+    /// speed (machines of unequal speed) instead of in equal parts.
+    #[arg(long)]
+    balance_ranks: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -325,8 +341,12 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 String::new()
             }
         ));
-        let local =
-            DataParallelTrainer::new(model, optimizer, devices.clone())?.with_steps_taken(steps);
+        let mut local = DataParallelTrainer::new(model, optimizer, devices.clone())?
+            .with_steps_taken(steps)
+            .with_split_policy(args.split.policy());
+        if let Some(threads) = &args.threads_per_device {
+            local = local.with_threads_per_device(threads.clone())?;
+        }
         let epochs = Epochs {
             args,
             ranks,
@@ -336,7 +356,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             train_set,
             test_set,
         };
-        ranks.train(local, args.shard_optimizer, epochs)
+        ranks.train(local, args.shard_optimizer, args.balance_ranks, epochs)
     }
 }
 
@@ -398,6 +418,7 @@ where
                 .with_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
             let start = Instant::now();
             let (mut loss_sum, mut rows) = (0.0, 0usize);
+            let mut last_split = Vec::new();
             let stopped = || {
                 format!(
                     "{}training stopped in epoch {}; the last checkpoint in {} is intact",
@@ -412,7 +433,9 @@ where
                 let micro = config.accumulate.min(global.len()).max(1);
                 for i in 0..micro {
                     let piece = &global[i * global.len() / micro..(i + 1) * global.len() / micro];
-                    let part = sampler.part(piece);
+                    // This rank's rows of the piece: an equal part, or one in proportion to the
+                    // ranks' speeds with --balance-ranks.
+                    let part = &piece[trainer.part(piece.len()).with_context(stopped)?];
                     // The data sets are stacked on the device once; each part is one `select`.
                     let picked = Tensor::<B, 1, Int>::from_data(
                         TensorData::new(part.iter().map(|&i| i as i64).collect(), [part.len()]),
@@ -427,13 +450,15 @@ where
                         .with_context(stopped)?;
                     loss_sum += stats.loss * stats.rows as f64;
                     rows += stats.rows;
+                    last_split = stats.replicas.iter().map(|r| r.rows).collect();
                 }
                 trainer.apply(config.lr).with_context(stopped)?;
                 progress.inc(1);
                 progress.set_message(format!(
-                    "loss {:.4} | {:.0} samples/s",
+                    "loss {:.4} | {:.0} samples/s{}",
                     loss_sum / rows as f64,
-                    rows as f64 / start.elapsed().as_secs_f64()
+                    rows as f64 / start.elapsed().as_secs_f64(),
+                    split_note(devices.len(), &last_split, trainer.split_policy())
                 ));
             }
             let seconds = start.elapsed().as_secs_f64();
@@ -453,17 +478,19 @@ where
                 samples_per_second: rows as f64 / seconds,
                 seconds,
                 evaluation_seconds,
+                shares: trainer.split_policy().shares(),
             };
             ranks.say(format_args!(
                 "epoch {}/{}: loss {:.4}, held-out accuracy {:.2}% (loss {:.4}, evaluated in \
-                 {:.2} s), {:.0} samples/s",
+                 {:.2} s), {:.0} samples/s{}",
                 report.epoch,
                 config.epochs,
                 report.train_loss,
                 100.0 * report.test_accuracy,
                 report.test_loss,
                 report.evaluation_seconds,
-                report.samples_per_second
+                report.samples_per_second,
+                split_note(devices.len(), &last_split, trainer.split_policy())
             ));
             history.push(report);
             // Collective: with a sharded optimizer state, rank 0 gathers every shard.
@@ -538,4 +565,21 @@ where
     }
     let rows = rows.max(1) as f64;
     Ok((correct / rows, loss / rows))
+}
+
+/// With several devices, how the last batch was split and, for a policy that learns, the
+/// shares it has settled on: ", rows 171+85 (shares 66.8%/33.2%)".
+fn split_note(devices: usize, rows: &[usize], policy: &dyn SplitPolicy) -> String {
+    if devices < 2 || rows.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<String> = rows.iter().map(usize::to_string).collect();
+    let shares = policy.shares().map_or_else(String::new, |shares| {
+        let shares: Vec<String> = shares
+            .iter()
+            .map(|s| format!("{:.1}%", 100.0 * s))
+            .collect();
+        format!(" (shares {})", shares.join("/"))
+    });
+    format!(", rows {}{shares}", rows.join("+"))
 }

@@ -136,12 +136,14 @@ impl Ranks {
     }
 
     /// Runs `training` with the local trainer, joined to the other ranks in a multi-process
-    /// run (which checks that they hold the same model and gives them rank 0's weights), and
-    /// with each rank keeping its shard of the optimizer state when `shard` is set.
+    /// run (which checks that they hold the same model and gives them rank 0's weights), with
+    /// each rank keeping its shard of the optimizer state when `shard` is set, and global
+    /// batches split between the ranks by their measured speed when `balance` is.
     pub fn train<B, M, O, L>(
         &self,
         local: DataParallelTrainer<B, M, O>,
         shard: bool,
+        balance: bool,
         training: L,
     ) -> anyhow::Result<()>
     where
@@ -157,11 +159,19 @@ impl Ranks {
             if shard {
                 joined = joined.with_sharded_optimizer()?;
             }
+            if balance {
+                joined = joined.with_rank_split(burn_data_parallel::Adaptive::new());
+            }
             self.say(format_args!(
-                "Gradients summed across the ranks through {:?}{}.",
+                "Gradients summed across the ranks through {:?}{}{}.",
                 joined.transport(),
                 if shard {
                     ", each rank keeping the optimizer state of its shard"
+                } else {
+                    ""
+                },
+                if balance {
+                    ", global batches split by the ranks' measured speed"
                 } else {
                     ""
                 }
@@ -172,6 +182,11 @@ impl Ranks {
             !shard,
             "--shard-optimizer shards the optimizer state across the ranks of an MPI job: it \
              needs --mpi"
+        );
+        anyhow::ensure!(
+            !balance,
+            "--balance-ranks splits global batches between the ranks of an MPI job: it needs \
+             --mpi"
         );
         training.run(local)
     }

@@ -23,6 +23,10 @@ pub struct EpochReport {
     /// Wall time of the held-out evaluation, in seconds (shared among the ranks).
     #[serde(default)]
     pub evaluation_seconds: f64,
+    /// The fraction of each batch each device received at the end of the epoch, where the
+    /// split policy learns it (`--split adaptive`).
+    #[serde(default)]
+    pub shares: Option<Vec<f64>>,
 }
 
 /// Everything a run did.

@@ -1,15 +1,16 @@
 //! `DataParallel`: split the input, run the replicas, gather the outputs.
 
 use crate::buffers::Buffers;
-use crate::parallel_apply::parallel_apply;
+use crate::parallel_apply::{ReplicaTiming, parallel_apply};
 use crate::replicas::{Link, Replicas, Replicate, place_on, replica};
 use crate::split::{Chunk, SplitPolicy, checked_sizes};
-use crate::workers::Workers;
+use crate::workers::{Threads, Workers};
 use crate::{DataParallelError, Gather, Result, Scatter, round_trip};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 /// The module is only missing after an update that panicked (until `set_module`).
 const LOST: &str = "the module was lost in an update that panicked; set a new one";
@@ -102,7 +103,8 @@ pub struct DataParallel<B: Backend, M> {
     devices: Vec<B::Device>,
     output_device: B::Device,
     dim: usize,
-    policy: Box<dyn SplitPolicy>,
+    /// Shared with the evaluations a trainer makes, which split as its training does.
+    policy: Arc<dyn SplitPolicy>,
     replicas: Replicas<M>,
     workers: Workers,
     /// False after the module was handed out mutably: it must be put back on the first device
@@ -160,9 +162,9 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             output_device: first,
             devices,
             dim: 0,
-            policy: Box::new(Chunk),
+            policy: Arc::new(Chunk),
             replicas: Replicas::default(),
-            workers: Workers::new(1),
+            workers: Workers::new(Threads::Each(1)),
             placed: true,
             layout: None,
             verified: Vec::new(),
@@ -182,9 +184,10 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         self
     }
 
-    /// Decides the rows per device by `policy` instead of [`Chunk`].
+    /// Decides the rows per device by `policy` instead of [`Chunk`]; for unequal devices,
+    /// [`Adaptive`](crate::Adaptive) learns their speeds.
     pub fn with_split_policy(mut self, policy: impl SplitPolicy + 'static) -> Self {
-        self.policy = Box::new(policy);
+        self.policy = Arc::new(policy);
         self
     }
 
@@ -195,8 +198,51 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     /// On burn-ndarray, matrix products use their own pool instead, sized once per process:
     /// [`share_cpu_cores`](crate::share_cpu_cores) shares it between the replicas.
     pub fn with_threads_per_replica(mut self, threads: usize) -> Self {
-        self.workers = Workers::new(threads);
+        self.workers = Workers::new(Threads::Each(threads));
         self
+    }
+
+    /// Gives replica `i` `threads[i]` threads, as
+    /// [`with_threads_per_replica`](Self::with_threads_per_replica) does for all: CPU replicas
+    /// of different widths, such as a machine's cores shared unequally between two jobs.
+    ///
+    /// Returns [`DataParallelError::ThreadCounts`] unless there is one count per device, each at
+    /// least 1.
+    ///
+    /// ```
+    /// use burn::backend::NdArray;
+    /// use burn::nn::LinearConfig;
+    /// use burn_data_parallel::{Adaptive, DataParallel};
+    ///
+    /// let device = Default::default();
+    /// let model = LinearConfig::new(5, 2).init::<NdArray>(&device);
+    /// // Two CPU replicas, one three times as wide: the adaptive split learns what that gives.
+    /// let dp = DataParallel::new(model, vec![device; 2])?
+    ///     .with_threads_per_device(vec![3, 1])?
+    ///     .with_split_policy(Adaptive::new());
+    /// # Ok::<(), burn_data_parallel::DataParallelError>(())
+    /// ```
+    pub fn with_threads_per_device(mut self, threads: Vec<usize>) -> Result<Self> {
+        if threads.len() != self.devices.len() || threads.contains(&0) {
+            return Err(DataParallelError::ThreadCounts {
+                devices: self.devices.len(),
+                threads,
+            });
+        }
+        self.workers = Workers::new(Threads::PerDevice(threads));
+        Ok(self)
+    }
+
+    /// A wrapper of `module` on the same devices, split and threads: for a trainer's
+    /// evaluations, which then split as its training steps do.
+    pub(crate) fn sibling<C: Backend<Device = B::Device>, N: Replicate<C>>(
+        &self,
+        module: N,
+    ) -> Result<DataParallel<C, N>> {
+        let mut sibling = DataParallel::new(module, self.devices.clone())?.with_dim(self.dim);
+        sibling.policy = Arc::clone(&self.policy);
+        sibling.workers = Workers::new(self.workers.threads().clone());
+        Ok(sibling)
     }
 
     /// The devices, in replica order.
@@ -355,7 +401,12 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Fn(&M, I) -> Result<O, E> + Sync,
     {
-        self.run(input, f, None)
+        Ok(self.run(input, f, None)?.0)
+    }
+
+    /// The split policy, for what it has learnt (see [`Adaptive`](crate::Adaptive)).
+    pub fn split_policy(&self) -> &dyn SplitPolicy {
+        self.policy.as_ref()
     }
 
     /// The module's buffers (found on autodiff backends only).
@@ -370,10 +421,15 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     }
 
     /// Runs `f` on every part as [`try_parallel_apply`](Self::try_parallel_apply) does, on
-    /// replicas linked as `link`
-    /// says, or as the module calls for when `None` (connected when it trains, else kept
-    /// detached copies).
-    pub(crate) fn run<I, O, E, F>(&mut self, input: I, f: F, link: Option<Link>) -> Result<Vec<O>>
+    /// replicas linked as `link` says, or as the module calls for when `None` (connected when
+    /// it trains, else kept detached copies). Returns the outputs and each replica's timing,
+    /// which the split policy has been shown.
+    pub(crate) fn run<I, O, E, F>(
+        &mut self,
+        input: I,
+        f: F,
+        link: Option<Link>,
+    ) -> Result<(Vec<O>, Vec<ReplicaTiming>)>
     where
         M: Sync,
         I: Scatter<B>,
@@ -437,7 +493,19 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         );
         // Kept replicas receive the combined buffers too; connected ones are dropped now.
         layout.buffers.combine(&replicas, &sizes, first);
-        outputs
+        let (outputs, busy): (Vec<O>, Vec<_>) = outputs?.into_iter().unzip();
+        let timings: Vec<ReplicaTiming> = sizes
+            .iter()
+            .zip(busy)
+            .enumerate()
+            .map(|(replica, (&rows, compute))| ReplicaTiming {
+                replica,
+                rows,
+                compute,
+            })
+            .collect();
+        self.policy.observe(&timings);
+        Ok((outputs, timings))
     }
 
     /// Checks, once per device, that tensors make the round trip between the first device and

@@ -75,6 +75,18 @@ pub enum DataParallelError {
         sizes: Vec<usize>,
     },
 
+    /// Thread counts per device that are not one per device, each at least 1.
+    #[error(
+        "thread counts {threads:?} for {devices} devices: give one count per device, each at \
+         least 1"
+    )]
+    ThreadCounts {
+        /// Devices of the wrapper.
+        devices: usize,
+        /// The counts given.
+        threads: Vec<usize>,
+    },
+
     /// The worker thread of a replica could not be started.
     #[error("cannot start the worker thread of replica {replica}: {message}")]
     WorkerStart {
@@ -222,6 +234,20 @@ pub enum DataParallelError {
         rank: usize,
         /// What differs.
         what: String,
+    },
+
+    /// Ranks split global batches between them by different policies, so that some rows would
+    /// be counted twice or not at all.
+    #[cfg(feature = "mpi")]
+    #[error(
+        "rank {rank} splits the global batches between the ranks otherwise than this rank (at \
+         step {step}): give every rank the same `with_rank_split` policy, or none"
+    )]
+    RankSplitMismatch {
+        /// The first rank that differs.
+        rank: usize,
+        /// The step.
+        step: usize,
     },
 
     /// Ranks disagree on the step they are taking.

@@ -53,7 +53,9 @@
 //! `mpi`), which implements [`Trainer`] too.
 //!
 //! Where each piece lives:
-//! - [`split`](crate::SplitPolicy): how many rows each device gets ([`Chunk`], [`Balanced`]);
+//! - [`split`](crate::SplitPolicy): how many rows each device gets ([`Chunk`], [`Balanced`],
+//!   and [`Adaptive`], which learns each device's speed from its [`ReplicaTiming`]s and gives
+//!   it rows in proportion);
 //! - [`Scatter`] / [`Gather`]: how inputs are split and outputs merged (tensors of any rank and
 //!   kind, tuples, `Vec`s, and [`Whole`] values every replica receives entire);
 //! - replicas ([`Replicate`]): each with buffers of its own; for inference made once per device
@@ -102,14 +104,17 @@
 //!
 //! **Across ranks** (`DistributedTrainer`): the same step as one process on the union of the
 //! ranks' rows, micro-batches accumulated or not, optimizer state sharded or not (checked with
-//! Adam over 20 steps on 2 and 3 ranks); [`Trainer::evaluate`] counts every held-out row once.
+//! Adam over 20 steps on 2 and 3 ranks), global batches split equally or by the ranks'
+//! measured speed (`with_rank_split`); [`Trainer::evaluate`] counts every held-out row once.
 //! A rank whose call fails, that makes another call, or that disagrees on the model, the
 //! transport or the sharding is an error on every rank rather than a hang (a rank that returns
 //! without `finish` still leaves the others waiting, as in any MPI program).
 //!
 //! **Host round trips in a training step**: each replica reads its loss once, after its
 //! backward pass is queued (the non-finite check needs the value). Across ranks:
-//! - each micro-batch: two small MPI all-gathers (the call and row counts; failure and loss);
+//! - each micro-batch: two small MPI all-gathers (the call and row counts; failure, loss,
+//!   the time the rank spent on its rows and a fingerprint of how it splits global batches
+//!   between the ranks);
 //! - each optimizer step: one small MPI all-gather (the call and row counts), then the gradient
 //!   exchange, the only collective that carries gradients (with the presence flags and the
 //!   running statistics): one all-reduce, or a reduce-scatter and an all-gather when sharded;
@@ -137,7 +142,8 @@
 //! # Threads on the CPU
 //!
 //! With N CPU "devices", N replicas compute at once, each on a long-lived worker that is a
-//! rayon pool [`DataParallel::with_threads_per_replica`] threads wide (default 1), where the
+//! rayon pool [`DataParallel::with_threads_per_replica`] threads wide (default 1, or
+//! [`DataParallel::with_threads_per_device`] for replicas of different widths), where the
 //! rayon work of Burn's Flex backend and of burn-ndarray stays. burn-ndarray multiplies
 //! matrices on a process-wide pool of its own instead: call [`share_cpu_cores`] first thing in
 //! `main` so that the replicas (and the MPI ranks of one machine) do not queue on it. The
@@ -173,13 +179,11 @@ pub use data_parallel::DataParallel;
 #[cfg(feature = "cuda")]
 pub use devices::{CudaUnavailable, cuda_availability, cuda_devices};
 pub use error::{DataParallelError, Result};
-pub use parallel_apply::{ReplicaInfo, current_replica};
+pub use parallel_apply::{ReplicaInfo, ReplicaTiming, current_replica};
 pub use replicas::Replicate;
 pub use shard::{Gather, Scatter, ToDevice, Whole};
-pub use split::{Balanced, Chunk, SplitPolicy};
-pub use train::{
-    BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming, ShardableRecord, Trainer,
-};
+pub use split::{Adaptive, Balanced, Chunk, SplitPolicy};
+pub use train::{BatchStats, DataParallelTrainer, LossReduction, ShardableRecord, Trainer};
 
 // The README's examples compile and run as doctests.
 #[cfg(doctest)]

@@ -7,10 +7,11 @@
 
 use crate::workers::Workers;
 use crate::{DataParallelError, Result};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,8 +25,22 @@ pub struct ReplicaInfo {
     pub replicas: usize,
 }
 
+/// Time one replica spent on its part of a call: what split policies learn speeds from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaTiming {
+    /// Index of the replica, and of its device in the device list.
+    pub replica: usize,
+    /// Rows of its part.
+    pub rows: usize,
+    /// Time on the replica's thread: the forward pass (and the backward pass, in a trainer),
+    /// not counting the time it waited for the other replicas between the two.
+    pub compute: Duration,
+}
+
 thread_local! {
     static CURRENT: RefCell<Option<ReplicaInfo>> = const { RefCell::new(None) };
+    /// Time this thread spent waiting at rendezvous during the replica it runs.
+    static WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
 /// The replica being run on this thread, or `None` outside of a data-parallel call.
@@ -70,7 +85,8 @@ enum Outcome<O> {
 /// names replica `i`. `workers` must have a started worker for every replica when there are
 /// several.
 ///
-/// Returns the outputs in replica order, or the error of the lowest failing replica.
+/// Returns the outputs in replica order with the time each replica was busy (see
+/// [`ReplicaTiming::compute`]), or the error of the lowest failing replica.
 pub(crate) fn parallel_apply<M, I, O, E, F, D>(
     workers: &Workers,
     replicas: Vec<&M>,
@@ -78,7 +94,7 @@ pub(crate) fn parallel_apply<M, I, O, E, F, D>(
     devices: &[D],
     f: &F,
     in_turn: bool,
-) -> Result<Vec<O>>
+) -> Result<Vec<(O, Duration)>>
 where
     M: Sync,
     I: Send,
@@ -88,7 +104,7 @@ where
     D: Debug + Sync,
 {
     let count = replicas.len();
-    let mut outcomes: Vec<Option<Outcome<O>>> = replicas.iter().map(|_| None).collect();
+    let mut outcomes: Vec<Option<(Outcome<O>, Duration)>> = replicas.iter().map(|_| None).collect();
     let tasks = replicas
         .into_iter()
         .zip(inputs)
@@ -103,13 +119,13 @@ where
         .into_iter()
         .enumerate()
         .map(|(replica, outcome)| match outcome {
-            Some(Outcome::Done(output)) => Ok(output),
-            Some(Outcome::Failed(source)) => Err(DataParallelError::ReplicaFailed {
+            Some((Outcome::Done(output), busy)) => Ok((output, busy)),
+            Some((Outcome::Failed(source), _)) => Err(DataParallelError::ReplicaFailed {
                 replica,
                 device: device_name(replica, devices),
                 source,
             }),
-            Some(Outcome::Panicked(message)) => Err(DataParallelError::ReplicaPanicked {
+            Some((Outcome::Panicked(message), _)) => Err(DataParallelError::ReplicaPanicked {
                 replica,
                 device: device_name(replica, devices),
                 message,
@@ -123,21 +139,34 @@ where
         .collect()
 }
 
-fn run_replica<M, I, O, E, F>(info: ReplicaInfo, replica: &M, input: I, f: &F) -> Outcome<O>
+/// Runs one replica; also returns the time it was busy (its run less its waits at a
+/// [`Rendezvous`]).
+fn run_replica<M, I, O, E, F>(
+    info: ReplicaInfo,
+    replica: &M,
+    input: I,
+    f: &F,
+) -> (Outcome<O>, Duration)
 where
     E: Into<BoxError>,
     F: Fn(&M, I) -> Result<O, E>,
 {
     let previous = CURRENT.with(|current| current.replace(Some(info)));
+    let waited_before = WAITED.with(|waited| waited.replace(Duration::ZERO));
+    let start = Instant::now();
     // Tensors are not `UnwindSafe`; nothing observes the replica's state after a panic except
     // the error message, and the replica itself is never mutated.
     let result = catch_unwind(AssertUnwindSafe(|| f(replica, input)));
+    let busy = start
+        .elapsed()
+        .saturating_sub(WAITED.with(|waited| waited.replace(waited_before)));
     CURRENT.with(|current| current.replace(previous));
-    match result {
+    let outcome = match result {
         Ok(Ok(output)) => Outcome::Done(output),
         Ok(Err(error)) => Outcome::Failed(error.into()),
         Err(payload) => Outcome::Panicked(crate::error::panic_message(payload.as_ref())),
-    }
+    };
+    (outcome, busy)
 }
 
 fn replica_info(index: usize, replicas: usize) -> ReplicaInfo {
@@ -151,9 +180,13 @@ pub(crate) struct Rendezvous(OnceLock<Barrier>);
 impl Rendezvous {
     /// Waits, inside a replica, for every replica of the call to get here (at once outside one).
     /// Every replica must call it exactly once, whatever happens before.
+    /// The time spent waiting is not counted in the replica's
+    /// [`compute`](ReplicaTiming::compute) time: it measures the other replicas, not this one.
     pub(crate) fn wait(&self) {
         let replicas = current_replica().map_or(1, |info| info.replicas);
+        let start = Instant::now();
         self.0.get_or_init(|| Barrier::new(replicas)).wait();
+        WAITED.with(|waited| waited.set(waited.get() + start.elapsed()));
     }
 }
 

@@ -2,7 +2,7 @@
 //! device is used and kept for the life of the [`DataParallel`](crate::DataParallel), so that a
 //! call starts no thread (PyTorch's `parallel_apply` starts one per replica per call).
 //!
-//! Each worker is a rayon pool of its own, `threads_per_replica` threads wide: compute that the
+//! Each worker is a rayon pool of its own, as many threads wide as [`Threads`] says: compute that the
 //! backend parallelises with rayon inside a replica (Flex's matrix products, burn-ndarray's
 //! element-wise operations) stays on that replica's threads and runs there without a hand-off.
 //! With several replicas, replica 0 gets a worker too: on the caller's thread its rayon work
@@ -16,19 +16,43 @@
 use crate::{DataParallelError, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
+/// How many threads each replica's worker has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// The same for every replica.
+    Each(usize),
+    /// `counts[i]` for replica `i` (one per device, checked when set).
+    PerDevice(Vec<usize>),
+}
+
+impl Threads {
+    fn of(&self, replica: usize) -> usize {
+        match self {
+            Self::Each(threads) => *threads,
+            Self::PerDevice(counts) => counts.get(replica).copied().unwrap_or(1),
+        }
+        .max(1)
+    }
+}
+
 /// Worker pools; `pools[i]` runs replica `i`.
 #[derive(Debug)]
 pub(crate) struct Workers {
     pools: Vec<ThreadPool>,
-    threads_per_replica: usize,
+    threads: Threads,
 }
 
 impl Workers {
-    pub(crate) fn new(threads_per_replica: usize) -> Self {
+    pub(crate) fn new(threads: Threads) -> Self {
         Self {
             pools: Vec::new(),
-            threads_per_replica: threads_per_replica.max(1),
+            threads,
         }
+    }
+
+    /// The threads each worker gets.
+    pub(crate) fn threads(&self) -> &Threads {
+        &self.threads
     }
 
     /// Starts workers so that `replicas` replicas can run (one replica needs none).
@@ -36,7 +60,7 @@ impl Workers {
         while replicas > 1 && self.pools.len() < replicas {
             let replica = self.pools.len();
             let pool = ThreadPoolBuilder::new()
-                .num_threads(self.threads_per_replica)
+                .num_threads(self.threads.of(replica))
                 .thread_name(move |i| format!("dp-replica-{replica}.{i}"))
                 .build()
                 .map_err(|e| DataParallelError::WorkerStart {

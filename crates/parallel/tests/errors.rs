@@ -131,6 +131,19 @@ impl SplitPolicy for DropsARow {
 }
 
 #[test]
+fn thread_counts_that_do_not_match_the_devices() {
+    for threads in [vec![1, 1], vec![2, 0, 1, 1], vec![1; 5]] {
+        let err = tutorial_dp(4)
+            .with_threads_per_device(threads.clone())
+            .unwrap_err();
+        assert!(
+            matches!(&err, DataParallelError::ThreadCounts { devices: 4, threads: t } if *t == threads),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn a_split_policy_that_loses_rows() {
     let mut dp = tutorial_dp(100).with_split_policy(DropsARow);
     let err = dp

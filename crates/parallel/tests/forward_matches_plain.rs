@@ -3,7 +3,9 @@
 mod common;
 
 use burn::tensor::{Bool, Int, Tensor};
-use burn_data_parallel::{Balanced, Chunk, DataParallel, SplitPolicy, Whole, current_replica};
+use burn_data_parallel::{
+    Adaptive, Balanced, Chunk, DataParallel, SplitPolicy, Whole, current_replica,
+};
 use common::*;
 use proptest::prelude::*;
 use std::sync::{Condvar, Mutex};
@@ -30,6 +32,52 @@ fn dim0_equals_plain_forward_for_1_to_4_devices() {
             check_rows_dim0(rows, devices, Balanced);
         }
     }
+}
+
+/// Inference learns the speeds too: a replica made slow (sleeping 1 ms per row) gets fewer rows
+/// after a few calls, and the output is still the plain forward's.
+#[test]
+fn an_adaptive_forward_follows_the_slow_replica_and_stays_exact() {
+    let mut dp = DataParallel::new(linear(5, 2), cpus(3))
+        .unwrap()
+        .with_split_policy(Adaptive::new());
+    let mut split = Vec::new();
+    for call in 0..6 {
+        let x = normal([60, 5], call);
+        let out = dp
+            .parallel_apply(x.clone(), |m, x| {
+                let rows = x.dims()[0];
+                if current_replica().is_some_and(|r| r.index == 2) {
+                    std::thread::sleep(Duration::from_millis(rows as u64));
+                }
+                (rows, m.forward(x))
+            })
+            .unwrap();
+        split.push(out.iter().map(|(rows, _)| *rows).collect::<Vec<_>>());
+        let out = Tensor::cat(out.into_iter().map(|(_, y)| y).collect(), 0);
+        assert!(max_abs_diff(out, dp.module().forward(x)) <= TOLERANCE);
+    }
+    assert_eq!(split[0], [20, 20, 20]);
+    let last = split.last().unwrap();
+    assert!(
+        last[2] <= 6 && last.iter().sum::<usize>() == 60,
+        "{split:?}"
+    );
+    let shares = dp.split_policy().shares().unwrap();
+    assert!(shares[2] < shares[0] && shares[2] < shares[1], "{shares:?}");
+}
+
+/// CPU replicas of different widths: each replica's worker has the threads it was given.
+#[test]
+fn each_device_gets_its_own_thread_count() {
+    let mut dp = DataParallel::new(linear(5, 2), cpus(3))
+        .unwrap()
+        .with_threads_per_device(vec![3, 1, 2])
+        .unwrap();
+    let widths = dp
+        .parallel_apply(normal([9, 5], 1), |_, _| rayon::current_num_threads())
+        .unwrap();
+    assert_eq!(widths, [3, 1, 2]);
 }
 
 #[test]

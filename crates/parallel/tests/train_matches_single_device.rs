@@ -7,7 +7,8 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::{Int, Tensor};
 use burn_data_parallel::{
-    Balanced, DataParallelError, DataParallelTrainer, LossReduction, SplitPolicy,
+    Adaptive, Balanced, DataParallelError, DataParallelTrainer, LossReduction, SplitPolicy,
+    current_replica,
 };
 use common::{cpu, cpus, max_param_diff};
 use dp_model::{Classifier, Mlp, MlpConfig};
@@ -143,6 +144,53 @@ fn the_step_does_not_depend_on_the_split_policy() {
     let stats = trainer.step(0.5, batch(5, 4), mean_loss).unwrap();
     assert_eq!(stats.replicas.len(), Balanced.sizes(5, 4).len());
     assert!(max_param_diff(trainer.module(), &reference) <= PARAM_TOLERANCE);
+}
+
+/// Replica 1 made slow (1 ms of sleep per row): the adaptive split gives it fewer rows within
+/// a few steps, and every step still equals the single-device step on the whole batch.
+#[test]
+fn an_adaptive_split_moves_rows_off_a_slow_replica_and_stays_exact() {
+    let slow_loss = |m: &Mlp<AB>, (x, y): Batch| {
+        if current_replica().is_some_and(|r| r.index == 1) {
+            std::thread::sleep(std::time::Duration::from_millis(x.dims()[0] as u64));
+        }
+        m.loss(x, y)
+    };
+    let mut reference = model(8);
+    let mut ref_optim = AdamConfig::new().init::<AB, Mlp<AB>>();
+    let mut trainer =
+        DataParallelTrainer::new(reference.clone(), AdamConfig::new().init(), cpus(2))
+            .unwrap()
+            .with_split_policy(Adaptive::new());
+    let mut slow_rows = Vec::new();
+    for step in 0..8 {
+        let (next, ref_loss) = single_step(
+            reference,
+            &mut ref_optim,
+            ADAM_LR,
+            batch(64, 200 + step),
+            mean_loss,
+        );
+        reference = next;
+        let stats = trainer
+            .step(ADAM_LR, batch(64, 200 + step), slow_loss)
+            .unwrap();
+        assert!((stats.loss - ref_loss).abs() <= 1e-5, "step {step}");
+        assert_eq!(stats.replicas.iter().map(|r| r.rows).sum::<usize>(), 64);
+        slow_rows.push(stats.replicas[1].rows);
+        assert!(
+            max_param_diff(trainer.module(), &reference) <= PARAM_TOLERANCE,
+            "step {step}"
+        );
+    }
+    // The torch.chunk split first, then fewer rows for the slow replica, never none.
+    assert_eq!(slow_rows[0], 32, "{slow_rows:?}");
+    assert!(
+        slow_rows[3..].iter().all(|&r| (1..=8).contains(&r)),
+        "{slow_rows:?}"
+    );
+    let shares = trainer.split_policy().shares().unwrap();
+    assert!(shares[1] < 0.15, "{shares:?}");
 }
 
 #[test]

@@ -6,11 +6,14 @@ use super::Mpi;
 use super::agree::{Call, Phase, agree};
 use super::exchange::Exchange;
 use super::flat::Layout;
+use crate::split::checked_sizes;
 use crate::train::{Accumulated, Peers, Rows};
-use crate::{DataParallelError, Result};
+use crate::{DataParallelError, ReplicaTiming, Result, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
+use std::ops::Range;
+use std::time::Duration;
 
 /// Sent in place of its row count by a rank whose batch cannot be read.
 const UNREADABLE: u64 = u64::MAX;
@@ -22,9 +25,37 @@ pub(crate) struct Ranks<'a> {
     pub(crate) layout: Layout,
     /// Each rank steps only the parameters of its block of `layout`.
     pub(crate) sharded: bool,
+    /// How a global batch is split between the ranks; `None`: rank `r` takes rows
+    /// `r * n / ranks .. (r + 1) * n / ranks`, as `ShardedSampler::part` does.
+    pub(crate) split: Option<Box<dyn SplitPolicy>>,
+    /// Every rank's rows in the current micro-batch, in rank order.
+    pub(crate) rows: Vec<usize>,
 }
 
 impl Ranks<'_> {
+    /// This rank's rows of a global batch of `rows` rows.
+    pub(crate) fn part(&self, rows: usize) -> Result<Range<usize>> {
+        let (rank, ranks) = (self.mpi.rank(), self.mpi.size());
+        let Some(policy) = &self.split else {
+            return Ok(rank * rows / ranks..(rank + 1) * rows / ranks);
+        };
+        if rows == 0 {
+            return Ok(0..0);
+        }
+        let sizes = checked_sizes(policy.as_ref(), rows, ranks)?;
+        let start: usize = sizes.iter().take(rank).sum();
+        Ok(start..start + sizes.get(rank).copied().unwrap_or(0))
+    }
+
+    /// What ranks compare to know they split global batches alike: the split policy's `Debug`
+    /// form, which holds what it has learnt (the same on every rank, since every rank shows it
+    /// the same timings).
+    fn split_fingerprint(&self) -> u64 {
+        self.split.as_ref().map_or(0, |policy| {
+            super::agree::fingerprint(format!("{policy:?}").as_bytes())
+        })
+    }
+
     /// The error of a call that `rank` (the lowest failing one) could not make: this rank's
     /// own error where it failed too, otherwise `rank`'s, whose message every rank receives
     /// (Open MPI may end the job before `rank` has printed it). Collective.
@@ -115,24 +146,44 @@ where
         if let Some(rank) = calls.iter().position(|c| c.value == UNREADABLE) {
             return Err(self.peer_failed(rank, step, local.err()));
         }
+        self.rows = calls.iter().map(|c| c.value as usize).collect();
         Ok(Rows {
             local: local?,
-            total: calls.iter().map(|c| c.value as usize).sum(),
+            total: self.rows.iter().sum(),
         })
     }
 
-    fn outcome(&mut self, step: usize, weighted_loss: Result<f64>) -> Result<f64> {
+    fn outcome(&mut self, step: usize, weighted_loss: Result<f64>, busy: Duration) -> Result<f64> {
         // Every rank learns whether any failed before anyone waits on the gradients; the losses
-        // travel in the same gather and are summed in rank order, the same on every rank.
+        // travel in the same gather and are summed in rank order, the same on every rank, with
+        // each rank's time for its rows and its split between the ranks.
+        let nanos = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        let split = self.split_fingerprint();
         let sent = match &weighted_loss {
-            Ok(loss) => [0, loss.to_bits()],
-            Err(_) => [1, 0],
+            Ok(loss) => [0, loss.to_bits(), nanos, split],
+            Err(_) => [1, 0, nanos, split],
         };
         let all = self.mpi.all_gather_u64(&sent);
-        if let Some(rank) = all.chunks_exact(2).position(|w| w[0] != 0) {
+        if let Some(rank) = all.chunks_exact(4).position(|w| w[0] != 0) {
             return Err(self.peer_failed(rank, step, weighted_loss.err()));
         }
-        Ok(all.chunks_exact(2).map(|w| f64::from_bits(w[1])).sum())
+        if let Some(rank) = all.chunks_exact(4).position(|w| w[3] != split) {
+            return Err(DataParallelError::RankSplitMismatch { rank, step });
+        }
+        if let Some(policy) = &self.split {
+            let timings: Vec<ReplicaTiming> = all
+                .chunks_exact(4)
+                .zip(&self.rows)
+                .enumerate()
+                .map(|(rank, (w, &rows))| ReplicaTiming {
+                    replica: rank,
+                    rows,
+                    compute: Duration::from_nanos(w[2]),
+                })
+                .collect();
+            policy.observe(&timings);
+        }
+        Ok(all.chunks_exact(4).map(|w| f64::from_bits(w[1])).sum())
     }
 
     fn update(

@@ -6,11 +6,12 @@ use super::exchange::{Exchange, ExchangeStats, GradientTransport};
 use super::flat::Layout;
 use super::ranks::Ranks;
 use crate::train::{BatchStats, DataParallelTrainer, ShardableRecord, Trainer, record};
-use crate::{DataParallelError, Replicate, Result, Scatter};
+use crate::{DataParallelError, Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
+use std::ops::Range;
 
 /// The record of optimizer `O` of module `M`.
 type OptimizerRecord<B, M, O> = <O as Optimizer<M, B>>::Record;
@@ -137,6 +138,8 @@ where
                 exchange,
                 layout,
                 sharded: false,
+                split: None,
+                rows: Vec::new(),
             },
             gather: None,
         })
@@ -176,6 +179,27 @@ where
         self.ranks.sharded = true;
         self.gather = Some(gather_shards::<B, O::Record>);
         Ok(self)
+    }
+
+    /// Splits each global batch between the ranks by `policy` ([`Trainer::part`] tells each
+    /// rank its rows) instead of in equal parts: with [`Adaptive`](crate::Adaptive), each rank
+    /// gets rows in proportion to its measured speed (machines of unequal speed). Every rank
+    /// shows the policy every rank's rows and time for each micro-batch (the time a rank spent
+    /// on its rows, not in the collectives), so that the policy decides the same on every
+    /// rank. The step is the same whatever the split.
+    ///
+    /// Every rank must set the same policy: a rank whose policy differs (or has learnt
+    /// otherwise) makes the next micro-batch an error on every rank
+    /// ([`DataParallelError::RankSplitMismatch`]).
+    pub fn with_rank_split(mut self, policy: impl SplitPolicy + 'static) -> Self {
+        self.ranks.split = Some(Box::new(policy));
+        self
+    }
+
+    /// The policy splitting global batches between the ranks, if one was set
+    /// ([`with_rank_split`](Self::with_rank_split)), for what it has learnt.
+    pub fn rank_split(&self) -> Option<&dyn SplitPolicy> {
+        self.ranks.split.as_deref()
     }
 
     /// Whether each rank keeps the optimizer state of its shard only.
@@ -274,6 +298,14 @@ where
 
     fn module(&self) -> &M {
         self.local.module()
+    }
+
+    fn part(&self, rows: usize) -> Result<Range<usize>> {
+        self.ranks.part(rows)
+    }
+
+    fn split_policy(&self) -> &dyn crate::SplitPolicy {
+        self.local.split_policy()
     }
 
     fn steps(&self) -> usize {

@@ -1,7 +1,7 @@
 //! Evaluation on the inference module, each row counted once across devices and ranks.
 
 use super::DataParallelTrainer;
-use crate::{DataParallel, Replicate, Result, Scatter};
+use crate::{Replicate, Result, Scatter};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -12,8 +12,9 @@ where
     M: AutodiffModule<B> + Replicate<B> + Sync,
     O: Optimizer<M, B>,
 {
-    /// Sums `metric` over every row of `set`, split across the devices by the `torch.chunk`
-    /// rule, on the inference module (`valid()`); see [`Trainer::evaluate`](crate::Trainer::evaluate).
+    /// Sums `metric` over every row of `set`, split across the devices by the trainer's split
+    /// policy and with its threads, on the inference module (`valid()`); see
+    /// [`Trainer::evaluate`](crate::Trainer::evaluate).
     pub fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
     where
         M::InnerModule: Replicate<B::InnerBackend> + Sync,
@@ -22,8 +23,7 @@ where
     {
         // Made for this evaluation and dropped with it: kept, its handles on the parameters
         // would make the next optimizer step write new buffers instead of updating in place.
-        let mut parallel =
-            DataParallel::new(self.module().valid(), self.devices().to_vec())?.with_dim(self.dim());
+        let mut parallel = self.parallel().sibling(self.module().valid())?;
         let parts = parallel.parallel_apply(set, |m, part| metric(m, part))?;
         let mut sums = [0.0; K];
         for part in parts {

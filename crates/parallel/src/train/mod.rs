@@ -14,5 +14,5 @@ pub(crate) use evaluate::part_of;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use peers::{Accumulated, Peers, Rows};
 pub use record::ShardableRecord;
-pub use step::{BatchStats, DataParallelTrainer, LossReduction, ReplicaTiming};
+pub use step::{BatchStats, DataParallelTrainer, LossReduction};
 pub use trainer::Trainer;

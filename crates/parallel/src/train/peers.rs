@@ -9,6 +9,7 @@ use crate::Result;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
+use std::time::Duration;
 
 /// A micro-batch as every process sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +40,10 @@ pub(crate) trait Peers<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
     fn rows(&mut self, step: usize, micro_batch: usize, local: Result<usize>) -> Result<Rows>;
 
     /// The sum over the processes of `weighted_loss` (a row-weighted loss sum, or a sum), once
-    /// every process has run its micro-batch; an error on every process if any failed.
-    fn outcome(&mut self, step: usize, weighted_loss: Result<f64>) -> Result<f64>;
+    /// every process has run its micro-batch, `busy` being the time this process spent on its
+    /// rows (what a split between processes learns from); an error on every process if any
+    /// failed.
+    fn outcome(&mut self, step: usize, weighted_loss: Result<f64>, busy: Duration) -> Result<f64>;
 
     /// Combines `accumulated` with the other processes' gradients and takes the optimizer step
     /// on `module`. On an error, the module is handed back with it.
@@ -64,7 +67,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> Peers<B, M, O
         })
     }
 
-    fn outcome(&mut self, _: usize, weighted_loss: Result<f64>) -> Result<f64> {
+    fn outcome(&mut self, _: usize, weighted_loss: Result<f64>, _: Duration) -> Result<f64> {
         weighted_loss
     }
 

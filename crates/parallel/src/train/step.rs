@@ -3,7 +3,7 @@
 use super::Trainer;
 use super::peers::{Accumulated, Alone, Peers};
 use super::reduce::GradientSum;
-use crate::parallel_apply::Rendezvous;
+use crate::parallel_apply::{Rendezvous, ReplicaTiming};
 use crate::replicas::Link;
 use crate::{DataParallel, DataParallelError, Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
@@ -44,18 +44,6 @@ pub enum LossReduction {
     Sum,
 }
 
-/// Time one replica spent on its part of a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplicaTiming {
-    /// Index of the replica, and of its device in
-    /// [`devices`](DataParallelTrainer::devices).
-    pub replica: usize,
-    /// Rows of its part.
-    pub rows: usize,
-    /// Forward and backward, on the replica's thread.
-    pub compute: Duration,
-}
-
 /// What one batch gave.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchStats {
@@ -74,9 +62,7 @@ pub struct BatchStats {
 /// What a replica hands back from its thread.
 struct ReplicaResult {
     loss: f64,
-    rows: usize,
     grads: Option<GradientsParams>,
-    compute: Duration,
 }
 
 /// Trains a module over several devices with the exact step of single-device training.
@@ -159,11 +145,24 @@ where
         self
     }
 
-    /// Splits batches by `policy` instead of the `torch.chunk` rule. The step is the same
-    /// whatever the split.
+    /// Gives replica `i` `threads[i]` threads; see
+    /// [`DataParallel::with_threads_per_device`].
+    pub fn with_threads_per_device(mut self, threads: Vec<usize>) -> Result<Self> {
+        self.parallel = self.parallel.with_threads_per_device(threads)?;
+        Ok(self)
+    }
+
+    /// Splits batches by `policy` instead of the `torch.chunk` rule, such as
+    /// [`Adaptive`](crate::Adaptive) for devices of unequal speed. The step is the same
+    /// whatever the split, since each part's gradient is weighted by its rows.
     pub fn with_split_policy(mut self, policy: impl SplitPolicy + 'static) -> Self {
         self.parallel = self.parallel.with_split_policy(policy);
         self
+    }
+
+    /// The split policy, for what it has learnt.
+    pub fn split_policy(&self) -> &dyn SplitPolicy {
+        self.parallel.split_policy()
     }
 
     /// The module being trained, on the first device.
@@ -259,11 +258,13 @@ where
             return Err(DataParallelError::EmptyInput { dim });
         }
         let rows_so_far = self.pending.weighted_for() + rows.total;
+        let started = Instant::now();
         let local = if rows.local > 0 {
             self.forward_backward(batch, loss, rows_so_far)
         } else {
             Ok((Vec::new(), Vec::new()))
         };
+        let busy = started.elapsed();
         let reduction = self.reduction;
         // This process's loss, summed as the whole step's is: every process learns whether any
         // failed before anyone goes on.
@@ -277,7 +278,7 @@ where
             }
             Err(err) => (Err(err), None),
         };
-        let total_loss = peers.outcome(self.steps, weighted)?;
+        let total_loss = peers.outcome(self.steps, weighted, busy)?;
         let (timings, grads) = local.unwrap_or_default();
 
         let start = Instant::now();
@@ -318,10 +319,9 @@ where
         let dim = self.parallel.dim();
         let reduction = self.reduction;
         let forwards_done = Rendezvous::default();
-        let results = self.parallel.run(
+        let (results, timings) = self.parallel.run(
             batch,
             |replica: &M, part: I| {
-                let start = Instant::now();
                 let rows = part.rows(dim).ok().flatten().unwrap_or(0);
                 // Every replica ends its forward pass before any starts its backward pass: in
                 // Burn 0.21 a `backward()` can free the graph steps another thread is still
@@ -345,34 +345,27 @@ where
                     .then(|| GradientsParams::from_grads(grads, replica));
                 Ok::<_, Infallible>(ReplicaResult {
                     loss: scalar,
-                    rows,
                     grads,
-                    compute: start.elapsed(),
                 })
             },
             // One backward pass per replica: each replica's parameters are leaves of its own.
             Some(Link::Detached),
         )?;
 
-        let mut timings = Vec::with_capacity(results.len());
+        let mut losses = Vec::with_capacity(results.len());
         let mut grads = Vec::with_capacity(results.len());
-        for (replica, result) in results.into_iter().enumerate() {
+        for (timing, result) in timings.into_iter().zip(results) {
             let Some(g) = result.grads else {
                 return Err(DataParallelError::NonFiniteLoss {
                     step: self.steps,
-                    replica,
+                    replica: timing.replica,
                     loss: result.loss,
                 });
             };
             grads.push(g);
-            let timing = ReplicaTiming {
-                replica,
-                rows: result.rows,
-                compute: result.compute,
-            };
-            timings.push((timing, result.loss));
+            losses.push((timing, result.loss));
         }
-        Ok((timings, grads))
+        Ok((losses, grads))
     }
 
     /// [`apply`](Self::apply), with `peers` combining the gradients with theirs.
@@ -417,7 +410,13 @@ where
         self.reduction
     }
 
+    /// The wrapper that runs the replicas.
+    pub(crate) fn parallel(&self) -> &DataParallel<B, M> {
+        &self.parallel
+    }
+
     /// The dimension batches are split along.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn dim(&self) -> usize {
         self.parallel.dim()
     }
@@ -465,6 +464,14 @@ where
 
     fn module(&self) -> &M {
         DataParallelTrainer::module(self)
+    }
+
+    fn part(&self, rows: usize) -> Result<std::ops::Range<usize>> {
+        Ok(0..rows)
+    }
+
+    fn split_policy(&self) -> &dyn crate::SplitPolicy {
+        DataParallelTrainer::split_policy(self)
     }
 
     fn steps(&self) -> usize {

@@ -1,7 +1,7 @@
 //! `Trainer`: what a training loop needs, the same in one process and across ranks.
 
 use super::BatchStats;
-use crate::{Replicate, Result, Scatter};
+use crate::{Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::Tensor;
@@ -12,7 +12,8 @@ use burn::tensor::backend::AutodiffBackend;
 /// loop once, generic over `T: Trainer<B, M>`, and it runs either way.
 ///
 /// Across ranks every method but [`module`](Self::module), [`steps`](Self::steps),
-/// [`rank`](Self::rank) and [`world_size`](Self::world_size) is collective: every rank calls it,
+/// [`rank`](Self::rank), [`world_size`](Self::world_size), [`part`](Self::part) and
+/// [`split_policy`](Self::split_policy) is collective: every rank calls it,
 /// in the same order.
 ///
 /// ```
@@ -96,6 +97,17 @@ pub trait Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
 
     /// Number of processes training together (1 in one process).
     fn world_size(&self) -> usize;
+
+    /// This process's rows of a global (micro-)batch of `rows` rows: a contiguous range, every
+    /// row in exactly one process's range. All of them in one process. Across ranks, rank `r`
+    /// of `R` takes `r * rows / R .. (r + 1) * rows / R` (as `ShardedSampler::part`), unless
+    /// `DistributedTrainer::with_rank_split` gives a policy, which may learn the ranks'
+    /// speeds.
+    fn part(&self, rows: usize) -> Result<std::ops::Range<usize>>;
+
+    /// How this process splits its rows between its devices, with what it has learnt
+    /// ([`SplitPolicy::shares`]), for logs.
+    fn split_policy(&self) -> &dyn SplitPolicy;
 
     /// The whole optimizer state, for a checkpoint: `Some` on rank 0 (where a sharded state's
     /// shards are gathered), `None` on the other ranks.

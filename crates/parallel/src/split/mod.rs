@@ -3,8 +3,14 @@
 //! The default, [`Chunk`], is PyTorch's rule (`torch.chunk`), which users of `DataParallel`
 //! rely on: chunks of `ceil(rows / devices)` rows, the last one smaller, so there may be fewer
 //! chunks than devices (5 rows on 4 devices give 2, 2, 1). [`Balanced`] spreads the remainder
-//! instead (5 on 4 give 2, 1, 1, 1), which keeps every device busy.
+//! instead (5 on 4 give 2, 1, 1, 1), which keeps every device busy. [`Adaptive`] learns each
+//! device's speed from the calls it sees and gives it rows in proportion.
 
+mod adaptive;
+
+pub use adaptive::Adaptive;
+
+use crate::ReplicaTiming;
 use std::fmt::Debug;
 
 /// Decides the number of rows given to each device.
@@ -38,6 +44,44 @@ use std::fmt::Debug;
 pub trait SplitPolicy: Debug + Send + Sync {
     /// Rows for each of the first devices, for `rows` rows over `devices` devices (both > 0).
     fn sizes(&self, rows: usize, devices: usize) -> Vec<usize>;
+
+    /// Learns from a call that succeeded: each replica's rows and the time it was busy with
+    /// them, in replica order, for the sizes this policy returned. A policy that does not learn
+    /// ignores it (the default).
+    fn observe(&self, timings: &[ReplicaTiming]) {
+        let _ = timings;
+    }
+
+    /// The fraction of the rows each device is meant to receive now, for logs; `None` (the
+    /// default) for a policy whose split depends on the rows alone.
+    fn shares(&self) -> Option<Vec<f64>> {
+        None
+    }
+}
+
+/// A policy chosen at run time (from a command line, a config).
+///
+/// ```
+/// use burn_data_parallel::{Adaptive, Chunk, SplitPolicy};
+///
+/// let adaptive = true;
+/// let policy: Box<dyn SplitPolicy> =
+///     if adaptive { Box::new(Adaptive::new()) } else { Box::new(Chunk) };
+/// assert_eq!(policy.sizes(30, 4), [8, 8, 8, 6]); // Adaptive starts with the chunk rule
+/// // `DataParallel::new(model, devices)?.with_split_policy(policy)`
+/// ```
+impl<P: SplitPolicy + ?Sized> SplitPolicy for Box<P> {
+    fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
+        (**self).sizes(rows, devices)
+    }
+
+    fn observe(&self, timings: &[ReplicaTiming]) {
+        (**self).observe(timings)
+    }
+
+    fn shares(&self) -> Option<Vec<f64>> {
+        (**self).shares()
+    }
 }
 
 /// PyTorch's `torch.chunk` rule, the default.
