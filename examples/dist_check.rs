@@ -117,6 +117,10 @@ struct Args {
     /// This rank does the opposite of --balance-ranks (it must be refused on every rank).
     #[arg(long)]
     odd_balance_rank: Option<usize>,
+    /// With --balance-ranks, this rank asks for its part of a batch one row short (it must be
+    /// refused on every rank).
+    #[arg(long)]
+    short_part_rank: Option<usize>,
     /// This rank is slow: its replicas sleep 2 ms per row.
     #[arg(long)]
     slow_rank: Option<usize>,
@@ -567,7 +571,8 @@ where
             // This rank's shard, in `accumulate` micro-batches: one optimizer step.
             let micro = args.accumulate + usize::from(args.extra_micro_batch_rank == Some(rank));
             let shard: Vec<i64> = if args.balance_ranks {
-                let part = trainer.part(args.global_batch)?;
+                let short = usize::from(args.short_part_rank == Some(rank));
+                let part = trainer.part(args.global_batch - short)?;
                 rank_rows.push(part.len());
                 part.map(|i| i as i64).collect()
             } else {

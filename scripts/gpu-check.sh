@@ -10,10 +10,11 @@
 #
 # It runs the tutorial example on the GPUs, the forward-equivalence and training-step checks on
 # CUDA (the first GPU listed four times, so that several replicas share it, then every GPU), and
-# the W3, W2 and W1 benchmarks (one run each, so that a run cut short loses only its own
-# figures), and writes everything to the results folder, summary.txt first. If the binaries
-# fall back to the CPU (no usable driver, NVRTC or GPU), the first step fails with the reason
-# and the script stops there instead of spending the GPU's time on CPU figures.
+# the W3, W4 (unequal replicas, three splits), W2 and W1 benchmarks (one run each, so that a
+# run cut short loses only its own figures), and writes everything to the results folder,
+# summary.txt first. If the binaries fall back to the CPU (no usable driver, NVRTC or GPU), the
+# first step fails with the reason and the script stops there instead of spending the GPU's
+# time on CPU figures.
 #
 # Environment:
 #   GPU_CHECK_SECONDS   wall-clock budget for the whole script (default 480): each step's time
@@ -145,7 +146,7 @@ if [ "$gpus" -gt 1 ]; then
 else
   note "SKIP check-all-gpus: fewer than two GPUs"
 fi
-for w in w3 w2 w1; do
+for w in w3 w4 w2 w1; do
   step "bench-$w"             240 "$bin/bench" --workloads "$w" --devices "1,2,4" --seconds "$seconds" \
                                   --json "$out/bench-$w.json" --markdown "$out/bench-$w.md"
 done

@@ -185,8 +185,8 @@ fn train<B: AutodiffBackend>(
     // Ranks started with other settings would train apart or wait on each other: refused
     // before anything is read or written.
     ranks.ensure_same(
-        "configuration (config file, its overrides or --resume)",
-        format!("{config}\n{}", args.resume).as_bytes(),
+        "configuration (config file, its overrides, --resume or --balance-ranks)",
+        format!("{config}\n{}\n{}", args.resume, args.balance_ranks).as_bytes(),
     )?;
     let device = devices[0].clone();
     let run = Run {
@@ -479,10 +479,11 @@ where
                 seconds,
                 evaluation_seconds,
                 shares: trainer.split_policy().shares(),
+                rank_shares: trainer.rank_split().and_then(|policy| policy.shares()),
             };
             ranks.say(format_args!(
                 "epoch {}/{}: loss {:.4}, held-out accuracy {:.2}% (loss {:.4}, evaluated in \
-                 {:.2} s), {:.0} samples/s{}",
+                 {:.2} s), {:.0} samples/s{}{}",
                 report.epoch,
                 config.epochs,
                 report.train_loss,
@@ -490,7 +491,14 @@ where
                 report.test_loss,
                 report.evaluation_seconds,
                 report.samples_per_second,
-                split_note(devices.len(), &last_split, trainer.split_policy())
+                split_note(devices.len(), &last_split, trainer.split_policy()),
+                report
+                    .rank_shares
+                    .as_deref()
+                    .map_or_else(String::new, |shares| format!(
+                        ", rank shares {}",
+                        percentages(shares)
+                    ))
             ));
             history.push(report);
             // Collective: with a sharded optimizer state, rank 0 gathers every shard.
@@ -575,11 +583,16 @@ fn split_note(devices: usize, rows: &[usize], policy: &dyn SplitPolicy) -> Strin
     }
     let rows: Vec<String> = rows.iter().map(usize::to_string).collect();
     let shares = policy.shares().map_or_else(String::new, |shares| {
-        let shares: Vec<String> = shares
-            .iter()
-            .map(|s| format!("{:.1}%", 100.0 * s))
-            .collect();
-        format!(" (shares {})", shares.join("/"))
+        format!(" (shares {})", percentages(&shares))
     });
     format!(", rows {}{shares}", rows.join("+"))
+}
+
+/// "66.8%/33.2%".
+fn percentages(shares: &[f64]) -> String {
+    let shares: Vec<String> = shares
+        .iter()
+        .map(|s| format!("{:.1}%", 100.0 * s))
+        .collect();
+    shares.join("/")
 }

@@ -27,6 +27,10 @@ pub struct EpochReport {
     /// split policy learns it (`--split adaptive`).
     #[serde(default)]
     pub shares: Option<Vec<f64>>,
+    /// The fraction of each global batch each rank received at the end of the epoch, with
+    /// `--balance-ranks`.
+    #[serde(default)]
+    pub rank_shares: Option<Vec<f64>>,
 }
 
 /// Everything a run did.

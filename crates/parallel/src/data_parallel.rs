@@ -3,7 +3,7 @@
 use crate::buffers::Buffers;
 use crate::parallel_apply::{ReplicaTiming, parallel_apply};
 use crate::replicas::{Link, Replicas, Replicate, place_on, replica};
-use crate::split::{Chunk, SplitPolicy, checked_sizes};
+use crate::split::{Borrowed, Chunk, SplitPolicy, checked_sizes};
 use crate::workers::{Threads, Workers};
 use crate::{DataParallelError, Gather, Result, Scatter, round_trip};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -218,11 +218,12 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     /// let model = LinearConfig::new(5, 2).init::<NdArray>(&device);
     /// // Two CPU replicas, one three times as wide: the adaptive split learns what that gives.
     /// let dp = DataParallel::new(model, vec![device; 2])?
-    ///     .with_threads_per_device(vec![3, 1])?
+    ///     .with_threads_per_device([3, 1])?
     ///     .with_split_policy(Adaptive::new());
     /// # Ok::<(), burn_data_parallel::DataParallelError>(())
     /// ```
-    pub fn with_threads_per_device(mut self, threads: Vec<usize>) -> Result<Self> {
+    pub fn with_threads_per_device(mut self, threads: impl Into<Vec<usize>>) -> Result<Self> {
+        let threads = threads.into();
         if threads.len() != self.devices.len() || threads.contains(&0) {
             return Err(DataParallelError::ThreadCounts {
                 devices: self.devices.len(),
@@ -234,13 +235,14 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     }
 
     /// A wrapper of `module` on the same devices, split and threads: for a trainer's
-    /// evaluations, which then split as its training steps do.
+    /// evaluations, which then split as its training steps do, without teaching the policy
+    /// their forward-only timings.
     pub(crate) fn sibling<C: Backend<Device = B::Device>, N: Replicate<C>>(
         &self,
         module: N,
     ) -> Result<DataParallel<C, N>> {
         let mut sibling = DataParallel::new(module, self.devices.clone())?.with_dim(self.dim);
-        sibling.policy = Arc::clone(&self.policy);
+        sibling.policy = Arc::new(Borrowed(Arc::clone(&self.policy)));
         sibling.workers = Workers::new(self.workers.threads().clone());
         Ok(sibling)
     }

@@ -250,6 +250,26 @@ pub enum DataParallelError {
         step: usize,
     },
 
+    /// With a split between the ranks (`with_rank_split`), the rows the ranks took in a
+    /// micro-batch are not the policy's parts of their total.
+    #[cfg(feature = "mpi")]
+    #[error(
+        "at step {step} the ranks took {rows:?} rows after asking `Trainer::part` for their \
+         parts of {asked:?} rows, where the split policy's parts of their total are \
+         {expected:?}: give each rank the rows `part` returns for the global micro-batch, \
+         asked just before its `accumulate`"
+    )]
+    RankPartsMismatch {
+        /// The step.
+        step: usize,
+        /// Each rank's rows.
+        rows: Vec<usize>,
+        /// The rows of the global batch each rank asked its part of (`None`: not asked).
+        asked: Vec<Option<usize>>,
+        /// The policy's parts of the ranks' rows together.
+        expected: Vec<usize>,
+    },
+
     /// Ranks disagree on the step they are taking.
     #[cfg(feature = "mpi")]
     #[error("rank {rank} is at step {found} while this rank is at step {expected}")]

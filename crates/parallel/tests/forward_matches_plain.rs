@@ -34,7 +34,7 @@ fn dim0_equals_plain_forward_for_1_to_4_devices() {
     }
 }
 
-/// Inference learns the speeds too: a replica made slow (sleeping 1 ms per row) gets fewer rows
+/// Inference learns the speeds too: a replica made slow (sleeping 2 ms per row) gets fewer rows
 /// after a few calls, and the output is still the plain forward's.
 #[test]
 fn an_adaptive_forward_follows_the_slow_replica_and_stays_exact() {
@@ -48,7 +48,7 @@ fn an_adaptive_forward_follows_the_slow_replica_and_stays_exact() {
             .parallel_apply(x.clone(), |m, x| {
                 let rows = x.dims()[0];
                 if current_replica().is_some_and(|r| r.index == 2) {
-                    std::thread::sleep(Duration::from_millis(rows as u64));
+                    std::thread::sleep(Duration::from_millis(2 * rows as u64));
                 }
                 (rows, m.forward(x))
             })

@@ -146,13 +146,13 @@ fn the_step_does_not_depend_on_the_split_policy() {
     assert!(max_param_diff(trainer.module(), &reference) <= PARAM_TOLERANCE);
 }
 
-/// Replica 1 made slow (1 ms of sleep per row): the adaptive split gives it fewer rows within
+/// Replica 1 made slow (2 ms of sleep per row): the adaptive split gives it fewer rows within
 /// a few steps, and every step still equals the single-device step on the whole batch.
 #[test]
 fn an_adaptive_split_moves_rows_off_a_slow_replica_and_stays_exact() {
     let slow_loss = |m: &Mlp<AB>, (x, y): Batch| {
         if current_replica().is_some_and(|r| r.index == 1) {
-            std::thread::sleep(std::time::Duration::from_millis(x.dims()[0] as u64));
+            std::thread::sleep(std::time::Duration::from_millis(2 * x.dims()[0] as u64));
         }
         m.loss(x, y)
     };
@@ -183,14 +183,15 @@ fn an_adaptive_split_moves_rows_off_a_slow_replica_and_stays_exact() {
             "step {step}"
         );
     }
-    // The torch.chunk split first, then fewer rows for the slow replica, never none.
-    assert_eq!(slow_rows[0], 32, "{slow_rows:?}");
+    // The torch.chunk split while the first timing warms up, then fewer rows for the slow
+    // replica (the bound leaves room for a stalled fast replica), never none.
+    assert_eq!(slow_rows[..2], [32, 32], "{slow_rows:?}");
     assert!(
-        slow_rows[3..].iter().all(|&r| (1..=8).contains(&r)),
+        slow_rows[3..].iter().all(|&r| (1..=12).contains(&r)),
         "{slow_rows:?}"
     );
     let shares = trainer.split_policy().shares().unwrap();
-    assert!(shares[1] < 0.15, "{shares:?}");
+    assert!(shares[1] < 0.25, "{shares:?}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Sent in place of its row count by a rank whose batch cannot be read.
@@ -30,12 +31,19 @@ pub(crate) struct Ranks<'a> {
     pub(crate) split: Option<Box<dyn SplitPolicy>>,
     /// Every rank's rows in the current micro-batch, in rank order.
     pub(crate) rows: Vec<usize>,
+    /// The rows of the last global batch this rank asked its part of (`NOT_ASKED` if none
+    /// since the last micro-batch).
+    pub(crate) asked: AtomicU64,
 }
+
+/// No part asked for.
+pub(crate) const NOT_ASKED: u64 = u64::MAX;
 
 impl Ranks<'_> {
     /// This rank's rows of a global batch of `rows` rows.
     pub(crate) fn part(&self, rows: usize) -> Result<Range<usize>> {
         let (rank, ranks) = (self.mpi.rank(), self.mpi.size());
+        self.asked.store(rows as u64, Ordering::Relaxed);
         let Some(policy) = &self.split else {
             return Ok(rank * rows / ranks..(rank + 1) * rows / ranks);
         };
@@ -159,20 +167,39 @@ where
         // each rank's time for its rows and its split between the ranks.
         let nanos = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
         let split = self.split_fingerprint();
+        let asked = self.asked.swap(NOT_ASKED, Ordering::Relaxed);
         let sent = match &weighted_loss {
-            Ok(loss) => [0, loss.to_bits(), nanos, split],
-            Err(_) => [1, 0, nanos, split],
+            Ok(loss) => [0, loss.to_bits(), nanos, split, asked],
+            Err(_) => [1, 0, nanos, split, asked],
         };
         let all = self.mpi.all_gather_u64(&sent);
-        if let Some(rank) = all.chunks_exact(4).position(|w| w[0] != 0) {
+        if let Some(rank) = all.chunks_exact(5).position(|w| w[0] != 0) {
             return Err(self.peer_failed(rank, step, weighted_loss.err()));
         }
-        if let Some(rank) = all.chunks_exact(4).position(|w| w[3] != split) {
+        if let Some(rank) = all.chunks_exact(5).position(|w| w[3] != split) {
             return Err(DataParallelError::RankSplitMismatch { rank, step });
         }
         if let Some(policy) = &self.split {
+            // Every rank's policy is the same (above), so every rank reaches the same verdict:
+            // every rank must have asked for its part of the same global batch, and taken the
+            // policy's part of it, or some rows were counted twice or not at all.
+            let total: usize = self.rows.iter().sum();
+            let mut expected = checked_sizes(policy.as_ref(), total, self.rows.len())?;
+            expected.resize(self.rows.len(), 0);
+            let asked: Vec<Option<usize>> = all
+                .chunks_exact(5)
+                .map(|w| (w[4] != NOT_ASKED).then_some(w[4] as usize))
+                .collect();
+            if expected != self.rows || asked.iter().any(|&a| a != Some(total)) {
+                return Err(DataParallelError::RankPartsMismatch {
+                    step,
+                    rows: self.rows.clone(),
+                    asked,
+                    expected,
+                });
+            }
             let timings: Vec<ReplicaTiming> = all
-                .chunks_exact(4)
+                .chunks_exact(5)
                 .zip(&self.rows)
                 .enumerate()
                 .map(|(rank, (w, &rows))| ReplicaTiming {
@@ -183,7 +210,7 @@ where
                 .collect();
             policy.observe(&timings);
         }
-        Ok(all.chunks_exact(4).map(|w| f64::from_bits(w[1])).sum())
+        Ok(all.chunks_exact(5).map(|w| f64::from_bits(w[1])).sum())
     }
 
     fn update(

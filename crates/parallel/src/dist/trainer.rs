@@ -140,6 +140,7 @@ where
                 sharded: false,
                 split: None,
                 rows: Vec::new(),
+                asked: std::sync::atomic::AtomicU64::new(super::ranks::NOT_ASKED),
             },
             gather: None,
         })
@@ -190,16 +191,13 @@ where
     ///
     /// Every rank must set the same policy: a rank whose policy differs (or has learnt
     /// otherwise) makes the next micro-batch an error on every rank
-    /// ([`DataParallelError::RankSplitMismatch`]).
+    /// ([`DataParallelError::RankSplitMismatch`]), and so do ranks whose rows are not the
+    /// policy's parts ([`DataParallelError::RankPartsMismatch`]): ask [`Trainer::part`] for
+    /// each micro-batch just before its `accumulate`. [`Trainer::rank_split`] shows what the
+    /// policy has learnt; [`Trainer::split_policy`] is the split between this rank's devices.
     pub fn with_rank_split(mut self, policy: impl SplitPolicy + 'static) -> Self {
         self.ranks.split = Some(Box::new(policy));
         self
-    }
-
-    /// The policy splitting global batches between the ranks, if one was set
-    /// ([`with_rank_split`](Self::with_rank_split)), for what it has learnt.
-    pub fn rank_split(&self) -> Option<&dyn SplitPolicy> {
-        self.ranks.split.as_deref()
     }
 
     /// Whether each rank keeps the optimizer state of its shard only.
@@ -302,6 +300,10 @@ where
 
     fn part(&self, rows: usize) -> Result<Range<usize>> {
         self.ranks.part(rows)
+    }
+
+    fn rank_split(&self) -> Option<&dyn SplitPolicy> {
+        self.ranks.split.as_deref()
     }
 
     fn split_policy(&self) -> &dyn crate::SplitPolicy {

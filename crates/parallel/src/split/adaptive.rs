@@ -8,20 +8,30 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// unequal speed (an old GPU beside a new one, a GPU shared with another job, CPU replicas of
 /// different widths) finish their parts at the same time.
 ///
-/// - Until it has measured anything, it splits by the `torch.chunk` rule ([`Chunk`]).
-/// - After each call, every replica's throughput (its rows over the time it was busy,
+/// - Until it has learnt a speed, it splits by the `torch.chunk` rule ([`Chunk`]). Each
+///   device's first timing is not learnt from: it holds one-time costs (kernel compilation and
+///   autotuning on a GPU, first allocations), so the split moves from the third call on.
+/// - After that, every replica's throughput in a call (its rows over the time it was busy,
 ///   [`ReplicaTiming::compute`]) updates that device's speed, an exponential moving average
-///   ([`with_smoothing`](Self::with_smoothing)). One call moves a speed by at most a factor of 4,
-///   so that a clock that barely moved cannot make one device look infinitely fast.
+///   ([`with_smoothing`](Self::with_smoothing)). A sample counts as at most 4 times the current
+///   speed, or a quarter of it, so that a clock that barely moved cannot make one device look
+///   infinitely fast.
 /// - The shares change only when the split they give is predicted to finish at least
 ///   [`with_tolerance`](Self::with_tolerance) sooner than the current one: steady speeds keep a
 ///   steady split, and a device that slows down gets fewer rows within a few calls.
-/// - Timings with no rows, no time, or a speed that is not a finite positive number teach it
-///   nothing: each device keeps its last good speed, and a device never measured counts as the
-///   mean of the measured ones.
-/// - Row counts are exact and sum to the batch; every device gets at least one row when there
-///   are as many rows as devices (so that it keeps being measured), and the first `rows`
-///   devices one each when there are fewer.
+/// - A timing with no rows, no time, or a speed that is not a finite positive number teaches
+///   nothing: that device keeps its last good speed (and if no device learnt anything, the
+///   shares stay as they were). A device never measured counts as the mean of the measured ones.
+/// - Row counts are exact and sum to the batch. Once it splits by speed, every device gets at
+///   least one row when there are as many rows as devices (so that it keeps being measured),
+///   and the first `rows` devices one each when there are fewer.
+///
+/// What it balances is each replica's busy time as the call measures it. In a trainer, each
+/// replica reads its loss after its backward pass is queued, so on a GPU the time covers the
+/// device's work. A forward through [`DataParallel`](crate::DataParallel) returns once the
+/// work is queued, unless the closure reads a result, so on a GPU its timings measure the
+/// host's part only. Training through `DataParallel::forward` runs the replicas one after
+/// another (see there): no split is faster there.
 ///
 /// Exactness does not depend on the split: trainers weight each part's gradient by its rows,
 /// and [`DataParallel`](crate::DataParallel) concatenates parts in order.
@@ -67,6 +77,8 @@ pub struct Adaptive {
 #[derive(Debug, Clone, Default)]
 struct State {
     devices: usize,
+    /// Whether each device's first (warm-up) timing has been seen.
+    warmed: Vec<bool>,
     /// Rows per second of each device, once measured.
     speeds: Vec<Option<f64>>,
     /// The fraction of the rows each device gets; `None` until a speed is known.
@@ -133,17 +145,20 @@ impl Adaptive {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Learns from one call: `(device, rows per second)` for the replicas that ran.
+    /// Learns from one call: `(device, rows per second)` for the replicas that ran (the first
+    /// good sample of each device only warms it up).
     fn learn(&self, samples: impl IntoIterator<Item = (usize, f64)>) {
         let mut state = self.state();
         let mut learnt = false;
         for (device, sample) in samples {
-            let Some(speed) = state.speeds.get_mut(device) else {
-                continue;
-            };
-            if !(sample.is_finite() && sample > 0.0) {
+            if device >= state.devices || !(sample.is_finite() && sample > 0.0) {
                 continue;
             }
+            if !state.warmed[device] {
+                state.warmed[device] = true;
+                continue;
+            }
+            let speed = &mut state.speeds[device];
             *speed = Some(match *speed {
                 None => sample,
                 Some(old) => {
@@ -235,6 +250,7 @@ impl SplitPolicy for Adaptive {
         if state.devices != devices {
             *state = State {
                 devices,
+                warmed: vec![false; devices],
                 speeds: vec![None; devices],
                 shares: None,
             };
@@ -297,10 +313,12 @@ mod tests {
     fn converges_to_the_speed_ratio_and_stays_there() {
         let policy = Adaptive::new();
         let sizes = simulate(&policy, 300, &[100.0, 50.0], 10);
+        // The chunk rule until a speed is learnt (the first timing only warms up).
         assert_eq!(sizes[0], [150, 150]);
-        assert_eq!(sizes[1], [200, 100]);
+        assert_eq!(sizes[1], [150, 150]);
+        assert_eq!(sizes[2], [200, 100]);
         // Steady speeds, steady split: no oscillation once converged.
-        assert!(sizes[1..].iter().all(|s| s == &sizes[1]), "{sizes:?}");
+        assert!(sizes[2..].iter().all(|s| s == &sizes[2]), "{sizes:?}");
         let shares = policy.shares().unwrap();
         assert!((shares[0] - 2.0 / 3.0).abs() < 1e-9, "{shares:?}");
     }
@@ -309,6 +327,7 @@ mod tests {
     fn three_devices_and_rounding() {
         let policy = Adaptive::new();
         let sizes = simulate(&policy, 100, &[30.0, 20.0, 10.0], 5);
+        assert_eq!(sizes[1], Chunk.sizes(100, 3));
         // 50, 33.3 and 16.7: the largest remainder takes the odd row.
         assert_eq!(sizes[4], [50, 33, 17]);
     }
@@ -364,9 +383,19 @@ mod tests {
     }
 
     #[test]
+    fn the_first_timing_of_each_device_is_not_learnt_from() {
+        let policy = Adaptive::new();
+        // A first call slowed by one-time costs on device 1.
+        simulate(&policy, 100, &[50.0, 1.0], 1);
+        assert_eq!(policy.speeds(), [None, None]);
+        simulate(&policy, 100, &[50.0, 50.0], 1);
+        assert_eq!(policy.sizes(100, 2), [50, 50]);
+    }
+
+    #[test]
     fn one_absurd_timing_cannot_take_every_row() {
         let policy = Adaptive::new().with_smoothing(1.0);
-        simulate(&policy, 100, &[50.0, 50.0], 2);
+        simulate(&policy, 100, &[50.0, 50.0], 3);
         policy.learn([(0, 1e300), (1, 50.0)]);
         let sizes = policy.sizes(100, 2);
         assert!(sizes[1] >= 20, "{sizes:?}");
@@ -376,7 +405,7 @@ mod tests {
     fn an_unmeasured_device_counts_as_the_mean() {
         let policy = Adaptive::new();
         // 3 rows on 4 devices use three of them; the fourth is never measured.
-        simulate(&policy, 3, &[10.0, 10.0, 10.0, 10.0], 1);
+        simulate(&policy, 3, &[10.0, 10.0, 10.0, 10.0], 2);
         assert_eq!(policy.speeds()[3], None);
         assert_eq!(policy.sizes(40, 4), [10, 10, 10, 10]);
     }
@@ -396,18 +425,18 @@ mod tests {
     }
 
     proptest! {
-        /// Every row in exactly one part; once anything is measured, at least one row per
-        /// device where rows allow; never more parts than rows or devices.
+        /// Every row in exactly one part; once a speed is learnt, at least one row per device
+        /// where rows allow; never more parts than rows or devices.
         #[test]
         fn sizes_cover_the_rows(
             speeds in prop::collection::vec(0.01f64..1e4, 1..8),
             rows in 1usize..500,
-            calls in 0usize..4,
+            calls in 0usize..5,
         ) {
             let policy = Adaptive::new();
             simulate(&policy, 64, &speeds, calls);
             let sizes = checked_sizes(&policy, rows, speeds.len()).unwrap();
-            if calls == 0 {
+            if calls < 2 {
                 prop_assert_eq!(sizes, Chunk.sizes(rows, speeds.len()));
             } else {
                 prop_assert_eq!(sizes.len(), rows.min(speeds.len()));
@@ -422,7 +451,7 @@ mod tests {
             rows in 50usize..400,
         ) {
             let policy = Adaptive::new().with_tolerance(0.0);
-            simulate(&policy, rows, &speeds, 2);
+            simulate(&policy, rows, &speeds, 3);
             let sizes = policy.sizes(rows, speeds.len());
             let total: f64 = speeds.iter().sum();
             for (size, speed) in sizes.iter().zip(&speeds) {

@@ -84,6 +84,51 @@ impl<P: SplitPolicy + ?Sized> SplitPolicy for Box<P> {
     }
 }
 
+/// A policy shared with the caller, who keeps a handle on it (for
+/// [`Adaptive::speeds`], say).
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::nn::LinearConfig;
+/// use burn_data_parallel::{Adaptive, DataParallel};
+/// use std::sync::Arc;
+///
+/// let device = Default::default();
+/// let model = LinearConfig::new(5, 2).init::<NdArray>(&device);
+/// let adaptive = Arc::new(Adaptive::new());
+/// let dp = DataParallel::new(model, vec![device; 2])?.with_split_policy(Arc::clone(&adaptive));
+/// assert_eq!(adaptive.speeds(), Vec::<Option<f64>>::new()); // nothing split yet
+/// # Ok::<(), burn_data_parallel::DataParallelError>(())
+/// ```
+impl<P: SplitPolicy + ?Sized> SplitPolicy for std::sync::Arc<P> {
+    fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
+        (**self).sizes(rows, devices)
+    }
+
+    fn observe(&self, timings: &[ReplicaTiming]) {
+        (**self).observe(timings)
+    }
+
+    fn shares(&self) -> Option<Vec<f64>> {
+        (**self).shares()
+    }
+}
+
+/// Splits as `policy` does, without teaching it: evaluations split like the training steps
+/// whose policy they borrow, whose speeds are those of training.
+#[derive(Debug)]
+pub(crate) struct Borrowed(pub(crate) std::sync::Arc<dyn SplitPolicy>);
+
+impl SplitPolicy for Borrowed {
+    fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
+        self.0.sizes(rows, devices)
+    }
+
+    fn shares(&self) -> Option<Vec<f64>> {
+        self.0.shares()
+    }
+}
+
 /// PyTorch's `torch.chunk` rule, the default.
 ///
 /// ```

@@ -13,7 +13,8 @@ where
     O: Optimizer<M, B>,
 {
     /// Sums `metric` over every row of `set`, split across the devices by the trainer's split
-    /// policy and with its threads, on the inference module (`valid()`); see
+    /// policy (which learns nothing from it) and with its threads, on the inference module
+    /// (`valid()`); see
     /// [`Trainer::evaluate`](crate::Trainer::evaluate).
     pub fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
     where

@@ -147,7 +147,7 @@ where
 
     /// Gives replica `i` `threads[i]` threads; see
     /// [`DataParallel::with_threads_per_device`].
-    pub fn with_threads_per_device(mut self, threads: Vec<usize>) -> Result<Self> {
+    pub fn with_threads_per_device(mut self, threads: impl Into<Vec<usize>>) -> Result<Self> {
         self.parallel = self.parallel.with_threads_per_device(threads)?;
         Ok(self)
     }

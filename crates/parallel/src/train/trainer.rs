@@ -102,12 +102,19 @@ pub trait Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// row in exactly one process's range. All of them in one process. Across ranks, rank `r`
     /// of `R` takes `r * rows / R .. (r + 1) * rows / R` (as `ShardedSampler::part`), unless
     /// `DistributedTrainer::with_rank_split` gives a policy, which may learn the ranks'
-    /// speeds.
+    /// speeds: then ask for each micro-batch's part just before its
+    /// [`accumulate`](Self::accumulate), since the policy learns from every micro-batch.
     fn part(&self, rows: usize) -> Result<std::ops::Range<usize>>;
 
     /// How this process splits its rows between its devices, with what it has learnt
     /// ([`SplitPolicy::shares`]), for logs.
     fn split_policy(&self) -> &dyn SplitPolicy;
+
+    /// How global batches are split between the ranks, where a policy does it
+    /// (`DistributedTrainer::with_rank_split`), for logs; `None` otherwise.
+    fn rank_split(&self) -> Option<&dyn SplitPolicy> {
+        None
+    }
 
     /// The whole optimizer state, for a checkpoint: `Some` on rank 0 (where a sharded state's
     /// shards are gathered), `None` on the other ranks.
