@@ -34,7 +34,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// another (see there): no split is faster there.
 ///
 /// Exactness does not depend on the split: trainers weight each part's gradient by its rows,
-/// and [`DataParallel`](crate::DataParallel) concatenates parts in order.
+/// and [`DataParallel`](crate::DataParallel) concatenates parts in order. The one exception is
+/// what is computed per part by design: a batch norm in training normalizes each part by that
+/// part's statistics (see the crate documentation, "What stays exact"), and a slow device's
+/// part may shrink to a few rows, or one.
 ///
 /// ```
 /// use burn::backend::{Autodiff, NdArray};
