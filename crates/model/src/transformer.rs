@@ -89,6 +89,15 @@ impl<B: Backend> TextEncoder<B> {
     /// `[rows, d_model]` for `[rows, length]` token ids; every row needs one token that is not
     /// [`PAD`].
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let (x, keep) = self.states(tokens);
+        // Mean over the real tokens.
+        let count = keep.clone().sum_dim(1);
+        (x * keep).sum_dim(1).div(count).squeeze_dim::<2>(1)
+    }
+
+    /// Every token's representation, `[rows, length, d_model]`, and which tokens are real
+    /// (`[rows, length, 1]`: 1 for a token, 0 for [`PAD`]).
+    pub fn states(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [rows, length] = tokens.dims();
         let device = tokens.device();
         let padding = tokens.clone().equal_elem(PAD);
@@ -99,10 +108,7 @@ impl<B: Backend> TextEncoder<B> {
         let x = self
             .layers
             .forward(TransformerEncoderInput::new(x).mask_pad(padding.clone()));
-        // Mean over the real tokens.
-        let keep = padding.bool_not().float().unsqueeze_dim::<3>(2);
-        let count = keep.clone().sum_dim(1);
-        (x * keep).sum_dim(1).div(count).squeeze_dim::<2>(1)
+        (x, padding.bool_not().float().unsqueeze_dim::<3>(2))
     }
 }
 
@@ -116,6 +122,37 @@ pub struct TextClassifier<B: Backend> {
 }
 
 impl<B: Backend> TextClassifier<B> {
+    /// A token-level loss, as a language model's: every real token predicts its sequence's
+    /// class through the head, and the cross-entropies are summed over the real tokens. Returns
+    /// that sum and the number of real tokens; the loss averaged over tokens is their ratio,
+    /// whose denominator depends on the padding of each batch.
+    ///
+    /// ```
+    /// use burn::backend::NdArray;
+    /// use burn::tensor::{Int, Tensor};
+    /// use dp_model::TextClassifierConfig;
+    ///
+    /// let device = Default::default();
+    /// let model = TextClassifierConfig::new(16, 4, 3).init::<NdArray>(&device);
+    /// let tokens = Tensor::<NdArray, 2, Int>::from_data([[5, 6, 7, 0], [3, 0, 0, 0]], &device);
+    /// let classes = Tensor::<NdArray, 1, Int>::from_data([2, 0], &device);
+    /// let (_sum, count) = model.token_loss_sum(tokens, classes);
+    /// assert_eq!(count.into_scalar(), 4.0);
+    /// ```
+    pub fn token_loss_sum(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        targets: Tensor<B, 1, Int>,
+    ) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let [rows, length] = tokens.dims();
+        let (states, keep) = self.encoder.states(tokens);
+        let log_probs = burn::tensor::activation::log_softmax(self.head.forward(states), 2);
+        let targets = targets.reshape([rows, 1, 1]).repeat_dim(1, length);
+        let picked = log_probs.gather(2, targets);
+        let sum = (picked * keep.clone()).sum().neg();
+        (sum, keep.sum())
+    }
+
     /// The same model with its encoder frozen (no gradient, never changed by an optimizer):
     /// fine-tuning the head alone.
     pub fn freeze_encoder(mut self) -> Self {

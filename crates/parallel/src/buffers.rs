@@ -1,15 +1,16 @@
 //! Buffers: the state a module changes in its own forward pass instead of through gradients,
 //! BatchNorm's running mean and variance (Burn's `RunningState`).
 //!
-//! In a data-parallel training forward every replica updates its own copy from its part of the
-//! batch. Afterwards the module's buffers become the **row-weighted mean** of the replicas'
-//! (replica `k` weighing `rows_k / rows`), and every replica kept for the next call receives
-//! that value too. Each replica's update is `(1 - m) * old + m * mean_k`, and the row-weighted
-//! mean of the `mean_k` is the mean over the whole batch: a running mean equals single-device
-//! training's wherever the batch norm's input does not itself depend on batch statistics (a
-//! first batch norm; later ones see the outputs of per-part normalization). A running variance
-//! gets the row-weighted mean of the replicas' variances, which leaves out the spread between
-//! the parts' means (see the crate docs).
+//! In a data-parallel training forward every replica starts from the module's values and
+//! updates its own copy from its part of the batch. Afterwards the module's buffers become the
+//! **row-weighted mean** of the replicas' (replica `k` weighing `rows_k / rows`); a kept replica
+//! receives the module's values again before it next runs, whether or not it ran this call.
+//! Each replica's update is `(1 - m) * old + m * mean_k`, and the row-weighted mean of the
+//! `mean_k` is the mean over the whole batch: a running mean equals single-device training's
+//! wherever the batch norm's input does not itself depend on batch statistics (a first batch
+//! norm; later ones see the outputs of per-part normalization), however many replicas each call
+//! uses. A running variance gets the row-weighted mean of the replicas' variances, which leaves
+//! out the spread between the parts' means (see the crate docs).
 //! PyTorch's `DataParallel` instead keeps replica 0's update alone.
 
 use crate::by_id::ById;
@@ -17,6 +18,9 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use std::collections::HashSet;
+
+/// Buffer values taken from a module, to put back.
+pub(crate) struct Snapshot(ById);
 
 /// The ids of a module's buffers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,15 +49,30 @@ impl Buffers {
         Self { ids: found }
     }
 
-    /// Sets the buffers of every replica (the module first) to the row-weighted mean of their
-    /// values, `rows[k]` being the rows replica `k` ran on. The mean is computed on `device`.
+    /// Sets the module's buffers (`replicas[0]`) to the row-weighted mean of every replica's,
+    /// `rows[k]` being the rows replica `k` ran on. The mean is computed on `device`.
+    ///
+    /// Every replica's pending per-thread updates are folded in first, a single replica's too:
+    /// left pending under the thread that ran it, Burn 0.21 would later average that update
+    /// with the next one made on another thread. The other replicas are not written: kept ones
+    /// receive the module's values before they next run ([`refresh`](Self::refresh)), so one
+    /// that sits a call out never runs on stale statistics.
     pub(crate) fn combine<B: Backend, M: Module<B>>(
         &self,
         replicas: &[&M],
         rows: &[usize],
         device: &B::Device,
     ) {
-        if self.ids.is_empty() || replicas.len() < 2 {
+        if self.ids.is_empty() {
+            return;
+        }
+        for replica in replicas {
+            crate::replicas::settle(*replica);
+        }
+        let Some(module) = replicas.first() else {
+            return;
+        };
+        if replicas.len() < 2 {
             return;
         }
         let total = rows.iter().sum::<usize>().max(1) as f64;
@@ -64,14 +83,97 @@ impl Buffers {
             sums: ById::default(),
         };
         for (replica, &rows) in replicas.iter().zip(rows) {
-            crate::replicas::settle(*replica);
             sum.weight = rows as f64 / total;
             replica.visit(&mut sum);
         }
-        for replica in replicas {
-            // A clone shares the replica's buffers: mapping it writes into them.
-            let _ = (*replica).clone().map(&mut sum.sums);
+        // A clone shares the module's buffers: mapping it writes into them.
+        let _ = (*module).clone().map(&mut sum.sums);
+    }
+
+    /// Gives every one of `copies` the module's buffer values, each on the copy's device.
+    pub(crate) fn refresh<B: Backend, M: Module<B>>(&self, module: &M, copies: &[&M]) {
+        if self.ids.is_empty() || copies.is_empty() {
+            return;
         }
+        let mut values = self.snapshot(module);
+        for copy in copies {
+            let _ = (*copy).clone().map(&mut values.0);
+        }
+    }
+
+    /// The module's buffer values as they are now, to put back with
+    /// [`restore`](Self::restore).
+    pub(crate) fn snapshot<B: Backend, M: Module<B>>(&self, module: &M) -> Snapshot {
+        if self.ids.is_empty() {
+            return Snapshot(ById::default());
+        }
+        crate::replicas::settle(module);
+        let mut values = ById::of(module);
+        values.retain(|id| self.ids.contains(id));
+        Snapshot(values)
+    }
+
+    /// Puts back the buffer values of `snapshot`, dropping any update made since (and any
+    /// still pending on some thread).
+    pub(crate) fn restore<B: Backend, M: Module<B>>(&self, module: &M, mut snapshot: Snapshot) {
+        if self.ids.is_empty() {
+            return;
+        }
+        crate::replicas::settle(module);
+        let _ = module.clone().map(&mut snapshot.0);
+    }
+
+    /// The module's buffer values on the host, one after another in visiting order: what ranks
+    /// exchange to combine their statistics.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn read<B: Backend, M: Module<B>>(&self, module: &M) -> Vec<f32> {
+        struct Read<'a>(&'a HashSet<ParamId>, HashSet<ParamId>, Vec<f32>);
+        impl<B: Backend> ModuleVisitor<B> for Read<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if self.0.contains(&param.id) && self.1.insert(param.id) {
+                    let data = param.val().into_data().convert::<f32>();
+                    self.2.extend(data.iter::<f32>());
+                }
+            }
+        }
+        if self.ids.is_empty() {
+            return Vec::new();
+        }
+        crate::replicas::settle(module);
+        let mut read = Read(&self.ids, HashSet::new(), Vec::new());
+        module.visit(&mut read);
+        read.2
+    }
+
+    /// Writes `values` (laid out as [`read`](Self::read) reads them) into the module's buffers.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn write<B: Backend, M: Module<B>>(&self, module: &M, values: &[f32]) {
+        struct Write<'a>(&'a HashSet<ParamId>, HashSet<ParamId>, &'a [f32]);
+        impl<B: Backend> ModuleMapper<B> for Write<'_> {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                if !self.0.contains(&param.id) || !self.1.insert(param.id) {
+                    return param;
+                }
+                param.map(|old| {
+                    let shape = old.shape();
+                    let count = shape.num_elements().min(self.2.len());
+                    let (mine, rest) = self.2.split_at(count);
+                    self.2 = rest;
+                    let data = burn::tensor::TensorData::new(mine.to_vec(), shape);
+                    Tensor::from_data(data, &old.device())
+                })
+            }
+        }
+        if self.ids.is_empty() {
+            return;
+        }
+        crate::replicas::settle(module);
+        let _ = module
+            .clone()
+            .map(&mut Write(&self.ids, HashSet::new(), values));
     }
 
     /// Whether `id` is a buffer's (the exchange across processes sends buffers apart).

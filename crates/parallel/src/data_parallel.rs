@@ -115,6 +115,8 @@ pub struct DataParallel<B: Backend, M> {
     /// `verified[k]`: tensors are known to make the round trip between the first device and
     /// device `k` (the output device is checked with the last index).
     verified: Vec<bool>,
+    /// The seed of a seeded run ([`with_seed`](Self::with_seed)) and the calls made since.
+    seed: Option<(u64, u64)>,
 }
 
 /// What decides how a module is replicated, found once per module.
@@ -168,7 +170,51 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             placed: true,
             layout: None,
             verified: Vec::new(),
+            seed: None,
         })
+    }
+
+    /// Makes every call repeat for a given seed: the replicas run one after another, in
+    /// replica order, each after reseeding the backend's random generator with a seed derived
+    /// from `seed`, the number of calls made since this one and the replica's index. Random
+    /// draws inside the replicas (dropout's masks in a training forward) are then the same
+    /// each time a run makes the same calls with the same devices and split; without it, the
+    /// replicas draw from the backend's one generator in whatever order their threads reach it.
+    ///
+    /// The cost is the replicas' concurrency: on the CPU their forward passes run one at a
+    /// time; on a GPU only the host's queuing of them does. The backend's generator is left
+    /// reseeded. A split that learns from timings ([`Adaptive`](crate::Adaptive)) changes the
+    /// parts, and so the draws, from run to run.
+    ///
+    /// ```
+    /// use burn::backend::{Autodiff, NdArray};
+    /// use burn::module::Module;
+    /// use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+    /// use burn::tensor::{Tensor, backend::Backend};
+    /// use burn_data_parallel::DataParallel;
+    ///
+    /// type B = Autodiff<NdArray>;
+    /// #[derive(Module, Debug)]
+    /// struct Net<B: Backend> {
+    ///     linear: Linear<B>,
+    ///     dropout: Dropout,
+    /// }
+    /// let device = Default::default();
+    /// let net = Net {
+    ///     linear: LinearConfig::new(4, 4).init::<B>(&device),
+    ///     dropout: DropoutConfig::new(0.5).init(),
+    /// };
+    /// let run = || {
+    ///     let mut dp = DataParallel::new(net.clone(), vec![device; 3])?.with_seed(7);
+    ///     let x = Tensor::<B, 2>::ones([12, 4], &device);
+    ///     dp.forward(x, |m, x| m.dropout.forward(m.linear.forward(x)))
+    /// };
+    /// run()?.into_data().assert_eq(&run()?.into_data(), true);
+    /// # Ok::<(), burn_data_parallel::DataParallelError>(())
+    /// ```
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some((seed, 0));
+        self
     }
 
     /// Gathers the outputs on `device` instead of the first device. Any device works, including
@@ -465,9 +511,14 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         });
         let connected: Vec<M>;
         let replicas = match link {
-            Link::Detached => self
-                .replicas
-                .ensure::<B>(module, &self.devices, sizes.len()),
+            Link::Detached => {
+                let kept = self
+                    .replicas
+                    .ensure::<B>(module, &self.devices, sizes.len());
+                // Kept copies start every call from the module's statistics.
+                layout.buffers.refresh(module, &kept[1..]);
+                kept
+            }
             Link::Connected => {
                 connected = self.devices[1..sizes.len()]
                     .iter()
@@ -484,17 +535,37 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
                 found: parts.len(),
             });
         }
-        let in_turn = link == Link::Connected;
+        let call_seed = self.seed.as_mut().map(|(seed, calls)| {
+            *calls += 1;
+            crate::seed::derive(*seed, &[*calls - 1])
+        });
+        let devices = &self.devices;
+        let seeded = |replica: &M, part: I| {
+            if let Some(call_seed) = call_seed {
+                let index = crate::current_replica().map_or(0, |info| info.index);
+                B::seed(
+                    &devices[index],
+                    crate::seed::derive(call_seed, &[index as u64]),
+                );
+            }
+            f(replica, part)
+        };
+        let in_turn = link == Link::Connected || call_seed.is_some();
+        let before = layout.buffers.snapshot(module);
         let outputs = parallel_apply(
             &self.workers,
             replicas.clone(),
             parts,
             &self.devices,
-            &f,
+            &seeded,
             in_turn,
         );
-        // Kept replicas receive the combined buffers too; connected ones are dropped now.
-        layout.buffers.combine(&replicas, &sizes, first);
+        if outputs.is_ok() {
+            layout.buffers.combine(&replicas, &sizes, first);
+        } else {
+            // A failed call leaves the module's statistics as they were.
+            layout.buffers.restore(module, before);
+        }
         let (outputs, busy): (Vec<O>, Vec<_>) = outputs?.into_iter().unzip();
         let timings: Vec<ReplicaTiming> = sizes
             .iter()

@@ -162,6 +162,63 @@ pub enum DataParallelError {
         loss: f64,
     },
 
+    /// A replica's [`WeightedMean`](crate::WeightedMean) stated a weight that is negative, NaN
+    /// or infinite: nothing of this batch was kept.
+    #[error(
+        "step {step}: replica {replica} stated a loss weight of {weight}; a weight must be \
+         finite and not negative; nothing of this batch was kept"
+    )]
+    InvalidLossWeight {
+        /// Optimizer steps taken before this one.
+        step: usize,
+        /// The replica.
+        replica: usize,
+        /// The weight it stated.
+        weight: f64,
+    },
+
+    /// A micro-batch's loss is of another kind than those accumulated before it in the same
+    /// step (a mean over rows, a sum, a [`WeightedMean`](crate::WeightedMean)): their gradients
+    /// have no common denominator. Nothing of this micro-batch was kept.
+    #[error(
+        "step {step}: this micro-batch's loss is {now}, the earlier ones' of this step {earlier}; \
+         every micro-batch of a step needs the same kind of loss; nothing of this micro-batch \
+         was kept"
+    )]
+    MixedLosses {
+        /// Optimizer steps taken before this one.
+        step: usize,
+        /// The earlier micro-batches' kind.
+        earlier: &'static str,
+        /// This micro-batch's kind.
+        now: &'static str,
+    },
+
+    /// Every [`WeightedMean`](crate::WeightedMean) of a step stated a weight of 0 (every token
+    /// masked): the mean has no denominator. No step was taken and the accumulated gradients
+    /// were dropped.
+    #[error(
+        "step {step}: the losses' weights add up to 0 over the whole step, so their mean is \
+         undefined; no step was taken and the accumulated gradients were dropped"
+    )]
+    NoLossWeight {
+        /// Optimizer steps taken before this one.
+        step: usize,
+    },
+
+    /// The parts of an evaluation returned metric `index` as a [`Metric::Sum`] in some parts
+    /// and a [`Metric::Mean`] in others, or as means of total weight 0.
+    ///
+    /// [`Metric::Sum`]: crate::Metric::Sum
+    /// [`Metric::Mean`]: crate::Metric::Mean
+    #[error("metric {index} cannot be combined over the parts of the set: {reason}")]
+    MetricMismatch {
+        /// The metric's index in the array the metric function returns.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An optimizer step was asked for with no gradient accumulated since the last one.
     #[error("no gradient accumulated since the last optimizer step")]
     NothingAccumulated,
@@ -268,6 +325,27 @@ pub enum DataParallelError {
         asked: Vec<Option<usize>>,
         /// The policy's parts of the ranks' rows together.
         expected: Vec<usize>,
+    },
+
+    /// Ranks make the same call with different settings (a learning rate, the kind of loss, a
+    /// seed, the rows of a held-out set): the result would differ from one process's.
+    #[cfg(feature = "mpi")]
+    #[error(
+        "at step {step}, rank {rank} {call} with {setting} {found} where this rank has          {this_rank}: every rank must make each call with the same settings; nothing of this          call was kept"
+    )]
+    SettingMismatch {
+        /// The first rank that differs.
+        rank: usize,
+        /// The step.
+        step: usize,
+        /// The call.
+        call: String,
+        /// The setting that differs.
+        setting: String,
+        /// This rank's value.
+        this_rank: String,
+        /// That rank's value.
+        found: String,
     },
 
     /// Ranks disagree on the step they are taking.

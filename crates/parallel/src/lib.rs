@@ -163,6 +163,7 @@ mod error;
 mod parallel_apply;
 mod replicas;
 mod round_trip;
+mod seed;
 mod shard;
 mod split;
 mod train;
@@ -183,7 +184,10 @@ pub use parallel_apply::{ReplicaInfo, ReplicaTiming, current_replica};
 pub use replicas::Replicate;
 pub use shard::{Gather, Scatter, ToDevice, Whole};
 pub use split::{Adaptive, Balanced, Chunk, SplitPolicy};
-pub use train::{BatchStats, DataParallelTrainer, LossReduction, ShardableRecord, Trainer};
+pub use train::{
+    BatchStats, DataParallelTrainer, LossReduction, Metric, ShardableRecord, TrainLoss, Trainer,
+    WeightedMean,
+};
 
 // The README's examples compile and run as doctests.
 #[cfg(doctest)]

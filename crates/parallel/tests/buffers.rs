@@ -9,14 +9,15 @@
 
 mod common;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, RunningState};
 use burn::optim::SgdConfig;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use burn_data_parallel::{
-    Chunk, DataParallel, DataParallelTrainer, Replicate, Scatter, SplitPolicy,
+    Balanced, Chunk, DataParallel, DataParallelError, DataParallelTrainer, Replicate, Scatter,
+    SplitPolicy,
 };
 use common::zoo::*;
-use common::{B, cpus};
+use common::{B, cpu, cpus};
 use dp_model::{Classifier, Cnn};
 
 const TOLERANCE: f32 = 1e-5;
@@ -208,4 +209,175 @@ fn replicas_do_not_share_the_module_s_statistics() {
             "{m0:?} -> {m1:?}"
         );
     }
+}
+
+/// `model` with its batch norms' running statistics set to `stats` (a copy: `model` keeps its
+/// own).
+fn with_stats(model: &Cnn<AB>, stats: &[(Vec<f32>, Vec<f32>)]) -> Cnn<AB> {
+    let mut copy = model.unaliased();
+    let tensor = |values: &Vec<f32>| {
+        Tensor::<AB, 1>::from_data(TensorData::new(values.clone(), [values.len()]), &cpu())
+    };
+    for (block, (mean, var)) in copy.blocks.iter_mut().zip(stats) {
+        block.norm.running_mean = RunningState::new(tensor(mean));
+        block.norm.running_var = RunningState::new(tensor(var));
+    }
+    copy
+}
+
+/// The statistics after training forwards of `calls` in turn, each split by `policy` over
+/// `devices`: every call's parts start from the statistics the calls before left.
+fn expected_after_calls(
+    start: &Cnn<AB>,
+    calls: &[Tensor<AB, 4>],
+    policy: &dyn SplitPolicy,
+    devices: usize,
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let mut current = start.unaliased();
+    for x in calls {
+        let sizes = policy.sizes(x.dims()[0], devices);
+        let stats = expected_stats(&current, x.clone(), &sizes);
+        current = with_stats(&current, &stats);
+    }
+    stats(&current)
+}
+
+/// Micro-batches and short last batches that use fewer replicas than there are devices, the
+/// policy that splits them, and the devices.
+fn ragged_cases() -> Vec<(Vec<usize>, Box<dyn SplitPolicy>, usize)> {
+    vec![
+        (vec![8, 5, 8], Box::new(Chunk), 4),
+        (vec![9, 2, 9, 1, 9], Box::new(Chunk), 3),
+        (vec![8, 1, 8], Box::new(Chunk), 2),
+        (vec![8, 1, 8], Box::new(Balanced), 2),
+        (vec![1, 1, 7], Box::new(Chunk), 3),
+    ]
+}
+
+#[test]
+fn micro_batches_that_use_fewer_replicas_leave_the_statistics_of_one_device() {
+    for (sizes, policy, devices) in ragged_cases() {
+        let what = format!("micro-batches {sizes:?} on {devices} devices by {policy:?}");
+        let start = cnn();
+        let micro: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| images::<AB>(rows, 40 + i as u64))
+            .collect();
+        let xs: Vec<_> = micro.iter().map(|(x, _)| x.clone()).collect();
+        let expected = expected_after_calls(&start, &xs, policy.as_ref(), devices);
+        let plain = start.unaliased();
+        for x in &xs {
+            let _ = plain.logits(x.clone());
+        }
+        let mut trainer =
+            DataParallelTrainer::new(start.unaliased(), SgdConfig::new().init(), cpus(devices))
+                .unwrap()
+                .with_split_policy(policy);
+        for batch in micro {
+            trainer
+                .accumulate(batch, |m: &Cnn<AB>, (x, y)| m.loss(x, y))
+                .unwrap();
+        }
+        trainer.apply(0.1).unwrap();
+        let found = stats(trainer.module());
+        assert_stats(&found, &expected, &what);
+        let diff = max_diff(&found[0].0, &stats(&plain)[0].0);
+        assert!(
+            diff <= TOLERANCE,
+            "{what}: first running mean off one device's by {diff}"
+        );
+    }
+}
+
+#[test]
+fn forwards_that_use_fewer_replicas_leave_the_statistics_of_one_device() {
+    // Recalibrating a frozen CNN's statistics in training mode, with a short call between.
+    for (sizes, policy, devices) in ragged_cases() {
+        let what = format!("forwards of {sizes:?} rows on {devices} devices by {policy:?}");
+        let start = frozen_cnn();
+        let xs: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| images::<AB>(rows, 60 + i as u64).0)
+            .collect();
+        let expected = expected_after_calls(&start, &xs, policy.as_ref(), devices);
+        let plain = start.unaliased();
+        let mut dp = DataParallel::new(start.unaliased(), cpus(devices))
+            .unwrap()
+            .with_split_policy(policy);
+        for x in &xs {
+            let _ = plain.logits(x.clone());
+            dp.forward(x.clone(), |m, x| m.logits(x)).unwrap();
+        }
+        let found = stats(dp.module());
+        assert_stats(&found, &expected, &what);
+        let diff = max_diff(&found[0].0, &stats(&plain)[0].0);
+        assert!(
+            diff <= TOLERANCE,
+            "{what}: first running mean off one device's by {diff}"
+        );
+    }
+}
+
+/// `images` with a NaN in its last row.
+fn poisoned(rows: usize, seed: u64) -> (Tensor<AB, 4>, Tensor<AB, 1, burn::tensor::Int>) {
+    let (x, y) = images::<AB>(rows, seed);
+    let nan = Tensor::<AB, 4>::full([1, 1, 6, 6], f32::NAN, &cpu());
+    (x.slice_assign([rows - 1..rows], nan), y)
+}
+
+#[test]
+fn a_refused_batch_leaves_the_module_exactly_as_it_was() {
+    let mut trainer = DataParallelTrainer::new(cnn(), SgdConfig::new().init(), cpus(3)).unwrap();
+    let mut clean =
+        DataParallelTrainer::new(copy(trainer.module()), SgdConfig::new().init(), cpus(3)).unwrap();
+    // A NaN pixel makes the loss NaN (the pooling alone would skip it).
+    let loss =
+        |m: &Cnn<AB>, (x, y): (Tensor<AB, 4>, _)| m.loss(x.clone(), y) + x.sum().mul_scalar(0.0);
+    for t in [&mut trainer, &mut clean] {
+        t.step(0.1, images::<AB>(12, 1), loss).unwrap();
+    }
+    let before = stats(trainer.module());
+    let params_before = common::params(trainer.module());
+    let err = trainer.step(0.1, poisoned(12, 2), loss).unwrap_err();
+    assert!(
+        matches!(err, DataParallelError::NonFiniteLoss { .. }),
+        "{err}"
+    );
+    // Statistics and parameters as they were, to the bit.
+    assert_eq!(stats(trainer.module()), before);
+    assert_eq!(common::params(trainer.module()), params_before);
+    // And training goes on as if the batch had never been given.
+    for step in 3..5 {
+        for t in [&mut trainer, &mut clean] {
+            t.step(0.1, images::<AB>(10, step), loss).unwrap();
+        }
+    }
+    assert_stats(&stats(trainer.module()), &stats(clean.module()), "after");
+    let diff = common::max_param_diff(trainer.module(), clean.module());
+    assert!(diff <= TOLERANCE, "parameters off by {diff}");
+}
+
+#[test]
+fn a_forward_whose_replica_panics_leaves_the_statistics_as_they_were() {
+    let mut dp = DataParallel::new(frozen_cnn(), cpus(3)).unwrap();
+    dp.forward(images::<AB>(9, 1).0, |m, x| m.logits(x))
+        .unwrap();
+    let before = stats(dp.module());
+    let err = dp
+        .forward(images::<AB>(9, 2).0, |m, x| {
+            let out = m.logits(x);
+            assert!(
+                burn_data_parallel::current_replica().unwrap().index != 2,
+                "replica 2 fails after its forward pass"
+            );
+            out
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, DataParallelError::ReplicaPanicked { replica: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(stats(dp.module()), before);
 }

@@ -4,9 +4,9 @@
 //! What a step exchanges ([`Layout::pack`]): the gradients of the trainable parameters only
 //! (frozen ones never travel and never receive a gradient), one flag per trainable parameter
 //! saying whether this rank has a gradient for it (a parameter no rank's loss reached gets none,
-//! as in one process, instead of a zero gradient that Adam or weight decay would still act on),
-//! and the buffers weighted by this rank's share of the rows (summed, they are the row-weighted
-//! mean that every rank then holds).
+//! as in one process, instead of a zero gradient that Adam or weight decay would still act on).
+//! Buffers (running statistics) never travel here after the start: the ranks combine them after
+//! every micro-batch, as one process does, through the small gather each micro-batch makes.
 //!
 //! With the optimizer state sharded, the buffer is cut into one block per rank: the
 //! reduce-scatter gives rank `r` the sum of block `r` (the gradients of the parameters whose
@@ -28,7 +28,8 @@ enum Kind {
     Trainable,
     /// A parameter that does not (fine-tuning): it never travels after the start.
     Frozen,
-    /// State the forward pass updates (BatchNorm's running statistics).
+    /// State the forward pass updates (BatchNorm's running statistics): combined after each
+    /// micro-batch, not here.
     Buffer,
 }
 
@@ -49,7 +50,7 @@ impl Entry {
 ///
 /// The flat buffer is cut into blocks, one per owner (one block for an all-reduce; one per rank
 /// when the optimizer state is sharded). Each block holds its owner's trainable gradients (or,
-/// for the all-gather, parameters), then their presence flags, then its buffers, and, where the
+/// for the all-gather, parameters), then their presence flags, and, where the
 /// engine needs blocks of one size (NCCL), zeros up to the largest block's length. Tensors are
 /// dealt to owners in visiting order, in contiguous runs of about the same number of values, so
 /// blocks differ by at most about one tensor.
@@ -119,7 +120,10 @@ impl Layout {
     }
 
     fn place(entries: Vec<Entry>, blocks: usize, equal: bool) -> Self {
-        let travelling: Vec<&Entry> = entries.iter().filter(|e| e.kind != Kind::Frozen).collect();
+        let travelling: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.kind == Kind::Trainable)
+            .collect();
         let total: usize = travelling.iter().map(|e| e.len()).sum();
         // A tensor belongs to the block its middle value falls in.
         let mut before = 0;
@@ -131,16 +135,11 @@ impl Layout {
                 (middle * blocks / total.max(1)).min(blocks - 1)
             })
             .collect();
-        // Per block: gradient values, flags, buffer values.
-        let mut sizes = vec![[0usize; 3]; blocks];
+        // Per block: gradient values, flags.
+        let mut sizes = vec![[0usize; 2]; blocks];
         for (e, &owner) in travelling.iter().zip(&owners) {
-            match e.kind {
-                Kind::Trainable => {
-                    sizes[owner][0] += e.len();
-                    sizes[owner][1] += 1;
-                }
-                _ => sizes[owner][2] += e.len(),
-            }
+            sizes[owner][0] += e.len();
+            sizes[owner][1] += 1;
         }
         let longest: usize = sizes.iter().map(|s| s.iter().sum()).max().unwrap_or(0);
         let mut starts = vec![0];
@@ -148,38 +147,26 @@ impl Layout {
             let len = if equal { longest } else { size.iter().sum() };
             starts.push(starts.last().copied().unwrap_or(0) + len);
         }
-        let mut used = vec![[0usize; 3]; blocks];
+        let mut used = vec![[0usize; 2]; blocks];
         let mut places = HashMap::new();
         for (e, &owner) in travelling.iter().zip(&owners) {
             let base = starts[owner];
-            let [grads, flags, _] = sizes[owner];
+            let [grads, _] = sizes[owner];
             let used = &mut used[owner];
-            let place = if e.kind == Kind::Trainable {
-                let place = Place {
-                    kind: e.kind,
-                    owner,
-                    at: base + used[0],
-                    flag: base + grads + used[1],
-                };
-                used[0] += e.len();
-                used[1] += 1;
-                place
-            } else {
-                let place = Place {
-                    kind: e.kind,
-                    owner,
-                    at: base + grads + flags + used[2],
-                    flag: 0,
-                };
-                used[2] += e.len();
-                place
+            let place = Place {
+                kind: e.kind,
+                owner,
+                at: base + used[0],
+                flag: base + grads + used[1],
             };
+            used[0] += e.len();
+            used[1] += 1;
             places.insert(e.id, place);
         }
         let flags = sizes
             .iter()
             .enumerate()
-            .map(|(owner, [grads, flags, _])| (starts[owner] + grads, *flags))
+            .map(|(owner, [grads, flags])| (starts[owner] + grads, *flags))
             .collect();
         Self {
             entries,
@@ -270,19 +257,17 @@ impl Layout {
     }
 
     /// This rank's contribution to a step, every block filled: its gradients (a zero one where
-    /// it has none), their presence flags, and its buffers weighted by `buffer_weight`. Built
-    /// on the device of the module's first tensor, so that a GPU transport never leaves it.
+    /// it has none) and their presence flags. Built on the device of the module's first
+    /// tensor, so that a GPU transport never leaves it.
     pub(crate) fn pack<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         module: &M,
         grads: &GradientsParams,
-        buffer_weight: f64,
     ) -> Tensor<B::InnerBackend, 1> {
-        self.assemble::<B, M>(module, Content::Gradients(grads, buffer_weight))
+        self.assemble::<B, M>(module, Content::Gradients(grads))
     }
 
-    /// Block `owner` filled with the module's values of its trainable tensors and buffers,
-    /// zeros elsewhere: this rank's part of the all-gather that follows a sharded step.
+    /// Block `owner` filled with the module's values of its trainable tensors, zeros elsewhere: this rank's part of the all-gather that follows a sharded step.
     pub(crate) fn pack_values<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         module: &M,
@@ -317,7 +302,7 @@ impl Layout {
                     |t: Tensor<B::InnerBackend, D>| t.flatten::<1>(0, D - 1).to_device(&device);
                 let block = &mut self.blocks[place.owner];
                 match (self.content, place.kind) {
-                    (Content::Gradients(grads, _), Kind::Trainable) => {
+                    (Content::Gradients(grads), Kind::Trainable) => {
                         let grad = grads.get::<B::InnerBackend, D>(param.id);
                         block.1.push(if grad.is_some() { 1.0 } else { 0.0 });
                         block.0.push(match grad {
@@ -325,15 +310,9 @@ impl Layout {
                             None => Tensor::zeros([value.shape().num_elements()], &device),
                         });
                     }
-                    (Content::Gradients(_, weight), Kind::Buffer) => {
-                        block.2.push(flat(value).mul_scalar(weight));
-                    }
                     (Content::Values(owner), Kind::Trainable) if owner == place.owner => {
                         block.1.push(0.0);
                         block.0.push(flat(value));
-                    }
-                    (Content::Values(owner), Kind::Buffer) if owner == place.owner => {
-                        block.2.push(flat(value));
                     }
                     _ => {}
                 }
@@ -352,17 +331,12 @@ impl Layout {
             return Tensor::zeros([0], &Default::default());
         };
         let mut parts = Vec::new();
-        for ((gradients, flags, buffers), len) in pack.blocks.into_iter().zip(self.counts()) {
+        for ((gradients, flags), len) in pack.blocks.into_iter().zip(self.counts()) {
             let count = flags.len();
             let mut filled = 0;
-            for part in gradients
-                .into_iter()
-                .chain(
-                    (count > 0)
-                        .then(|| Tensor::from_data(TensorData::new(flags, [count]), &device)),
-                )
-                .chain(buffers)
-            {
+            for part in gradients.into_iter().chain(
+                (count > 0).then(|| Tensor::from_data(TensorData::new(flags, [count]), &device)),
+            ) {
                 filled += part.dims()[0];
                 parts.push(part);
             }
@@ -377,8 +351,7 @@ impl Layout {
     }
 
     /// The gradients in block `owner` of `flat` (the sum of every rank's [`pack`]) for the
-    /// trainable parameters some rank had one for, on each parameter's device; the buffers of
-    /// that block are written into `module`'s.
+    /// trainable parameters some rank had one for, on each parameter's device.
     ///
     /// [`pack`]: Self::pack
     pub(crate) fn unpack<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -396,7 +369,6 @@ impl Layout {
             flags_at: usize,
             seen: HashSet<ParamId>,
             grads: GradientsParams,
-            buffers: Values,
         }
         impl<B: AutodiffBackend> ModuleVisitor<B> for Unpack<'_, B> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -424,10 +396,7 @@ impl Layout {
                             self.grads.register(param.id, grad);
                         }
                     }
-                    Kind::Buffer => {
-                        self.buffers.device.insert(param.id, Box::new(slice));
-                    }
-                    Kind::Frozen => {}
+                    Kind::Buffer | Kind::Frozen => {}
                 }
             }
         }
@@ -451,14 +420,8 @@ impl Layout {
             flags_at,
             seen: HashSet::new(),
             grads: GradientsParams::new(),
-            buffers: Values::default(),
         };
         module.visit(&mut unpack);
-        if !unpack.buffers.device.is_empty() {
-            crate::replicas::settle(module);
-            // A clone shares the module's buffers: mapping it writes into them.
-            let _ = module.clone().map(&mut unpack.buffers);
-        }
         unpack.grads
     }
 
@@ -482,14 +445,14 @@ impl Layout {
     }
 }
 
-/// One block's pieces: the trainable tensors' values, their flags, the buffers' values.
-type Block<B> = (Vec<Tensor<B, 1>>, Vec<f32>, Vec<Tensor<B, 1>>);
+/// One block's pieces: the trainable tensors' values and their flags.
+type Block<B> = (Vec<Tensor<B, 1>>, Vec<f32>);
 
 /// What [`Layout::assemble`] fills the blocks with.
 #[derive(Clone, Copy)]
 enum Content<'a> {
-    /// Gradients and flags, and the buffers weighted by the given factor.
-    Gradients(&'a GradientsParams, f64),
+    /// Gradients and flags.
+    Gradients(&'a GradientsParams),
     /// The values of block `owner`'s tensors.
     Values(usize),
 }
@@ -563,8 +526,8 @@ mod tests {
         }
     }
 
-    /// Every travelling value has a place of its own inside its block; frozen tensors have
-    /// none; blocks differ by at most about one tensor.
+    /// Every trainable value has a place of its own inside its block; frozen tensors and
+    /// buffers have none; blocks differ by at most about one tensor.
     #[test]
     fn blocks_hold_every_travelling_value_once_and_about_evenly() {
         use Kind::*;
@@ -581,8 +544,8 @@ mod tests {
             let total: usize = counts.iter().sum();
             let travelling_and_flags: usize = entries
                 .iter()
-                .filter(|e| e.kind != Frozen)
-                .map(|e| e.len() + usize::from(e.kind == Trainable))
+                .filter(|e| e.kind == Trainable)
+                .map(|e| e.len() + 1)
                 .sum();
             if equal {
                 assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
@@ -596,10 +559,10 @@ mod tests {
             let mut per_block = vec![0usize; blocks];
             for e in &entries {
                 let Some(place) = layout.places.get(&e.id) else {
-                    assert_eq!(e.kind, Frozen);
+                    assert_ne!(e.kind, Trainable, "only trainable tensors travel");
                     continue;
                 };
-                assert_ne!(e.kind, Frozen);
+                assert_eq!(e.kind, Trainable);
                 let (start, end) = (layout.starts[place.owner], layout.starts[place.owner + 1]);
                 let mut cells: Vec<usize> = (place.at..place.at + e.len()).collect();
                 if e.kind == Trainable {
@@ -618,13 +581,13 @@ mod tests {
             }
             let travelling: usize = entries
                 .iter()
-                .filter(|e| e.kind != Frozen)
+                .filter(|e| e.kind == Trainable)
                 .map(Entry::len)
                 .sum();
             assert_eq!(per_block.iter().sum::<usize>(), travelling);
             let largest = entries
                 .iter()
-                .filter(|e| e.kind != Frozen)
+                .filter(|e| e.kind == Trainable)
                 .map(Entry::len)
                 .max()
                 .unwrap();

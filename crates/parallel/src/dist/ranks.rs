@@ -7,7 +7,7 @@ use super::agree::{Call, Phase, agree};
 use super::exchange::Exchange;
 use super::flat::Layout;
 use crate::split::checked_sizes;
-use crate::train::{Accumulated, Peers, Rows};
+use crate::train::{Accumulated, Contribution, MicroBatch, Outcome, Peers, Rows};
 use crate::{DataParallelError, ReplicaTiming, Result, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
@@ -31,6 +31,8 @@ pub(crate) struct Ranks<'a> {
     pub(crate) split: Option<Box<dyn SplitPolicy>>,
     /// Every rank's rows in the current micro-batch, in rank order.
     pub(crate) rows: Vec<usize>,
+    /// Whether the module has buffers, which the ranks combine after each micro-batch.
+    pub(crate) buffers: bool,
     /// The rows of the last global batch this rank asked its part of (`NOT_ASKED` if none
     /// since the last micro-batch).
     pub(crate) asked: AtomicU64,
@@ -91,22 +93,15 @@ impl Ranks<'_> {
         M: AutodiffModule<B>,
         O: Optimizer<M, B>,
     {
-        let call = Call {
-            phase: Phase::Apply,
-            step: accumulated.step,
-            count: accumulated.micro_batches,
-            value: accumulated.rows as u64,
-        };
-        let calls = match agree(self.mpi, call) {
-            Ok(calls) => calls,
-            Err(err) => return Err((module, err)),
-        };
-        let total: u64 = calls.iter().map(|c| c.value).sum();
-        // Buffers are weighted by this rank's share of the step's rows: summed, every rank
-        // holds their row-weighted mean.
-        let share = accumulated.rows as f64 / total.max(1) as f64;
+        // Every rank takes the same step: the same learning rate.
+        let call = Call::new(Phase::Apply, accumulated.step, accumulated.micro_batches)
+            .with_value(accumulated.rows as u64)
+            .with_settings([lr.to_bits(), 0]);
+        if let Err(err) = agree(self.mpi, call) {
+            return Err((module, err));
+        }
         let (mpi, layout) = (self.mpi, &self.layout);
-        let flat = layout.pack::<B, M>(&module, &accumulated.grads, share);
+        let flat = layout.pack::<B, M>(&module, &accumulated.grads);
         drop(accumulated);
         // One rank owns every block: sharding would only add a second collective.
         if !self.sharded || mpi.size() == 1 {
@@ -141,15 +136,18 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
-    fn rows(&mut self, step: usize, micro_batch: usize, local: Result<usize>) -> Result<Rows> {
+    fn rows(
+        &mut self,
+        step: usize,
+        micro_batch: usize,
+        local: Result<usize>,
+        settings: MicroBatch,
+    ) -> Result<Rows> {
         // A batch that cannot be read is reported after the gather, not before: the other
         // ranks must not be left waiting in it.
-        let call = Call {
-            phase: Phase::MicroBatch,
-            step,
-            count: micro_batch,
-            value: local.as_ref().map_or(UNREADABLE, |&rows| rows as u64),
-        };
+        let call = Call::new(Phase::MicroBatch, step, micro_batch)
+            .with_value(local.as_ref().map_or(UNREADABLE, |&rows| rows as u64))
+            .with_settings([settings.loss, settings.seed]);
         let calls = agree(self.mpi, call)?;
         if let Some(rank) = calls.iter().position(|c| c.value == UNREADABLE) {
             return Err(self.peer_failed(rank, step, local.err()));
@@ -161,35 +159,66 @@ where
         })
     }
 
-    fn outcome(&mut self, step: usize, weighted_loss: Result<f64>, busy: Duration) -> Result<f64> {
+    fn combines_buffers(&self) -> bool {
+        self.buffers && self.mpi.size() > 1
+    }
+
+    fn outcome(&mut self, step: usize, contribution: Contribution) -> Result<Outcome> {
         // Every rank learns whether any failed before anyone waits on the gradients; the losses
-        // travel in the same gather and are summed in rank order, the same on every rank, with
-        // each rank's time for its rows and its split between the ranks.
+        // and weights travel in the same gather and are summed in rank order, the same on every
+        // rank, with each rank's time for its rows, its split between the ranks, the global
+        // batch it asked its part of, and its running statistics.
+        let Contribution {
+            sums,
+            busy,
+            buffers,
+        } = contribution;
         let nanos = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
         let split = self.split_fingerprint();
         let asked = self.asked.swap(NOT_ASKED, Ordering::Relaxed);
-        let sent = match &weighted_loss {
-            Ok(loss) => [0, loss.to_bits(), nanos, split, asked],
-            Err(_) => [1, 0, nanos, split, asked],
+        let mut sent = match &sums {
+            Ok((loss, weight)) => vec![0, loss.to_bits(), weight.to_bits(), nanos, split, asked],
+            Err(_) => vec![1, 0, 0, nanos, split, asked],
         };
-        let all = self.mpi.all_gather_u64(&sent);
-        if let Some(rank) = all.chunks_exact(5).position(|w| w[0] != 0) {
-            return Err(self.peer_failed(rank, step, weighted_loss.err()));
+        // Every rank sends as many values: the models match, and a failed rank sends its
+        // statistics as they were.
+        let shared = self.combines_buffers();
+        let rank = self.mpi.rank();
+        let total: usize = self.rows.iter().sum();
+        let share = self.rows.get(rank).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+        if shared {
+            let count = buffers.len();
+            sent.push(count as u64);
+            sent.extend(buffers.iter().map(|&v| (f64::from(v) * share).to_bits()));
         }
-        if let Some(rank) = all.chunks_exact(5).position(|w| w[3] != split) {
+        let all = self.mpi.all_gather_u64(&sent);
+        let words = sent.len();
+        let ranks: Vec<&[u64]> = all.chunks_exact(words).collect();
+        if let Some(rank) = ranks.iter().position(|w| w[0] != 0) {
+            return Err(self.peer_failed(rank, step, sums.err()));
+        }
+        if let Some(rank) = ranks.iter().position(|w| w[4] != split) {
             return Err(DataParallelError::RankSplitMismatch { rank, step });
         }
-        if let Some(policy) = &self.split {
-            // Every rank's policy is the same (above), so every rank reaches the same verdict:
-            // every rank must have asked for its part of the same global batch, and taken the
-            // policy's part of it, or some rows were counted twice or not at all.
-            let total: usize = self.rows.iter().sum();
-            let mut expected = checked_sizes(policy.as_ref(), total, self.rows.len())?;
-            expected.resize(self.rows.len(), 0);
-            let asked: Vec<Option<usize>> = all
-                .chunks_exact(5)
-                .map(|w| (w[4] != NOT_ASKED).then_some(w[4] as usize))
-                .collect();
+        // Every rank reaches the same verdict: where a split policy is set or any rank asked
+        // `part`, every rank must have asked for its part of the same global batch and taken
+        // its part of it, or some rows were counted twice or not at all.
+        let asked: Vec<Option<usize>> = ranks
+            .iter()
+            .map(|w| (w[5] != NOT_ASKED).then_some(w[5] as usize))
+            .collect();
+        if self.split.is_some() || asked.iter().any(Option::is_some) {
+            let count = self.rows.len();
+            let expected = match &self.split {
+                Some(policy) => {
+                    let mut sizes = checked_sizes(policy.as_ref(), total, count)?;
+                    sizes.resize(count, 0);
+                    sizes
+                }
+                None => (0..count)
+                    .map(|r| (r + 1) * total / count - r * total / count)
+                    .collect(),
+            };
             if expected != self.rows || asked.iter().any(|&a| a != Some(total)) {
                 return Err(DataParallelError::RankPartsMismatch {
                     step,
@@ -198,19 +227,38 @@ where
                     expected,
                 });
             }
-            let timings: Vec<ReplicaTiming> = all
-                .chunks_exact(5)
+        }
+        if let Some(policy) = &self.split {
+            let timings: Vec<ReplicaTiming> = ranks
+                .iter()
                 .zip(&self.rows)
                 .enumerate()
                 .map(|(rank, (w, &rows))| ReplicaTiming {
                     replica: rank,
                     rows,
-                    compute: Duration::from_nanos(w[2]),
+                    compute: Duration::from_nanos(w[3]),
                 })
                 .collect();
             policy.observe(&timings);
         }
-        Ok(all.chunks_exact(5).map(|w| f64::from_bits(w[1])).sum())
+        let loss = ranks.iter().map(|w| f64::from_bits(w[1])).sum();
+        let weight = ranks.iter().map(|w| f64::from_bits(w[2])).sum();
+        // Each rank's buffers weighted by its share of the micro-batch's rows, summed in rank
+        // order: their row-weighted mean over every rank's replicas, as one process would hold.
+        let buffers = shared.then(|| {
+            let mut mean = vec![0.0f64; buffers.len()];
+            for w in &ranks {
+                for (sum, &bits) in mean.iter_mut().zip(&w[7..]) {
+                    *sum += f64::from_bits(bits);
+                }
+            }
+            mean.into_iter().map(|v| v as f32).collect()
+        });
+        Ok(Outcome {
+            loss,
+            weight,
+            buffers,
+        })
     }
 
     fn update(

@@ -6,10 +6,9 @@ use super::exchange::{Exchange, ExchangeStats, GradientTransport};
 use super::flat::Layout;
 use super::ranks::Ranks;
 use crate::train::{BatchStats, DataParallelTrainer, ShardableRecord, Trainer, record};
-use crate::{DataParallelError, Replicate, Result, Scatter, SplitPolicy};
+use crate::{DataParallelError, Metric, Replicate, Result, Scatter, SplitPolicy, TrainLoss};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
-use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use std::ops::Range;
 
@@ -121,6 +120,7 @@ where
         mpi.broadcast_u64_from_0(&mut ids);
         let module = layout.with_params::<B, M>(local.module().clone(), &buffer, &ids);
         local.replace_module(module);
+        local.set_rank(mpi.rank());
         let buffers = local.buffers().clone();
         let layout = Layout::of::<B, M>(local.module(), &buffers, 1, false);
         // The gradients are gathered where the module's first parameter lives.
@@ -140,6 +140,7 @@ where
                 sharded: false,
                 split: None,
                 rows: Vec::new(),
+                buffers: !buffers.is_empty(),
                 asked: std::sync::atomic::AtomicU64::new(super::ranks::NOT_ASKED),
             },
             gather: None,
@@ -160,13 +161,7 @@ where
         O::Record: ShardableRecord<B>,
     {
         let mpi = self.ranks.mpi;
-        let call = Call {
-            phase: Phase::Shard,
-            step: self.local.steps(),
-            count: 0,
-            value: 0,
-        };
-        agree(mpi, call)?;
+        agree(mpi, Call::new(Phase::Shard, self.local.steps(), 0))?;
         let buffers = self.local.buffers().clone();
         let equal = self.ranks.exchange.needs_equal_blocks();
         let layout = Layout::of::<B, M>(self.local.module(), &buffers, mpi.size(), equal);
@@ -280,10 +275,11 @@ where
 
     /// Collective: this rank's shard `batch` of the global micro-batch (empty on some ranks
     /// if need be); the loss returned is over every rank's rows.
-    fn accumulate<I, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
+    fn accumulate<I, L, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync,
     {
         self.local.accumulate_with(&mut self.ranks, batch, loss)
     }
@@ -328,13 +324,7 @@ where
         let Some(gather) = self.gather else {
             return Ok((mpi.rank() == 0).then(|| self.local.optimizer().to_record()));
         };
-        let call = Call {
-            phase: Phase::Record,
-            step: self.local.steps(),
-            count: 0,
-            value: 0,
-        };
-        agree(mpi, call)?;
+        agree(mpi, Call::new(Phase::Record, self.local.steps(), 0))?;
         let device = self.local.devices()[0].clone();
         let gathered = gather(mpi, self.local.optimizer().to_record(), &device);
         // Only the failing rank and rank 0 know of a failure: every rank learns of it.
@@ -348,46 +338,47 @@ where
     }
 
     /// Collective: this rank evaluates rows `rank * n / ranks .. (rank + 1) * n / ranks` of
-    /// `set` (no row twice, none left out), and the sums are added over the ranks.
-    fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
+    /// `set` (no row twice, none left out), and the sums and weighted means are combined over
+    /// the ranks. Every rank must give a set of as many rows, and the same number of metrics.
+    fn evaluate<I, V, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
     where
         M::InnerModule: Replicate<B::InnerBackend> + Sync,
         I: Scatter<B::InnerBackend>,
-        F: Fn(&M::InnerModule, I) -> [f64; K] + Sync,
+        V: Into<Metric> + Send,
+        F: Fn(&M::InnerModule, I) -> [V; K] + Sync,
     {
         let mpi = self.ranks.mpi;
         let (rank, size) = (mpi.rank(), mpi.size());
-        let part = crate::train::part_of(set, self.local.dim(), rank, size, self.local.devices());
-        let local = part.and_then(|part| match part {
-            Some(part) => self.local.evaluate(part, &metric),
-            None => Ok([0.0; K]),
+        let dim = self.local.dim();
+        let rows = set.rows(dim).map(|rows| rows.unwrap_or(0));
+        let set_rows = rows.as_ref().map_or(u64::MAX, |&rows| rows as u64);
+        let local = rows.and_then(|_| {
+            match crate::train::part_of(set, dim, rank, size, self.local.devices())? {
+                Some(part) => self.local.evaluate_parts(part, &metric),
+                None => Ok(crate::train::Partial::empty(K)),
+            }
         });
-        let call = Call {
-            phase: Phase::Evaluate,
-            step: self.local.steps(),
-            count: K,
-            value: u64::from(local.is_err()),
-        };
+        // The rows each rank was given define which rows each evaluates: they must match.
+        let call = Call::new(Phase::Evaluate, self.local.steps(), K)
+            .with_value(u64::from(local.is_err()))
+            .with_settings([set_rows, 0]);
         let calls = agree(mpi, call)?;
         if let Some(failed) = calls.iter().position(|c| c.value != 0) {
             return Err(self
                 .ranks
                 .peer_failed(failed, self.local.steps(), local.err()));
         }
-        let mut sums = local?;
-        mpi.all_reduce_sum_f64s(&mut sums);
-        Ok(sums)
+        let mut partial = local?;
+        mpi.all_reduce_sum_f64s(&mut partial.0);
+        partial.finish()
     }
 
     /// Collective: checks that every rank ends after the same number of steps.
     fn finish(self) -> Result<(M, O)> {
-        let call = Call {
-            phase: Phase::Finish,
-            step: self.local.steps(),
-            count: 0,
-            value: 0,
-        };
-        agree(self.ranks.mpi, call)?;
+        agree(
+            self.ranks.mpi,
+            Call::new(Phase::Finish, self.local.steps(), 0),
+        )?;
         Ok(self.local.into_parts())
     }
 }

@@ -1,7 +1,8 @@
 //! Evaluation on the inference module, each row counted once across devices and ranks.
 
 use super::DataParallelTrainer;
-use crate::{Replicate, Result, Scatter};
+use super::metric::Partial;
+use crate::{Metric, Replicate, Result, Scatter};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -12,27 +13,41 @@ where
     M: AutodiffModule<B> + Replicate<B> + Sync,
     O: Optimizer<M, B>,
 {
-    /// Sums `metric` over every row of `set`, split across the devices by the trainer's split
-    /// policy (which learns nothing from it) and with its threads, on the inference module
-    /// (`valid()`); see
+    /// Combines `metric` over every row of `set`, split across the devices by the trainer's
+    /// split policy (which learns nothing from it) and with its threads, on the inference
+    /// module (`valid()`): sums added, means weighted; see
     /// [`Trainer::evaluate`](crate::Trainer::evaluate).
-    pub fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
+    pub fn evaluate<I, V, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
     where
         M::InnerModule: Replicate<B::InnerBackend> + Sync,
         I: Scatter<B::InnerBackend>,
-        F: Fn(&M::InnerModule, I) -> [f64; K] + Sync,
+        V: Into<Metric> + Send,
+        F: Fn(&M::InnerModule, I) -> [V; K] + Sync,
+    {
+        self.evaluate_parts(set, metric)?.finish()
+    }
+
+    /// This process's metrics over `set`, not yet combined into values.
+    pub(crate) fn evaluate_parts<I, V, F, const K: usize>(
+        &self,
+        set: I,
+        metric: F,
+    ) -> Result<Partial>
+    where
+        M::InnerModule: Replicate<B::InnerBackend> + Sync,
+        I: Scatter<B::InnerBackend>,
+        V: Into<Metric> + Send,
+        F: Fn(&M::InnerModule, I) -> [V; K] + Sync,
     {
         // Made for this evaluation and dropped with it: kept, its handles on the parameters
         // would make the next optimizer step write new buffers instead of updating in place.
         let mut parallel = self.parallel().sibling(self.module().valid())?;
         let parts = parallel.parallel_apply(set, |m, part| metric(m, part))?;
-        let mut sums = [0.0; K];
+        let mut partial = Partial::empty(K);
         for part in parts {
-            for (sum, value) in sums.iter_mut().zip(part) {
-                *sum += value;
-            }
+            partial.add(part.into_iter().map(Into::into))?;
         }
-        Ok(sums)
+        Ok(partial)
     }
 }
 

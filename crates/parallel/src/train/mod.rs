@@ -3,6 +3,8 @@
 //! through the [`peers`] seam), and one optimizer step is taken.
 
 mod evaluate;
+mod loss;
+mod metric;
 mod peers;
 pub(crate) mod record;
 mod reduce;
@@ -12,7 +14,13 @@ mod trainer;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use evaluate::part_of;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
-pub(crate) use peers::{Accumulated, Peers, Rows};
+pub(crate) use loss::describe_loss_kind;
+pub use loss::{LossReduction, TrainLoss, WeightedMean};
+pub use metric::Metric;
+#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
+pub(crate) use metric::Partial;
+#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
+pub(crate) use peers::{Accumulated, Contribution, MicroBatch, Outcome, Peers, Rows};
 pub use record::ShardableRecord;
-pub use step::{BatchStats, DataParallelTrainer, LossReduction};
+pub use step::{BatchStats, DataParallelTrainer};
 pub use trainer::Trainer;

@@ -20,6 +20,41 @@ pub(crate) struct Rows {
     pub total: usize,
 }
 
+/// What every process must agree on before a micro-batch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MicroBatch {
+    /// The kind of loss (a [`Denominator`](super::loss::Denominator)'s code).
+    pub loss: u64,
+    /// A fingerprint of the run's seed, 0 without one.
+    pub seed: u64,
+}
+
+/// What this process brings to a micro-batch once its replicas have run.
+pub(crate) struct Contribution {
+    /// Its loss summed as the step's is (row-weighted for a mean over rows), with its rows or
+    /// stated weights; or why it failed.
+    pub sums: Result<(f64, f64)>,
+    /// The time it spent on its rows (what a split between processes learns from).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub busy: Duration,
+    /// Its buffer values after the micro-batch (their row-weighted mean over its replicas),
+    /// where [`Peers::combines_buffers`] asks for them.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub buffers: Vec<f32>,
+}
+
+/// A micro-batch over every process.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Outcome {
+    /// The losses summed.
+    pub loss: f64,
+    /// The rows or stated weights summed.
+    pub weight: f64,
+    /// The buffer values every process now holds (their row-weighted mean over every
+    /// process's replicas), where they were combined.
+    pub buffers: Option<Vec<f32>>,
+}
+
 /// What an optimizer step combines (in one process, only the gradients).
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) struct Accumulated {
@@ -36,14 +71,24 @@ pub(crate) struct Accumulated {
 /// How the processes taking part in a step agree and combine.
 pub(crate) trait Peers<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> {
     /// The rows of micro-batch `micro_batch` of step `step`, given this process's count or why
-    /// its batch cannot be read; an error on every process if any cannot.
-    fn rows(&mut self, step: usize, micro_batch: usize, local: Result<usize>) -> Result<Rows>;
+    /// its batch cannot be read, and its settings; an error on every process if any cannot
+    /// read its batch or the settings differ.
+    fn rows(
+        &mut self,
+        step: usize,
+        micro_batch: usize,
+        local: Result<usize>,
+        settings: MicroBatch,
+    ) -> Result<Rows>;
 
-    /// The sum over the processes of `weighted_loss` (a row-weighted loss sum, or a sum), once
-    /// every process has run its micro-batch, `busy` being the time this process spent on its
-    /// rows (what a split between processes learns from); an error on every process if any
-    /// failed.
-    fn outcome(&mut self, step: usize, weighted_loss: Result<f64>, busy: Duration) -> Result<f64>;
+    /// Whether [`outcome`](Self::outcome) combines the buffers, and so needs this process's.
+    fn combines_buffers(&self) -> bool {
+        false
+    }
+
+    /// The micro-batch over every process, once each has run its part; an error on every
+    /// process if any failed.
+    fn outcome(&mut self, step: usize, contribution: Contribution) -> Result<Outcome>;
 
     /// Combines `accumulated` with the other processes' gradients and takes the optimizer step
     /// on `module`. On an error, the module is handed back with it.
@@ -60,15 +105,19 @@ pub(crate) trait Peers<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
 pub(crate) struct Alone;
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> Peers<B, M, O> for Alone {
-    fn rows(&mut self, _: usize, _: usize, local: Result<usize>) -> Result<Rows> {
+    fn rows(&mut self, _: usize, _: usize, local: Result<usize>, _: MicroBatch) -> Result<Rows> {
         local.map(|local| Rows {
             local,
             total: local,
         })
     }
 
-    fn outcome(&mut self, _: usize, weighted_loss: Result<f64>, _: Duration) -> Result<f64> {
-        weighted_loss
+    fn outcome(&mut self, _: usize, contribution: Contribution) -> Result<Outcome> {
+        contribution.sums.map(|(loss, weight)| Outcome {
+            loss,
+            weight,
+            buffers: None,
+        })
     }
 
     fn update(

@@ -6,7 +6,14 @@
 //! is off whenever the parts differ in size). The scaling rides on the backward pass, so a step
 //! costs one addition per extra replica and no pass over the gradients. When micro-batches are
 //! accumulated, `N` counts the rows so far and the earlier sum is rescaled once per micro-batch.
+//!
+//! A loss with its own denominator (`WeightedMean`) cannot be weighted before its backward pass:
+//! the replicas' weights are known only once every replica (and rank) has run. Its sum is
+//! differentiated as it is, and the micro-batch's summed gradient is divided by the weight so
+//! far, the earlier sum rescaled as for rows: one more pass over the gradients per micro-batch.
 
+use super::loss::Denominator;
+use crate::{DataParallelError, Result};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -19,8 +26,11 @@ pub(crate) struct GradientSum {
     rows: usize,
     parts: usize,
     micro_batches: usize,
-    /// The row count the sum is currently weighted for (rows of all processes).
-    weighted_for: usize,
+    /// What the sum is currently divided by: rows or weights of all processes so far (0 while
+    /// there are none: the sum is then not divided).
+    weighted_for: f64,
+    /// The kind of loss of the micro-batches summed.
+    denominator: Option<Denominator>,
 }
 
 impl GradientSum {
@@ -30,12 +40,54 @@ impl GradientSum {
         self.micro_batches
     }
 
-    pub(crate) fn weighted_for(&self) -> usize {
+    pub(crate) fn weighted_for(&self) -> f64 {
         self.weighted_for
     }
 
-    pub(crate) fn set_weighted_for(&mut self, rows: usize) {
-        self.weighted_for = rows;
+    /// Refuses a micro-batch whose loss is of another kind than those accumulated since the
+    /// last [`take`](Self::take): their gradients have no common denominator.
+    pub(crate) fn check_kind(&self, step: usize, denominator: Denominator) -> Result<()> {
+        match self.denominator {
+            Some(earlier) if earlier != denominator => Err(DataParallelError::MixedLosses {
+                step,
+                earlier: earlier.describe(),
+                now: denominator.describe(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a micro-batch whose rows or weights over every process are `weight`: the earlier
+    /// sum is rescaled to the new denominator, and `parts` (see [`add`](Self::add)) are divided
+    /// by it where they were not weighted before their backward pass.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_micro_batch<B, M>(
+        &mut self,
+        module: &M,
+        parts: Vec<GradientsParams>,
+        rows: usize,
+        denominator: Denominator,
+        weight: f64,
+        device: &B::Device,
+    ) where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+    {
+        let earlier = self.weighted_for;
+        let now = earlier + weight;
+        let (rescale, scale) = match denominator {
+            Denominator::One => (1.0, 1.0),
+            // Weighted by `rows_k / now` before the backward pass.
+            Denominator::Rows if earlier > 0.0 => (earlier / now, 1.0),
+            Denominator::Rows => (1.0, 1.0),
+            Denominator::Weights if now == 0.0 => (1.0, 1.0),
+            Denominator::Weights if earlier > 0.0 => (earlier / now, 1.0 / now),
+            Denominator::Weights => (1.0 / now, 1.0 / now),
+        };
+        self.rescale::<B, M>(module, rescale);
+        self.denominator = Some(denominator);
+        self.weighted_for = now;
+        self.add::<B, M>(module, parts, rows, scale, device);
     }
 
     /// This process's rows of every micro-batch added since the last [`take`](Self::take).
@@ -44,12 +96,13 @@ impl GradientSum {
     }
 
     /// Adds a micro-batch: `parts` (one per replica, in replica order, none where this process
-    /// had no rows) covering `rows` rows, on `device`.
-    pub(crate) fn add<B, M>(
+    /// had no rows) covering `rows` rows, their sum multiplied by `scale`, on `device`.
+    fn add<B, M>(
         &mut self,
         module: &M,
         parts: Vec<GradientsParams>,
         rows: usize,
+        scale: f64,
         device: &B::Device,
     ) where
         B: AutodiffBackend,
@@ -61,12 +114,13 @@ impl GradientSum {
         module.visit(&mut Add::<B> {
             sum: &mut self.sum,
             parts,
+            scale,
             device,
         });
     }
 
     /// Multiplies what was summed so far by `scale`.
-    pub(crate) fn rescale<B, M>(&mut self, module: &M, scale: f64)
+    fn rescale<B, M>(&mut self, module: &M, scale: f64)
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
@@ -80,13 +134,20 @@ impl GradientSum {
         }
     }
 
-    /// The sum, leaving the accumulator empty.
-    pub(crate) fn take(&mut self) -> GradientsParams {
+    /// The sum, leaving the accumulator empty; an error (the accumulator emptied all the same)
+    /// where the losses stated weights that add up to zero, leaving nothing to divide by.
+    pub(crate) fn take(&mut self, step: usize) -> Result<GradientsParams> {
+        let weightless = self.denominator == Some(Denominator::Weights) && self.weighted_for <= 0.0;
         self.parts = 0;
         self.micro_batches = 0;
         self.rows = 0;
-        self.weighted_for = 0;
-        std::mem::take(&mut self.sum)
+        self.weighted_for = 0.0;
+        self.denominator = None;
+        let sum = std::mem::take(&mut self.sum);
+        if weightless {
+            return Err(DataParallelError::NoLossWeight { step });
+        }
+        Ok(sum)
     }
 }
 
@@ -94,22 +155,30 @@ impl GradientSum {
 struct Add<'a, B: AutodiffBackend> {
     sum: &'a mut GradientsParams,
     parts: Vec<GradientsParams>,
+    scale: f64,
     device: &'a B::Device,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Add<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let mut total = self.sum.remove::<B::InnerBackend, D>(param.id);
+        let mut added: Option<Tensor<B::InnerBackend, D>> = None;
         for part in &mut self.parts {
             // A parameter the loss did not reach has no gradient in that part.
             if let Some(grad) = part.remove::<B::InnerBackend, D>(param.id) {
                 let grad = grad.to_device(self.device);
-                total = Some(match total {
-                    Some(total) => total + grad,
+                added = Some(match added {
+                    Some(added) => added + grad,
                     None => grad,
                 });
             }
         }
+        if self.scale != 1.0 {
+            added = added.map(|added| added.mul_scalar(self.scale));
+        }
+        let total = match (self.sum.remove::<B::InnerBackend, D>(param.id), added) {
+            (Some(total), Some(added)) => Some(total + added),
+            (total, added) => total.or(added),
+        };
         if let Some(total) = total {
             self.sum.register(param.id, total);
         }

@@ -1,58 +1,34 @@
 //! `DataParallelTrainer`: the data-parallel training step.
 
 use super::Trainer;
-use super::peers::{Accumulated, Alone, Peers};
+use super::loss::{Denominator, LossReduction, TrainLoss};
+use super::peers::{Accumulated, Alone, Contribution, MicroBatch, Peers};
 use super::reduce::GradientSum;
 use crate::parallel_apply::{Rendezvous, ReplicaTiming};
 use crate::replicas::Link;
+use crate::seed::{Turns, derive};
 use crate::{DataParallel, DataParallelError, Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
-
-/// What the loss function returns for the rows it is given.
-///
-/// ```
-/// use burn::backend::{Autodiff, NdArray};
-/// use burn::nn::LinearConfig;
-/// use burn::optim::SgdConfig;
-/// use burn::tensor::Tensor;
-/// use burn_data_parallel::{DataParallelTrainer, LossReduction};
-///
-/// type B = Autodiff<NdArray>;
-/// let device = Default::default();
-/// let model = LinearConfig::new(2, 1).init::<B>(&device);
-/// let mut trainer = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device; 2])?
-///     .with_loss_reduction(LossReduction::Sum);
-/// let (x, y) = (Tensor::<B, 2>::ones([6, 2], &device), Tensor::<B, 2>::zeros([6, 1], &device));
-/// // The loss of each part is a sum over its rows; the step is that of the sum over all 6.
-/// trainer.step(0.01, (x, y), |m, (x, y)| (m.forward(x) - y).powi_scalar(2).sum())?;
-/// # Ok::<(), burn_data_parallel::DataParallelError>(())
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LossReduction {
-    /// The mean over the rows (the default, like Burn's and PyTorch's losses): the step equals
-    /// the single-device step on the mean over the whole global batch.
-    #[default]
-    Mean,
-    /// The sum over the rows: the step equals the single-device step on the sum over the whole
-    /// global batch.
-    Sum,
-}
 
 /// What one batch gave.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchStats {
     /// The loss over the whole batch, as the single-device loss would be: the row-weighted mean
     /// of the replicas' losses for [`LossReduction::Mean`], their sum for
-    /// [`LossReduction::Sum`].
+    /// [`LossReduction::Sum`], the summed losses over the summed weights for a
+    /// [`WeightedMean`](crate::WeightedMean) (0 where the weights add up to 0).
     pub loss: f64,
     /// Rows in the batch.
     pub rows: usize,
+    /// What the loss is a mean over: the rows, or the stated weights of a
+    /// [`WeightedMean`](crate::WeightedMean); to combine the losses of several batches.
+    pub weight: f64,
     /// One entry per replica that ran, in replica order.
     pub replicas: Vec<ReplicaTiming>,
     /// Time to bring the gradients to the first device and add them up.
@@ -62,8 +38,14 @@ pub struct BatchStats {
 /// What a replica hands back from its thread.
 struct ReplicaResult {
     loss: f64,
+    /// The weight its loss stated, if it states one.
+    weight: Option<f64>,
     grads: Option<GradientsParams>,
 }
+
+/// What the replicas of a micro-batch gave: per replica its timing, loss and stated weight, and
+/// the gradients.
+type Replicas = (Vec<(ReplicaTiming, f64, Option<f64>)>, Vec<GradientsParams>);
 
 /// Trains a module over several devices with the exact step of single-device training.
 ///
@@ -84,6 +66,11 @@ struct ReplicaResult {
 /// normalizes each replica's part with that part's statistics, and the module's running
 /// statistics become the row-weighted mean of the replicas' after each micro-batch (see the
 /// crate documentation, "What stays exact").
+///
+/// The loss function returns a one-element tensor (a mean over its rows unless
+/// [`with_loss_reduction`](Self::with_loss_reduction) says otherwise) or a
+/// [`WeightedMean`](crate::WeightedMean) stating its own denominator (valid tokens). A run is
+/// repeatable, dropout included, with [`with_seed`](Self::with_seed).
 ///
 /// ```
 /// use burn::backend::{Autodiff, NdArray};
@@ -112,6 +99,9 @@ pub struct DataParallelTrainer<B: AutodiffBackend, M, O> {
     reduction: LossReduction,
     pending: GradientSum,
     steps: usize,
+    seed: Option<u64>,
+    /// This process's rank, which seeds its replicas' draws apart from other ranks'.
+    rank: usize,
 }
 
 impl<B, M, O> DataParallelTrainer<B, M, O>
@@ -129,7 +119,72 @@ where
             reduction: LossReduction::Mean,
             pending: GradientSum::default(),
             steps: 0,
+            seed: None,
+            rank: 0,
         })
+    }
+
+    /// Makes the run repeatable: the random draws of every replica's forward pass (dropout's
+    /// masks) come from a seed derived from `seed`, the rank, the step, the micro-batch and the
+    /// replica. The same program with the same seed, devices, ranks and split then trains the
+    /// same parameters, and a run resumed at step `k` (with
+    /// [`with_steps_taken`](Self::with_steps_taken)) draws what the uninterrupted one drew.
+    /// Not the same draws as on another number of devices, nor as one device without this
+    /// trainer.
+    ///
+    /// Burn 0.21 has one random generator per backend and process, so the replicas' forward
+    /// passes run one after another, each after reseeding it; backward passes still run at
+    /// the same time. On the CPU this costs the forward passes' concurrency (measured in
+    /// `BENCHMARKS.md`); on a GPU only the host's queuing of them is serialized. A split that
+    /// learns from timings ([`Adaptive`](crate::Adaptive)) changes the parts from run to run,
+    /// and the draws with them. The backend's generator is left reseeded.
+    ///
+    /// ```
+    /// use burn::backend::{Autodiff, NdArray};
+    /// use burn::module::Module;
+    /// use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+    /// use burn::optim::SgdConfig;
+    /// use burn::tensor::{Tensor, backend::Backend};
+    /// use burn_data_parallel::DataParallelTrainer;
+    ///
+    /// type B = Autodiff<NdArray>;
+    /// #[derive(Module, Debug)]
+    /// struct Net<B: Backend> {
+    ///     linear: Linear<B>,
+    ///     dropout: Dropout,
+    /// }
+    /// let device = Default::default();
+    /// let train = || {
+    ///     B::seed(&device, 1);
+    ///     let net = Net {
+    ///         linear: LinearConfig::new(4, 1).init::<B>(&device),
+    ///         dropout: DropoutConfig::new(0.5).init(),
+    ///     };
+    ///     let mut trainer =
+    ///         DataParallelTrainer::new(net, SgdConfig::new().init(), vec![device; 2])?.with_seed(7);
+    ///     let x = Tensor::<B, 2>::ones([8, 4], &device);
+    ///     for _ in 0..3 {
+    ///         trainer.step(0.1, x.clone(), |m, x| m.linear.forward(m.dropout.forward(x)).mean())?;
+    ///     }
+    ///     Ok::<_, burn_data_parallel::DataParallelError>(trainer.module().linear.weight.val())
+    /// };
+    /// train()?.into_data().assert_eq(&train()?.into_data(), true);
+    /// # Ok::<(), burn_data_parallel::DataParallelError>(())
+    /// ```
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The seed given to [`with_seed`](Self::with_seed).
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    /// Seeds this process's replicas as rank `rank`'s.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn set_rank(&mut self, rank: usize) {
+        self.rank = rank;
     }
 
     /// Declares what the loss function returns (a mean over its rows unless told otherwise).
@@ -204,10 +259,11 @@ where
 
     /// One training step on `batch`: [`accumulate`](Self::accumulate), then
     /// [`apply`](Self::apply) with learning rate `lr`.
-    pub fn step<I, F>(&mut self, lr: f64, batch: I, loss: F) -> Result<BatchStats>
+    pub fn step<I, L, F>(&mut self, lr: f64, batch: I, loss: F) -> Result<BatchStats>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync,
     {
         Trainer::step(self, lr, batch, loss)
     }
@@ -215,14 +271,17 @@ where
     /// Runs forward and backward on every replica and adds the gradients to those accumulated
     /// since the last [`apply`](Self::apply), without changing the module.
     ///
-    /// `loss` returns a one-element tensor: the loss over the rows it is given, reduced as
-    /// [`with_loss_reduction`](Self::with_loss_reduction) says. If any replica's loss is not
-    /// finite, nothing of this batch is kept and [`DataParallelError::NonFiniteLoss`] is
-    /// returned.
-    pub fn accumulate<I, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
+    /// `loss` returns a one-element tensor, the loss over the rows it is given reduced as
+    /// [`with_loss_reduction`](Self::with_loss_reduction) says, or a
+    /// [`WeightedMean`](crate::WeightedMean); every micro-batch of a step returns the same
+    /// kind. If any replica's loss is not finite, nothing of this batch is kept (no gradient,
+    /// and the module's running statistics as they were) and
+    /// [`DataParallelError::NonFiniteLoss`] is returned.
+    pub fn accumulate<I, L, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync,
     {
         self.accumulate_with(&mut Alone, batch, loss)
     }
@@ -241,7 +300,7 @@ where
     /// [`accumulate`](Self::accumulate), with `peers` taking part: each row weighs
     /// `1 / rows` in a mean loss, `rows` counting every micro-batch of the step so far on every
     /// process, and the loss returned is over every process's rows.
-    pub(crate) fn accumulate_with<I, F>(
+    pub(crate) fn accumulate_with<I, L, F>(
         &mut self,
         peers: &mut impl Peers<B, M, O>,
         batch: I,
@@ -249,102 +308,168 @@ where
     ) -> Result<BatchStats>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync,
     {
         let dim = self.parallel.dim();
+        let denominator = Denominator::of::<B, L>(self.reduction);
         let local = batch.rows(dim).map(|rows| rows.unwrap_or(0));
-        let rows = peers.rows(self.steps, self.pending.micro_batches(), local)?;
+        let settings = MicroBatch {
+            loss: denominator as u64,
+            seed: self.seed.map_or(0, |seed| derive(seed, &[]) | 1),
+        };
+        let micro_batch = self.pending.micro_batches();
+        let rows = peers.rows(self.steps, micro_batch, local, settings)?;
         if rows.total == 0 {
             return Err(DataParallelError::EmptyInput { dim });
         }
-        let rows_so_far = self.pending.weighted_for() + rows.total;
+        self.pending.check_kind(self.steps, denominator)?;
+        // Rows so far, for a mean over rows weighted before each backward pass.
+        let rows_so_far = match denominator {
+            Denominator::Rows => self.pending.weighted_for() + rows.total as f64,
+            _ => 1.0,
+        };
+        let buffers = self.parallel.buffers().clone();
+        let before = buffers.snapshot(self.parallel.module());
         let started = Instant::now();
         let local = if rows.local > 0 {
-            self.forward_backward(batch, loss, rows_so_far)
+            self.forward_backward(batch, loss, denominator, rows_so_far, micro_batch)
         } else {
             Ok((Vec::new(), Vec::new()))
         };
         let busy = started.elapsed();
-        let reduction = self.reduction;
-        // This process's loss, summed as the whole step's is: every process learns whether any
-        // failed before anyone goes on.
-        let (weighted, local) = match local {
-            Ok((timings, grads)) => {
-                let weighted = timings.iter().map(|(timing, loss)| match reduction {
-                    LossReduction::Mean => loss * timing.rows as f64,
-                    LossReduction::Sum => *loss,
-                });
-                (Ok(weighted.sum::<f64>()), Some((timings, grads)))
+        // This process's loss and weight, summed as the whole step's are: every process learns
+        // whether any failed before anyone goes on.
+        let (sums, local) = match local {
+            Ok((replicas, grads)) => {
+                let loss: f64 = replicas
+                    .iter()
+                    .map(|(timing, loss, _)| match denominator {
+                        Denominator::Rows => loss * timing.rows as f64,
+                        Denominator::One | Denominator::Weights => *loss,
+                    })
+                    .sum();
+                let weight: f64 = match denominator {
+                    Denominator::Weights => replicas.iter().filter_map(|r| r.2).sum(),
+                    _ => rows.local as f64,
+                };
+                (Ok((loss, weight)), Some((replicas, grads)))
             }
             Err(err) => (Err(err), None),
         };
-        let total_loss = peers.outcome(self.steps, weighted, busy)?;
-        let (timings, grads) = local.unwrap_or_default();
+        let shared = if peers.combines_buffers() {
+            buffers.read(self.parallel.module())
+        } else {
+            Vec::new()
+        };
+        let contribution = Contribution {
+            sums,
+            busy,
+            buffers: shared,
+        };
+        let outcome = match peers.outcome(self.steps, contribution) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                // Nothing of a refused batch is kept: the statistics go back too.
+                buffers.restore(self.parallel.module(), before);
+                return Err(err);
+            }
+        };
+        if let Some(values) = &outcome.buffers {
+            buffers.write(self.parallel.module(), values);
+        }
+        let (replicas, grads) = local.unwrap_or_default();
 
         let start = Instant::now();
         let first = self.parallel.devices()[0].clone();
-        if reduction == LossReduction::Mean {
-            // Earlier micro-batches were weighted for fewer rows than there now are.
-            let earlier = self.pending.weighted_for();
-            let scale = earlier as f64 / rows_so_far as f64;
-            self.pending.rescale::<B, M>(self.parallel.module(), scale);
-        }
-        self.pending.set_weighted_for(rows_so_far);
-        self.pending
-            .add::<B, M>(self.parallel.module(), grads, rows.local, &first);
+        let weight = match denominator {
+            Denominator::Weights => outcome.weight,
+            _ => rows.total as f64,
+        };
+        self.pending.add_micro_batch::<B, M>(
+            self.parallel.module(),
+            grads,
+            rows.local,
+            denominator,
+            weight,
+            &first,
+        );
+        let loss = match denominator {
+            Denominator::One => outcome.loss,
+            _ if weight > 0.0 => outcome.loss / weight,
+            _ => 0.0,
+        };
         Ok(BatchStats {
-            loss: match reduction {
-                LossReduction::Mean => total_loss / rows.total as f64,
-                LossReduction::Sum => total_loss,
-            },
+            loss,
             rows: rows.total,
-            replicas: timings.into_iter().map(|(timing, _)| timing).collect(),
+            weight,
+            replicas: replicas.into_iter().map(|(timing, ..)| timing).collect(),
             reduce: start.elapsed(),
         })
     }
 
     /// Forward and backward on every replica's part of `batch`, each row weighing
-    /// `1 / rows_so_far` in a mean loss: each replica's timing and loss, and its gradients.
-    #[allow(clippy::type_complexity)]
-    fn forward_backward<I, F>(
+    /// `1 / rows_so_far` in a mean over rows: each replica's timing, loss and stated weight,
+    /// and its gradients.
+    fn forward_backward<I, L, F>(
         &mut self,
         batch: I,
         loss: F,
-        rows_so_far: usize,
-    ) -> Result<(Vec<(ReplicaTiming, f64)>, Vec<GradientsParams>)>
+        denominator: Denominator,
+        rows_so_far: f64,
+        micro_batch: usize,
+    ) -> Result<Replicas>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync,
     {
         let dim = self.parallel.dim();
-        let reduction = self.reduction;
         let forwards_done = Rendezvous::default();
+        let turns = Turns::default();
+        let seed = self.seed.map(|seed| {
+            let position = [self.rank as u64, self.steps as u64, micro_batch as u64];
+            derive(seed, &position)
+        });
+        let devices = self.parallel.devices().to_vec();
         let (results, timings) = self.parallel.run(
             batch,
             |replica: &M, part: I| {
                 let rows = part.rows(dim).ok().flatten().unwrap_or(0);
+                let index = crate::current_replica().map_or(0, |info| info.index);
                 // Every replica ends its forward pass before any starts its backward pass: in
                 // Burn 0.21 a `backward()` can free the graph steps another thread is still
                 // recording, and a gradient is lost without an error (tracel-ai/burn#5573).
                 // A replica whose forward panics still takes its place, then panics.
-                let value = catch_unwind(AssertUnwindSafe(|| loss(replica, part)));
+                let value = catch_unwind(AssertUnwindSafe(|| match seed {
+                    // One generator per process: seeded replicas draw one after another.
+                    Some(seed) => turns.take(index, || {
+                        B::seed(&devices[index], derive(seed, &[index as u64]));
+                        loss(replica, part)
+                    }),
+                    None => loss(replica, part),
+                }));
                 forwards_done.wait();
-                let value = value.unwrap_or_else(|panic| resume_unwind(panic));
+                let (value, weight) = value
+                    .unwrap_or_else(|panic| resume_unwind(panic))
+                    .into_parts();
                 // The replica's share of the rows: the replicas' gradients then add up to the
                 // gradient over every row (see `reduce`).
-                let weight = match reduction {
-                    LossReduction::Mean => rows as f64 / rows_so_far.max(1) as f64,
-                    LossReduction::Sum => 1.0,
+                let scale = match denominator {
+                    Denominator::Rows => rows as f64 / rows_so_far.max(1.0),
+                    Denominator::One | Denominator::Weights => 1.0,
                 };
-                let grads = value.clone().mul_scalar(weight).backward();
+                let grads = value.clone().mul_scalar(scale).backward();
                 // Read once the backward pass is queued: on a GPU, reading the loss first would
                 // wait for the forward pass before any backward work is sent.
                 let scalar: f64 = value.into_scalar().elem();
+                let weight: Option<f64> = weight.map(|w| w.into_scalar().elem());
                 let grads = scalar
                     .is_finite()
                     .then(|| GradientsParams::from_grads(grads, replica));
                 Ok::<_, Infallible>(ReplicaResult {
                     loss: scalar,
+                    weight,
                     grads,
                 })
             },
@@ -352,7 +477,7 @@ where
             Some(Link::Detached),
         )?;
 
-        let mut losses = Vec::with_capacity(results.len());
+        let mut replicas = Vec::with_capacity(results.len());
         let mut grads = Vec::with_capacity(results.len());
         for (timing, result) in timings.into_iter().zip(results) {
             let Some(g) = result.grads else {
@@ -362,10 +487,19 @@ where
                     loss: result.loss,
                 });
             };
+            if let Some(weight) = result.weight
+                && !(weight.is_finite() && weight >= 0.0)
+            {
+                return Err(DataParallelError::InvalidLossWeight {
+                    step: self.steps,
+                    replica: timing.replica,
+                    weight,
+                });
+            }
             grads.push(g);
-            losses.push((timing, result.loss));
+            replicas.push((timing, result.loss, result.weight));
         }
-        Ok((losses, grads))
+        Ok((replicas, grads))
     }
 
     /// [`apply`](Self::apply), with `peers` combining the gradients with theirs.
@@ -373,11 +507,12 @@ where
         if self.pending.micro_batches() == 0 {
             return Err(DataParallelError::NothingAccumulated);
         }
+        let (micro_batches, rows) = (self.pending.micro_batches(), self.pending.rows());
         let accumulated = Accumulated {
             step: self.steps,
-            micro_batches: self.pending.micro_batches(),
-            rows: self.pending.rows(),
-            grads: self.pending.take(),
+            micro_batches,
+            rows,
+            grads: self.pending.take(self.steps)?,
         };
         let optimizer = &mut self.optimizer;
         let mut failed = None;
@@ -450,10 +585,11 @@ where
 {
     type Optimizer = O;
 
-    fn accumulate<I, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
+    fn accumulate<I, L, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync,
     {
         DataParallelTrainer::accumulate(self, batch, loss)
     }
@@ -490,11 +626,12 @@ where
         Ok(Some(self.optimizer.to_record()))
     }
 
-    fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
+    fn evaluate<I, V, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
     where
         M::InnerModule: Replicate<B::InnerBackend> + Sync,
         I: Scatter<B::InnerBackend>,
-        F: Fn(&M::InnerModule, I) -> [f64; K] + Sync,
+        V: Into<crate::Metric> + Send,
+        F: Fn(&M::InnerModule, I) -> [V; K] + Sync,
     {
         DataParallelTrainer::evaluate(self, set, metric)
     }

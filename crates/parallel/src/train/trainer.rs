@@ -1,10 +1,10 @@
 //! `Trainer`: what a training loop needs, the same in one process and across ranks.
 
 use super::BatchStats;
-use crate::{Replicate, Result, Scatter, SplitPolicy};
+use super::loss::TrainLoss;
+use crate::{Metric, Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
-use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
 /// A data-parallel trainer: [`DataParallelTrainer`](crate::DataParallelTrainer) in one
@@ -66,20 +66,25 @@ pub trait Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// Runs forward and backward on this process's `batch` (its shard of the global
     /// micro-batch across ranks) and adds the gradients to those accumulated since the last
     /// [`apply`](Self::apply), weighted so that the step equals one on the union of every
-    /// micro-batch. Nothing is exchanged between ranks but row counts and the loss.
-    fn accumulate<I, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
+    /// micro-batch. `loss` returns a one-element tensor (see
+    /// [`LossReduction`](crate::LossReduction)) or a [`WeightedMean`](crate::WeightedMean)
+    /// stating its own denominator. No gradient is exchanged between ranks here: only row
+    /// counts, settings, losses, weights and running statistics.
+    fn accumulate<I, L, F>(&mut self, batch: I, loss: F) -> Result<BatchStats>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync;
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync;
 
     /// One optimizer step with learning rate `lr` on everything accumulated since the last one.
     fn apply(&mut self, lr: f64) -> Result<()>;
 
     /// [`accumulate`](Self::accumulate) then [`apply`](Self::apply).
-    fn step<I, F>(&mut self, lr: f64, batch: I, loss: F) -> Result<BatchStats>
+    fn step<I, L, F>(&mut self, lr: f64, batch: I, loss: F) -> Result<BatchStats>
     where
         I: Scatter<B>,
-        F: Fn(&M, I) -> Tensor<B, 1> + Sync,
+        L: TrainLoss<B>,
+        F: Fn(&M, I) -> L + Sync,
     {
         let stats = self.accumulate(batch, loss)?;
         self.apply(lr)?;
@@ -120,15 +125,19 @@ pub trait Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// shards are gathered), `None` on the other ranks.
     fn optimizer_record(&self) -> Result<Option<<Self::Optimizer as Optimizer<M, B>>::Record>>;
 
-    /// Sums `metric` over every row of `set` (a held-out set, given whole to every process):
-    /// `metric` returns sums over the rows it is given (correct predictions, a loss times its
-    /// rows), each row counted once whatever the devices and the ranks. On the inference
-    /// module (`valid()`), split across this process's devices, and across ranks.
-    fn evaluate<I, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
+    /// Combines `metric` over every row of `set` (a held-out set, given whole to every
+    /// process), each row counted once whatever the devices and the ranks: `metric` returns,
+    /// for the rows it is given, sums (plain `f64`s or [`Metric::Sum`]: correct predictions, a
+    /// summed loss), which are added up, or means with their weights ([`Metric::Mean`]: a mean
+    /// loss over its rows or tokens), which are weighted. On the inference module (`valid()`),
+    /// split across this process's devices, and across ranks; every rank must give a set of
+    /// the same rows.
+    fn evaluate<I, V, F, const K: usize>(&self, set: I, metric: F) -> Result<[f64; K]>
     where
         M::InnerModule: Replicate<B::InnerBackend> + Sync,
         I: Scatter<B::InnerBackend>,
-        F: Fn(&M::InnerModule, I) -> [f64; K] + Sync;
+        V: Into<Metric> + Send,
+        F: Fn(&M::InnerModule, I) -> [V; K] + Sync;
 
     /// Ends training (across ranks: checks that every rank took the same steps) and returns
     /// the module and the optimizer.

@@ -1,0 +1,91 @@
+//! Seeded runs: the random draws of replicas made in a fixed order from fixed seeds.
+//!
+//! Burn 0.21's backends draw every random tensor (dropout's masks) from one generator per
+//! process, so replicas that run at once draw in whatever order their threads reach it. A
+//! seeded call instead runs the replicas' forward passes one after another, in replica order,
+//! each after reseeding the backend's generator with a seed derived from the run's seed and
+//! the position of the draw (rank, step, micro-batch, replica). A run is then a function of its
+//! seed and its configuration, and a resumed run draws what the uninterrupted one would have.
+
+use std::sync::{Condvar, Mutex};
+
+/// A seed derived from `seed` and the position `stream` (SplitMix64's finalizer over each
+/// word in turn): distinct positions give unrelated seeds.
+pub(crate) fn derive(seed: u64, stream: &[u64]) -> u64 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    stream
+        .iter()
+        .fold(mix(seed), |state, &word| mix(state ^ mix(word)))
+}
+
+/// Lets replicas run a piece of their work one at a time, in replica order: replica `k` starts
+/// once replica `k - 1` has finished (or panicked).
+#[derive(Default)]
+pub(crate) struct Turns {
+    next: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Turns {
+    /// Runs `f` as replica `index`'s turn. Every replica `0..index` must take its turn too.
+    pub(crate) fn take<T>(&self, index: usize, f: impl FnOnce() -> T) -> T {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        while *next != index {
+            next = self.changed.wait(next).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(next);
+        // Passed on even if `f` panics: the replicas after this one must not wait forever.
+        struct Pass<'a>(&'a Turns);
+        impl Drop for Pass<'_> {
+            fn drop(&mut self) {
+                *self.0.next.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                self.0.changed.notify_all();
+            }
+        }
+        let _pass = Pass(self);
+        f()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_give_distinct_seeds_and_the_same_position_the_same() {
+        let a = derive(7, &[0, 1, 2]);
+        assert_eq!(a, derive(7, &[0, 1, 2]));
+        assert_ne!(a, derive(7, &[0, 2, 1]));
+        assert_ne!(a, derive(8, &[0, 1, 2]));
+        assert_ne!(derive(7, &[0]), derive(7, &[0, 0]));
+    }
+
+    #[test]
+    fn turns_run_in_replica_order_whatever_the_threads_do() {
+        let turns = Turns::default();
+        let order = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for index in (0..4).rev() {
+                let (turns, order) = (&turns, &order);
+                scope.spawn(move || turns.take(index, || order.lock().unwrap().push(index)));
+            }
+        });
+        assert_eq!(order.into_inner().unwrap(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_panicking_turn_still_lets_the_next_one_run() {
+        let turns = Turns::default();
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| turns.take(0, || panic!("replica 0 failed")));
+            let second = scope.spawn(|| turns.take(1, || 1));
+            assert!(first.join().is_err());
+            assert_eq!(second.join().unwrap(), 1);
+        });
+    }
+}

@@ -1,0 +1,118 @@
+//! Seeded runs with dropout repeat on several devices: the trainer's steps (micro-batches
+//! included), a run resumed from a checkpoint, and forwards through `DataParallel`.
+//!
+//! Burn's backends draw from one generator per process, which every test thread of this binary
+//! would share: the tests take turns.
+
+mod common;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamConfig, Optimizer};
+use burn::tensor::Tensor;
+use burn_data_parallel::{Chunk, DataParallel, DataParallelTrainer};
+use common::zoo::{AB, copy, mlp_with_dropout, rows};
+use common::{cpu, cpus, max_param_diff};
+use dp_model::{Classifier, Mlp};
+use std::sync::Mutex;
+
+/// One test at a time: they all reseed the process's generator.
+static GENERATOR: Mutex<()> = Mutex::new(());
+
+const TOLERANCE: f32 = 1e-5;
+
+type Adam = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Mlp<AB>, AB>;
+type AdamState = <Adam as Optimizer<Mlp<AB>, AB>>::Record;
+
+fn loss(m: &Mlp<AB>, (x, y): (Tensor<AB, 2>, Tensor<AB, 1, burn::tensor::Int>)) -> Tensor<AB, 1> {
+    m.loss(x, y)
+}
+
+/// `steps` Adam steps from step `from` on, each of two micro-batches (9 and 5 rows), on
+/// `devices` devices with `seed`, starting from `start` (and its optimizer state, if given).
+fn train(
+    start: &Mlp<AB>,
+    state: Option<AdamState>,
+    devices: usize,
+    seed: u64,
+    from: usize,
+    steps: usize,
+) -> DataParallelTrainer<AB, Mlp<AB>, Adam> {
+    let mut optimizer = AdamConfig::new().init::<AB, Mlp<AB>>();
+    if let Some(state) = state {
+        optimizer = optimizer.load_record(state);
+    }
+    let mut trainer = DataParallelTrainer::new(copy(start), optimizer, cpus(devices))
+        .unwrap()
+        .with_seed(seed)
+        .with_steps_taken(from);
+    for step in from..from + steps {
+        for (rows_, part) in [(9, 0), (5, 1)] {
+            let batch = rows::<AB>(rows_, (10 * step + part) as u64);
+            trainer.accumulate(batch, loss).unwrap();
+        }
+        trainer.apply(0.01).unwrap();
+    }
+    trainer
+}
+
+#[test]
+fn a_seeded_run_repeats_on_several_devices() {
+    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let start = mlp_with_dropout();
+    for devices in [1, 2, 3] {
+        let first = train(&start, None, devices, 7, 0, 4);
+        let again = train(&start, None, devices, 7, 0, 4);
+        let diff = max_param_diff(first.module(), again.module());
+        assert!(
+            diff <= TOLERANCE,
+            "{devices} devices: runs differ by {diff}"
+        );
+        // The draws matter: another seed trains other parameters.
+        let other = train(&start, None, devices, 8, 0, 4);
+        let apart = max_param_diff(first.module(), other.module());
+        assert!(
+            apart > 1e-4,
+            "{devices} devices: seeds 7 and 8 differ by only {apart}"
+        );
+    }
+}
+
+#[test]
+fn a_resumed_seeded_run_draws_what_the_uninterrupted_one_drew() {
+    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let start = mlp_with_dropout();
+    let whole = train(&start, None, 3, 11, 0, 4);
+    let (module, optimizer) = train(&start, None, 3, 11, 0, 2).into_parts();
+    let resumed = train(&module, Some(optimizer.to_record()), 3, 11, 2, 2);
+    let diff = max_param_diff(whole.module(), resumed.module());
+    assert!(diff <= TOLERANCE, "the resumed run differs by {diff}");
+}
+
+#[test]
+fn seeded_forwards_through_data_parallel_repeat() {
+    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let model = mlp_with_dropout();
+    let x = Tensor::<AB, 2>::ones([10, 6], &cpu());
+    let run = || {
+        let mut dp = DataParallel::new(copy(&model), cpus(3))
+            .unwrap()
+            .with_split_policy(Chunk)
+            .with_seed(5);
+        let first = dp.forward(x.clone(), |m, x| m.logits(x)).unwrap();
+        let second = dp.forward(x.clone(), |m, x| m.logits(x)).unwrap();
+        (first, second)
+    };
+    let (first, second) = run();
+    let (again, _) = run();
+    let same: f32 = (first.clone() - again).abs().max().into_scalar();
+    assert!(same <= 1e-6, "the same call differs by {same}");
+    // Each call, and each replica, draws masks of its own.
+    let calls: f32 = (first.clone() - second).abs().max().into_scalar();
+    assert!(calls > 1e-3, "two calls drew the same masks");
+    let replicas: f32 = (first.clone().narrow(0, 0, 3) - first.narrow(0, 4, 3))
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(replicas > 1e-3, "two replicas drew the same masks");
+    let _ = model.valid().num_params();
+}
