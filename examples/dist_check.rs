@@ -31,7 +31,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, ElementConversion, Int, Tensor, TensorData, TensorKind};
 use burn_data_parallel::dist::{DistributedTrainer, GradientTransport, Mpi};
 use burn_data_parallel::{
-    Adaptive, Chunk, DataParallelTrainer, Replicate, Scatter, ShardableRecord, SplitPolicy, Trainer,
+    Adaptive, Chunk, DataParallelTrainer, Replicate, Scatter, ShardableRecord, SplitPolicy,
+    TrainLoss, Trainer, WeightedMean,
 };
 use clap::Parser;
 use compare::max_param_diff;
@@ -39,6 +40,7 @@ use dp_dataset::ShardedSampler;
 use dp_model::{
     BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
 };
+use std::sync::{Arc, Mutex};
 
 /// Trains on every rank's shard of seeded global batches and compares with single-process
 /// training.
@@ -124,6 +126,35 @@ struct Args {
     /// This rank is slow: its replicas sleep 2 ms per row.
     #[arg(long)]
     slow_rank: Option<usize>,
+    /// The loss: the mean over rows, or a class-weighted mean stating its own denominator
+    /// (`WeightedMean`).
+    #[arg(long, value_enum, default_value_t = LossKind::Mean)]
+    loss: LossKind,
+    /// This rank uses the other kind of loss (it must be refused on every rank).
+    #[arg(long)]
+    odd_loss_rank: Option<usize>,
+    /// This rank steps with twice the learning rate (it must be refused on every rank).
+    #[arg(long)]
+    odd_lr_rank: Option<usize>,
+    /// This rank's held-out set has one row fewer (it must be refused on every rank).
+    #[arg(long)]
+    short_held_out_rank: Option<usize>,
+    /// Seeds the run (`with_seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// This rank seeds with another seed (it must be refused on every rank).
+    #[arg(long)]
+    odd_seed_rank: Option<usize>,
+    /// Dropout in the MLP: the run is then not compared with single-process training; it
+    /// prints its parameters' summary (`PARAMS`) for runs to be compared with each other.
+    #[arg(long)]
+    dropout: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LossKind {
+    Mean,
+    Weighted,
 }
 
 /// The models of the zoo.
@@ -166,8 +197,9 @@ impl Optim {
 enum Reference<B: AutodiffBackend, M, O> {
     /// One module on one device, the whole union at once.
     Plain(Option<M>, O),
-    /// The parts the ranks' replicas make, each a replica of a `DataParallelTrainer`.
-    Parts(Box<DataParallelTrainer<B, M, O>>),
+    /// The parts the ranks' replicas make, each a replica of a `DataParallelTrainer`, split
+    /// as the sizes say.
+    Parts(Box<DataParallelTrainer<B, M, O>>, Arc<Mutex<Vec<usize>>>),
 }
 
 impl<B, M, O> Reference<B, M, O>
@@ -176,48 +208,71 @@ where
     M: AutodiffModule<B> + Replicate<B> + Sync,
     O: Optimizer<M, B>,
 {
+    /// `parts`: the most parts a micro-batch is cut into, for a model whose parts matter.
     fn new(
         start: &M,
         optimizer: O,
-        parts: Option<Vec<usize>>,
+        parts: Option<usize>,
         device: &B::Device,
     ) -> anyhow::Result<Self> {
         let module = M::from_inner(start.valid());
         Ok(match parts {
             None => Self::Plain(Some(module), optimizer),
             Some(parts) => {
-                let devices = vec![device.clone(); parts.len()];
-                let parts: Vec<usize> = parts.into_iter().filter(|&rows| rows > 0).collect();
+                let devices = vec![device.clone(); parts];
+                let sizes = Arc::new(Mutex::new(Vec::new()));
                 let trainer = DataParallelTrainer::new(module, optimizer, devices)?
-                    .with_split_policy(Fixed(parts));
-                Self::Parts(Box::new(trainer))
+                    .with_split_policy(Fixed(Arc::clone(&sizes)));
+                Self::Parts(Box::new(trainer), sizes)
             }
         })
     }
 
-    fn step<I: Scatter<B>>(
+    /// One step on `micro_batches`, each with the parts it is cut into (one micro-batch, the
+    /// whole union, for `Plain`); returns the loss.
+    fn step<I: Scatter<B>, L: TrainLoss<B>>(
         &mut self,
         lr: f64,
-        batch: I,
-        loss: impl Fn(&M, I) -> Tensor<B, 1> + Sync,
+        micro_batches: Vec<(I, Vec<usize>)>,
+        loss: impl Fn(&M, I) -> L + Sync,
     ) -> anyhow::Result<f64> {
         match self {
             Self::Plain(module, optimizer) => {
                 let m = module.take().expect("the reference module is there");
-                let l = loss(&m, batch);
+                let mut batches = micro_batches.into_iter();
+                let (batch, _) = batches.next().expect("one batch");
+                anyhow::ensure!(
+                    batches.next().is_none(),
+                    "the plain reference takes one batch"
+                );
+                let (l, weight) = loss(&m, batch).into_parts();
+                let l = match weight {
+                    Some(weight) => l / weight,
+                    None => l,
+                };
                 let value: f64 = l.clone().into_scalar().elem();
                 let grads = GradientsParams::from_grads(l.backward(), &m);
                 *module = Some(optimizer.step(lr, m, grads));
                 Ok(value)
             }
-            Self::Parts(trainer) => Ok(trainer.step(lr, batch, loss)?.loss),
+            Self::Parts(trainer, sizes) => {
+                let (mut sum, mut weight) = (0.0, 0.0);
+                for (batch, parts) in micro_batches {
+                    *sizes.lock().unwrap() = parts.into_iter().filter(|&rows| rows > 0).collect();
+                    let stats = trainer.accumulate(batch, &loss)?;
+                    sum += stats.loss * stats.weight;
+                    weight += stats.weight;
+                }
+                trainer.apply(lr)?;
+                Ok(sum / weight)
+            }
         }
     }
 
     fn module(&self) -> &M {
         match self {
             Self::Plain(module, _) => module.as_ref().expect("the reference module is there"),
-            Self::Parts(trainer) => trainer.module(),
+            Self::Parts(trainer, _) => trainer.module(),
         }
     }
 
@@ -228,19 +283,33 @@ where
                 let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
                 Ok(Recorder::<B>::record(&recorder, optimizer.to_record(), ())?.len())
             }
-            Self::Parts(trainer) => Ok(trainer.optimizer_state_bytes()?),
+            Self::Parts(trainer, _) => Ok(trainer.optimizer_state_bytes()?),
         }
     }
 }
 
-/// The same sizes whatever the rows: the ranks' parts, in rank order.
+/// The sizes last set, whatever the rows: the ranks' parts of a micro-batch, in rank order.
 #[derive(Debug)]
-struct Fixed(Vec<usize>);
+struct Fixed(Arc<Mutex<Vec<usize>>>);
 
 impl SplitPolicy for Fixed {
     fn sizes(&self, _rows: usize, _devices: usize) -> Vec<usize> {
-        self.0.clone()
+        self.0.lock().unwrap().clone()
     }
+}
+
+/// Every float parameter's values, one after another.
+fn common_params<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let data = param.val().into_data().convert::<f32>();
+            self.0.extend(data.iter::<f32>());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -314,7 +383,12 @@ fn check<B: AutodiffBackend>(
     match args.model {
         Model::Mlp => {
             let hidden = if odd { 17 } else { 16 };
-            let model = |d: &B::Device| MlpConfig::new(8, vec![hidden], CLASSES).init::<B>(d);
+            let dropout = args.dropout.unwrap_or(0.0);
+            let model = |d: &B::Device| {
+                MlpConfig::new(8, vec![hidden], CLASSES)
+                    .with_dropout(dropout)
+                    .init::<B>(d)
+            };
             Case {
                 args,
                 mpi,
@@ -323,7 +397,6 @@ fn check<B: AutodiffBackend>(
                 batch: rows::<B, 8>,
                 held_out: rows::<B::InnerBackend, 8>,
                 ghost: false,
-                buffer_values: 0,
             }
             .run()
         }
@@ -342,8 +415,6 @@ fn check<B: AutodiffBackend>(
                 batch: images::<B>,
                 held_out: images::<B::InnerBackend>,
                 ghost: true,
-                // Each batch norm's running mean and variance.
-                buffer_values: 2 * (4 + 6),
             }
             .run()
         }
@@ -370,7 +441,6 @@ fn check<B: AutodiffBackend>(
                 batch: tokens::<B>,
                 held_out: tokens::<B::InnerBackend>,
                 ghost: false,
-                buffer_values: 0,
             }
             .run()
         }
@@ -388,7 +458,6 @@ fn check<B: AutodiffBackend>(
                 batch: tokens::<B>,
                 held_out: tokens::<B::InnerBackend>,
                 ghost: false,
-                buffer_values: 0,
             }
             .run()
         }
@@ -407,7 +476,6 @@ fn check<B: AutodiffBackend>(
                 batch: rows::<B, 8>,
                 held_out: rows::<B::InnerBackend, 8>,
                 ghost: false,
-                buffer_values: 0,
             }
             .run()
         }
@@ -438,8 +506,24 @@ where
     /// The model normalizes by batch statistics, so the reference runs each part (one per
     /// rank and local replica) on its own and weights their losses by rows.
     ghost: bool,
-    /// The values of the model's buffers, which travel with the gradients.
-    buffer_values: usize,
+}
+
+/// Inputs and targets of a batch.
+type Rows<B, const D: usize, K> = (Tensor<B, D, K>, Tensor<B, 1, Int>);
+
+fn mean_loss<B: AutodiffBackend, M: Classifier<B>>(
+    m: &M,
+    (x, y): (M::Input, Tensor<B, 1, Int>),
+) -> Tensor<B, 1> {
+    m.loss(x, y)
+}
+
+fn weighted_loss<B: AutodiffBackend, M: Classifier<B>>(
+    m: &M,
+    (x, y): (M::Input, Tensor<B, 1, Int>),
+) -> WeightedMean<B> {
+    let (sum, weight) = m.weighted_loss_sum(x, y);
+    WeightedMean::new(sum, weight)
 }
 
 impl<B, F, M, const D: usize, K> Case<'_, B, F, D, K>
@@ -459,21 +543,37 @@ where
     Tensor<B::InnerBackend, D, K>: Scatter<B::InnerBackend>,
 {
     fn run(self) -> anyhow::Result<()> {
-        match self.args.optimizer {
-            Optim::Sgd => self.train(|| SgdConfig::new().init::<B, M>()),
-            Optim::Adam => self.train(|| AdamConfig::new().init::<B, M>()),
-            Optim::Adamw => self.train(|| {
-                AdamConfig::new()
-                    .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
-                    .init::<B, M>()
-            }),
+        let odd = self.args.odd_loss_rank == Some(self.mpi.rank());
+        match (self.args.loss == LossKind::Weighted) != odd {
+            false => self.with_loss(mean_loss::<B, M>),
+            true => self.with_loss(weighted_loss::<B, M>),
         }
     }
 
-    fn train<O>(self, optimizer: impl Fn() -> O) -> anyhow::Result<()>
+    fn with_loss<L: TrainLoss<B>>(self, loss: fn(&M, Rows<B, D, K>) -> L) -> anyhow::Result<()> {
+        match self.args.optimizer {
+            Optim::Sgd => self.train(|| SgdConfig::new().init::<B, M>(), loss),
+            Optim::Adam => self.train(|| AdamConfig::new().init::<B, M>(), loss),
+            Optim::Adamw => self.train(
+                || {
+                    AdamConfig::new()
+                        .with_weight_decay(Some(WeightDecayConfig::new(0.1)))
+                        .init::<B, M>()
+                },
+                loss,
+            ),
+        }
+    }
+
+    fn train<O, L>(
+        self,
+        optimizer: impl Fn() -> O,
+        loss: fn(&M, Rows<B, D, K>) -> L,
+    ) -> anyhow::Result<()>
     where
         O: Optimizer<M, B>,
         O::Record: ShardableRecord<B>,
+        L: TrainLoss<B>,
     {
         let Self {
             args,
@@ -483,14 +583,23 @@ where
             batch,
             held_out,
             ghost,
-            buffer_values,
         } = self;
         let (rank, size) = (mpi.rank(), mpi.size());
         let device = devices[0].clone();
         let local_devices = devices.len();
         let model = model(&device).fork(&device);
         let taken = usize::from(args.resumed_rank == Some(rank));
-        let local = DataParallelTrainer::new(model, optimizer(), devices)?.with_steps_taken(taken);
+        let mut local =
+            DataParallelTrainer::new(model, optimizer(), devices)?.with_steps_taken(taken);
+        let seed = match (args.seed, args.odd_seed_rank == Some(rank)) {
+            (Some(seed), false) => Some(seed),
+            (Some(seed), true) => Some(seed + 1),
+            (None, true) => Some(1),
+            (None, false) => None,
+        };
+        if let Some(seed) = seed {
+            local = local.with_seed(seed);
+        }
         let transport = match (args.odd_transport_rank == Some(rank), args.transport) {
             (false, transport) => transport.into(),
             (true, Transport::Mpi) => GradientTransport::Auto,
@@ -509,11 +618,6 @@ where
         anyhow::ensure!(
             !(args.balance_ranks && (ghost || args.uneven)),
             "--balance-ranks checks models without batch norm, with the parts it decides"
-        );
-        anyhow::ensure!(
-            args.accumulate == 1 || !ghost,
-            "--accumulate checks models without batch norm (the reference would need the same \
-             micro-batch parts)"
         );
         if rank == 0 {
             println!(
@@ -540,8 +644,10 @@ where
             Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [n]), &device)
         };
         let shards: Vec<Vec<i64>> = (0..size).map(indices_of).collect::<anyhow::Result<_>>()?;
-        // Balanced parts are contiguous and cover the whole global batch at every step.
-        let union = if args.balance_ranks {
+        // Parts asked of the trainer are contiguous and cover the whole global batch at every
+        // step.
+        let asks_parts = args.balance_ranks || args.short_part_rank.is_some();
+        let union = if asks_parts {
             as_tensor((0..args.global_batch as i64).collect())
         } else {
             as_tensor(shards.concat())
@@ -551,14 +657,15 @@ where
         // The reference, in one process: plain training on the union of the shards; for a model
         // that normalizes by batch statistics, a `DataParallelTrainer` (itself checked against
         // per-part single-device training) over the same parts as every rank's replicas make.
-        let parts: Vec<usize> = shards
-            .iter()
-            .flat_map(|shard| Chunk.sizes(shard.len(), local_devices))
-            .collect();
-        let mut reference = Reference::new(&initial, optimizer(), ghost.then_some(parts), &device)?;
-        let loss = |m: &M, (x, y): (Tensor<B, D, K>, Tensor<B, 1, Int>)| m.loss(x, y);
+        let parts = ghost.then_some(size * local_devices);
+        let mut reference = Reference::new(&initial, optimizer(), parts, &device)?;
         let steps = args.steps + usize::from(args.extra_step_rank == Some(rank));
-        let lr = args.optimizer.lr();
+        let lr = args.optimizer.lr()
+            * if args.odd_lr_rank == Some(rank) {
+                2.0
+            } else {
+                1.0
+            };
         for step in 0..steps {
             if step == args.fault_step && args.panic_rank == Some(rank) {
                 panic!("fault injected at step {step}");
@@ -570,7 +677,7 @@ where
             let (x, y) = batch(step, args.global_batch, &device);
             // This rank's shard, in `accumulate` micro-batches: one optimizer step.
             let micro = args.accumulate + usize::from(args.extra_micro_batch_rank == Some(rank));
-            let shard: Vec<i64> = if args.balance_ranks {
+            let shard: Vec<i64> = if asks_parts {
                 let short = usize::from(args.short_part_rank == Some(rank));
                 let part = trainer.part(args.global_batch - short)?;
                 rank_rows.push(part.len());
@@ -609,9 +716,37 @@ where
                 .apply(lr)
                 .with_context(|| format!("rank {rank}: step {step} failed"))?;
             let loss_of_step = loss_sum / rows as f64;
+            // The reference's micro-batches: the union of the ranks' shards, or, where batch
+            // statistics make the parts matter, each micro-batch's union with the parts every
+            // rank's replicas made of it.
+            let micro_batches: Vec<(Tensor<B, 1, Int>, Vec<usize>)> = if ghost {
+                (0..micro)
+                    .map(|i| {
+                        let pieces: Vec<&[i64]> = shards
+                            .iter()
+                            .map(|s| &s[i * s.len() / micro..(i + 1) * s.len() / micro])
+                            .collect();
+                        let parts = pieces
+                            .iter()
+                            .flat_map(|p| Chunk.sizes(p.len(), local_devices))
+                            .collect();
+                        (as_tensor(pieces.concat()), parts)
+                    })
+                    .collect()
+            } else {
+                vec![(union.clone(), Vec::new())]
+            };
             let reference_loss = reference.step(
                 lr,
-                (x.select(0, union.clone()), y.select(0, union.clone())),
+                micro_batches
+                    .into_iter()
+                    .map(|(rows, parts)| {
+                        (
+                            (x.clone().select(0, rows.clone()), y.clone().select(0, rows)),
+                            parts,
+                        )
+                    })
+                    .collect(),
                 loss,
             )?;
             if rank == 0 {
@@ -633,22 +768,23 @@ where
         let state_bytes = trainer.optimizer_state_bytes()?;
         let whole_state = trainer.optimizer_record()?;
         // Each rank evaluates its part of the held-out rows.
-        let evaluation = trainer
-            .evaluate(held_out(9999, args.held_out, &device), |m, (x, y)| {
-                m.correct_and_loss_sum(x, y)
-            })?;
+        let short = usize::from(args.short_held_out_rank == Some(rank));
+        let evaluation = trainer.evaluate(
+            held_out(9999, args.held_out - short, &device),
+            |m, (x, y)| m.correct_and_loss_sum(x, y),
+        )?;
         // Every rank finishes before any checks its own figures: a rank leaving early would leave
         // the others waiting in `finish`.
         let (model, _) = trainer
             .finish()
             .with_context(|| format!("rank {rank}: cannot finish"))?;
         // One all-reduce per step whatever the micro-batches, carrying the trainable
-        // parameters' gradients, a flag per trainable tensor, and the buffers; frozen
-        // parameters never travel. Sharded: one reduce-scatter and one all-gather of as much
+        // parameters' gradients and a flag per trainable tensor; frozen parameters and buffers
+        // never travel there. Sharded: one reduce-scatter and one all-gather of as much
         // (through NCCL, whose blocks are of one size, give or take the padding: at most a
         // tensor and its flags per rank).
         let (trainable, tensors, largest) = trainable(&initial);
-        let per_step = trainable + tensors + buffer_values;
+        let per_step = trainable + tensors;
         if sharded && size > 1 {
             let padded = match transport {
                 GradientTransport::Mpi => per_step,
@@ -667,8 +803,7 @@ where
             anyhow::ensure!(
                 exchanged.all_reduces == steps && exchanged.values == steps * per_step,
                 "rank {rank}: {steps} steps of {per_step} values each ({trainable} trainable \
-                 parameters in {tensors} tensors, {buffer_values} buffer values) exchanged \
-                 {exchanged:?}"
+                 parameters in {tensors} tensors) exchanged {exchanged:?}"
             );
         }
         // A sharded rank holds about 1/ranks of the state (within 10% and one tensor's);
@@ -703,6 +838,19 @@ where
             moved > 1e-4,
             "rank {rank}: training did not move the parameters ({moved:e})"
         );
+        if args.dropout.is_some() {
+            // Dropout's masks are drawn per replica: no single process draws the same. Runs
+            // with the same seed are compared with each other.
+            let values: Vec<f32> = common_params(&model);
+            let sum: f64 = values.iter().map(|&v| f64::from(v)).sum();
+            let squares: f64 = values.iter().map(|&v| f64::from(v).powi(2)).sum();
+            let first: Vec<String> = values.iter().take(8).map(|v| format!("{v:.9}")).collect();
+            println!(
+                "[rank {rank}] PARAMS {sum:.9} {squares:.9} {}",
+                first.join(" ")
+            );
+            return Ok(());
+        }
         let diff = max_param_diff(&model, reference.module());
         anyhow::ensure!(
             diff <= args.tolerance,

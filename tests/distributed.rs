@@ -838,3 +838,174 @@ fn the_train_example_accumulates_micro_batches_across_ranks_like_one_process() {
         "2 ranks, 3 micro-batches per step, parts by the ranks' speed",
     );
 }
+
+/// Batch norm with micro-batches across ranks: the ranks combine their running statistics
+/// after every micro-batch, as one process does, so parameters and statistics end as one
+/// process's over the same parts (dist_check's reference), including micro-batches of one row
+/// per rank and ranks with no rows.
+#[test]
+fn batch_norm_with_accumulation_across_ranks_is_one_process_s() {
+    let cases: [(usize, &[&str]); 4] = [
+        (2, &[]),
+        (3, &["--devices-per-rank", "2", "--sharded"]),
+        // Chunk parts of 9 rows on 4 ranks: 3, 3, 3 and none; micro-batches of one row each.
+        (4, &["--uneven", "--global-batch", "9"]),
+        (2, &["--optimizer", "adam", "--global-batch", "25"]),
+    ];
+    for (ranks, extra) in cases {
+        let mut args = vec!["--model", "cnn", "--accumulate", "3", "--steps", "4"];
+        args.extend_from_slice(extra);
+        let (ok, out, _) = mpirun(ranks, &args);
+        assert!(ok, "{args:?}: {out}");
+        let pass = format!("PASS: 4 steps on {ranks} ranks");
+        assert_eq!(out.matches(&pass).count(), ranks, "{args:?}: {out}");
+    }
+}
+
+/// A loss with its own denominator (a class-weighted mean): the same step as one process on
+/// the union, across ranks and micro-batches.
+#[test]
+fn a_weighted_mean_loss_across_ranks_is_one_process_s() {
+    let cases: [(usize, &[&str]); 3] = [
+        (2, &["--model", "transformer", "--accumulate", "2"]),
+        (3, &["--model", "cnn", "--uneven", "--global-batch", "11"]),
+        (
+            2,
+            &[
+                "--model",
+                "mlp",
+                "--accumulate",
+                "3",
+                "--sharded",
+                "--optimizer",
+                "adam",
+            ],
+        ),
+    ];
+    for (ranks, extra) in cases {
+        let mut args = vec!["--loss", "weighted", "--steps", "4"];
+        args.extend_from_slice(extra);
+        let (ok, out, _) = mpirun(ranks, &args);
+        assert!(ok, "{args:?}: {out}");
+        let pass = format!("PASS: 4 steps on {ranks} ranks");
+        assert_eq!(out.matches(&pass).count(), ranks, "{args:?}: {out}");
+    }
+}
+
+/// Each rank's `PARAMS` summary, in rank order.
+fn params_of(out: &str) -> Vec<Vec<f64>> {
+    let mut ranks: Vec<(usize, Vec<f64>)> = out
+        .lines()
+        .filter_map(|line| {
+            let rank = line
+                .strip_prefix("[rank ")?
+                .split(']')
+                .next()?
+                .parse()
+                .ok()?;
+            let values = line.split(" PARAMS ").nth(1)?;
+            Some((
+                rank,
+                values.split(' ').map(|v| v.parse().unwrap()).collect(),
+            ))
+        })
+        .collect();
+    ranks.sort_by_key(|(rank, _)| *rank);
+    ranks.into_iter().map(|(_, values)| values).collect()
+}
+
+#[test]
+fn a_seeded_run_with_dropout_repeats_across_ranks() {
+    let run = |seed: &str| {
+        let args = [
+            "--dropout",
+            "0.3",
+            "--seed",
+            seed,
+            "--accumulate",
+            "2",
+            "--steps",
+            "4",
+        ];
+        let (ok, out, _) = mpirun(2, &args);
+        assert!(ok, "{out}");
+        let params = params_of(&out);
+        assert_eq!(params.len(), 2, "{out}");
+        params
+    };
+    let (first, again, other) = (run("9"), run("9"), run("10"));
+    let diff = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    assert!(diff(&first[0], &first[1]) == 0.0, "ranks differ: {first:?}");
+    assert!(
+        diff(&first[0], &again[0]) <= 1e-5,
+        "{first:?} then {again:?}"
+    );
+    assert!(
+        diff(&first[0], &other[0]) > 1e-4,
+        "seeds 9 and 10: {first:?}, {other:?}"
+    );
+}
+
+/// Every call's defining settings are compared across ranks: a rank with another learning
+/// rate, kind of loss, seed, held-out set or global batch gets an error on every rank, not a
+/// wrong number.
+#[test]
+fn ranks_that_disagree_on_a_setting_are_refused_on_every_rank() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--odd-lr-rank", "1"], "with learning rate"),
+        (&["--odd-loss-rank", "1"], "micro-batch 1 with loss a "),
+        (
+            &["--seed", "3", "--odd-seed-rank", "1"],
+            "micro-batch 1 with seed",
+        ),
+        (
+            &["--short-held-out-rank", "1"],
+            "evaluates 2 metrics with held-out rows 3",
+        ),
+        // Rank 1 asks for its part of 29 rows where rank 0 asks for 30, with no rank split.
+        (
+            &["--short-part-rank", "1"],
+            "after asking `Trainer::part` for their parts of [Some(30), Some(29)] rows",
+        ),
+    ];
+    for (args, text) in cases {
+        let mut all = vec!["--steps", "4"];
+        all.extend_from_slice(args);
+        let out = mpirun_failing(2, &all);
+        assert!(out.contains(text), "{args:?}: {out}");
+        assert!(!out.contains("PASS"), "{args:?}: {out}");
+    }
+}
+
+/// `train --model cnn --accumulate 3` on two ranks gives the numbers of one process whose two
+/// devices make the same parts (batch norm normalizes each part by its own statistics), short
+/// last batch and running statistics included (they decide the held-out figures).
+#[test]
+fn the_train_example_accumulates_a_cnn_across_ranks_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    // 198 rows in global batches of 48: micro-batches of 16, and a last batch of 6 (2 each),
+    // every part even, so that two devices and two ranks cut them alike.
+    let config = dir.path().join("cnn.json");
+    std::fs::write(
+        &config,
+        r#"{"model": "cnn", "images": {"train_size": 198, "test_size": 64}, "widths": [4, 4],
+            "batch_size": 48, "epochs": 2, "lr": 0.01, "accumulate": 3}"#,
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (one, many) = (path("one"), path("many"));
+    train(0, &["--config", config, "--out", &one, "--devices", "2"]);
+    train(2, &["--config", config, "--out", &many, "--devices", "1"]);
+    assert_eq!(epochs_of(std::path::Path::new(&one)).len(), 2);
+    assert_same_epochs(
+        &epochs_of(std::path::Path::new(&many)),
+        &epochs_of(std::path::Path::new(&one)),
+        "a CNN on 2 ranks, 3 micro-batches per step",
+    );
+}

@@ -2,7 +2,8 @@
 //! is present, else the CPU), that data parallelism changes no number: the data-parallel forward
 //! equals the plain forward, and a data-parallel training step equals the single-device step,
 //! on every model of the zoo (`zoo.rs`); and that buffers stay on their devices and replicas
-//! draw their own dropout masks (`placement.rs`). Prints one line per check and exits non-zero
+//! draw their own dropout masks (`placement.rs`); and on the shapes real programs take
+//! (`programs.rs`). Prints one line per check and exits non-zero
 //! if any fails. Used by `scripts/gpu-check.sh`.
 //!
 //! ```text
@@ -21,6 +22,7 @@ mod compare;
 #[path = "../common/exit.rs"]
 mod exit;
 mod placement;
+mod programs;
 mod zoo;
 
 use burn::module::Module;
@@ -84,6 +86,7 @@ impl backend::Job for Checks {
             .into_iter()
             .chain(placement::checks::<B>(&devices)?)
             .chain(adaptive::checks::<B>(&devices, args.step_tolerance)?)
+            .chain(programs::checks::<B>(&devices, args.step_tolerance)?)
         {
             results.push(outcome.report());
         }

@@ -36,6 +36,22 @@ pub trait Classifier<B: Backend>: Module<B> {
             .forward(logits, targets)
     }
 
+    /// A class-weighted cross-entropy (a row of class `c` weighs `1 + c`, as PyTorch's
+    /// `CrossEntropyLoss(weight=...)` weighs classes): the weighted sum over the rows and the
+    /// sum of their weights. The weighted mean loss is their ratio, whose denominator depends
+    /// on the classes each batch holds.
+    fn weighted_loss_sum(
+        &self,
+        input: Self::Input,
+        targets: Tensor<B, 1, Int>,
+    ) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let rows = targets.dims()[0];
+        let log_probs = burn::tensor::activation::log_softmax(self.logits(input), 1);
+        let picked = log_probs.gather(1, targets.clone().reshape([rows, 1]));
+        let weights = targets.float().add_scalar(1.0).reshape([rows, 1]);
+        ((picked * weights.clone()).sum().neg(), weights.sum())
+    }
+
     /// `[rows whose predicted class equals the target, the cross-entropy summed over the rows]`
     /// from one forward pass: sums, so that the figures of several parts add up (a metric for
     /// `Trainer::evaluate`).

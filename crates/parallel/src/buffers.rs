@@ -176,6 +176,12 @@ impl Buffers {
             .map(&mut Write(&self.ids, HashSet::new(), values));
     }
 
+    /// Whether the module has no buffer.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// Whether `id` is a buffer's (the exchange across processes sends buffers apart).
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn contains(&self, id: &ParamId) -> bool {

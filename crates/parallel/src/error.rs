@@ -331,7 +331,9 @@ pub enum DataParallelError {
     /// seed, the rows of a held-out set): the result would differ from one process's.
     #[cfg(feature = "mpi")]
     #[error(
-        "at step {step}, rank {rank} {call} with {setting} {found} where this rank has          {this_rank}: every rank must make each call with the same settings; nothing of this          call was kept"
+        "at step {step}, rank {rank} {call} with {setting} {found} where this rank has \
+         {this_rank}: every rank must make each call with the same settings; nothing of this \
+         call was kept"
     )]
     SettingMismatch {
         /// The first rank that differs.

@@ -49,7 +49,7 @@ pub(crate) struct Call {
 pub(crate) const SETTINGS: usize = 2;
 
 /// How a call's settings are named and shown in errors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Setting {
     /// Not used by this call (always 0).
     Unused,

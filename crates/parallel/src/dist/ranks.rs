@@ -182,7 +182,7 @@ where
         };
         // Every rank sends as many values: the models match, and a failed rank sends its
         // statistics as they were.
-        let shared = self.combines_buffers();
+        let shared = self.buffers && self.mpi.size() > 1;
         let rank = self.mpi.rank();
         let total: usize = self.rows.iter().sum();
         let share = self.rows.get(rank).copied().unwrap_or(0) as f64 / total.max(1) as f64;
