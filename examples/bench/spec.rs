@@ -31,6 +31,9 @@ pub enum Runner {
     /// `backward()`, and the optimizer step on `dp.module()`: replicas linked to the module's
     /// graph every call, and run one after another.
     ForwardBackward,
+    /// W3 only: `DataParallelTrainer` with `with_seed`: the replicas' forward passes run one
+    /// after another, each reseeded (what a repeatable run costs).
+    Seeded,
     /// burn-train 0.21's own multi-device training (W3 only, feature `bench-burn-train`).
     BurnTrain,
     /// W3 only: `devices` MPI ranks of one CPU device each, under `mpirun` (feature `mpi`).
@@ -112,6 +115,7 @@ impl Spec {
         self.threads.map(|threads| match self.runner {
             Runner::DataParallel
             | Runner::ForwardBackward
+            | Runner::Seeded
             | Runner::BurnTrain
             | Runner::EqualReplicas => threads * self.devices,
             Runner::Plain
@@ -164,6 +168,7 @@ impl Spec {
                 "DataParallel x{} forward + backward() (PyTorch's habit)",
                 self.devices
             ),
+            Runner::Seeded => format!("DataParallel x{}, seeded (`with_seed`)", self.devices),
             Runner::BurnTrain => format!("burn-train multi x{}", self.devices),
             Runner::MpiRanks => format!("MPI, {} rank(s) of 1 device", self.devices),
             Runner::MpiRanksFineTune => format!(
@@ -192,6 +197,7 @@ impl Spec {
                 let each = match self.runner {
                     Runner::DataParallel
                     | Runner::ForwardBackward
+                    | Runner::Seeded
                     | Runner::BurnTrain
                     | Runner::EqualReplicas
                         if self.devices > 1 =>

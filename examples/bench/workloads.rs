@@ -179,6 +179,9 @@ fn w3<B: AutodiffBackend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Resul
         _ => {
             let mut trainer =
                 DataParallelTrainer::new(model, SgdConfig::new().init(), devices.clone())?;
+            if spec.runner == Runner::Seeded {
+                trainer = trainer.with_seed(1);
+            }
             time::<B>(spec.seconds, &devices, || {
                 if let Err(e) =
                     trainer.step(W3_LR, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))

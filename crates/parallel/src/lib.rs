@@ -61,7 +61,9 @@
 //! - replicas ([`Replicate`]): each with buffers of its own; for inference made once per device
 //!   and refreshed only when the module changes, for training through [`DataParallel`] linked
 //!   to the module's autodiff graph on every call;
-//! - buffers: BatchNorm's running statistics, combined row-weighted after a training call;
+//! - buffers: BatchNorm's running statistics, combined row-weighted after a training call,
+//!   every replica starting a call from the module's, and put back when a batch is refused;
+//! - seeded runs: replicas' random draws from seeds derived from the position, in turn;
 //! - parallel apply: one long-lived worker per device (none with a single device, which runs
 //!   on the caller's thread); panics caught and reported as [`DataParallelError`]s,
 //!   [`current_replica`] visible from inside the model;
@@ -92,32 +94,56 @@
 //! | frozen parameters (`no_grad`) | exact | exact: never changed, weight decay included; across processes they never travel |
 //! | a layer some rows skip | exact | exact: no gradient where one device would have none, across processes too |
 //! | `BatchNorm` | exact (running statistics) | each replica normalizes its part with the part's statistics, as PyTorch's `DataParallel` without `SyncBatchNorm`: exact against single-device training on the same parts; running statistics below |
-//! | `Dropout` | exact (off) | random: every replica draws its own masks |
+//! | `Dropout` | exact (off) | random: every replica draws its own masks; repeatable with `with_seed` (below) |
+//! | a loss over valid tokens or weighted samples | | exact when the loss returns a [`WeightedMean`] |
 //!
-//! **Running statistics** (BatchNorm's, and any `RunningState`): each replica updates its own
-//! copy from its part; after a training call the module's become the row-weighted mean of the
-//! replicas' (replica `k` weighing `rows_k / rows`), and across processes the same over every
-//! rank's replicas. A running mean then equals single-device training's wherever the batch
-//! norm's input does not itself depend on batch statistics (a first batch norm); a running
-//! variance leaves out the spread between the parts' means. Replicas never move or share the
-//! module's statistics. (PyTorch's `DataParallel` keeps replica 0's update alone.)
+//! **Running statistics** (BatchNorm's, and any `RunningState`): each replica starts a call from
+//! the module's values and updates its own copy from its part; after every training call (every
+//! micro-batch of a trainer) the module's become the row-weighted mean of the replicas' (replica
+//! `k` weighing `rows_k / rows`), and across processes the same over every rank's replicas, after
+//! every micro-batch too. A running mean then equals single-device training's wherever the batch
+//! norm's input does not itself depend on batch statistics (a first batch norm), however many
+//! replicas each call uses; a running variance leaves out the spread between the parts' means.
+//! Replicas never move or share the module's statistics. A refused batch (a non-finite loss, a
+//! failed replica or rank) leaves them as they were. (PyTorch's `DataParallel` keeps replica
+//! 0's update alone.)
+//!
+//! **Losses**: a loss function returns a one-element tensor, a mean over its rows
+//! ([`LossReduction::Mean`]) or a sum ([`LossReduction::Sum`]), or a [`WeightedMean`] that
+//! states its own denominator (valid tokens, sample weights), divided by the weights of every
+//! replica, rank and micro-batch of the step. Every micro-batch of a step returns the same
+//! kind ([`DataParallelError::MixedLosses`]). [`Trainer::evaluate`] adds up sums and weights
+//! [`Metric::Mean`]s.
+//!
+//! **Seeded runs**: Burn's backends draw random numbers from one generator per process. With
+//! `with_seed` ([`DataParallel::with_seed`], [`DataParallelTrainer::with_seed`]), replicas run
+//! their forward passes one after another, each after reseeding it from the seed and the
+//! position (rank, step, micro-batch, replica): a run repeats at a fixed configuration
+//! (devices, ranks, split, seed), and a resumed one draws what the uninterrupted one drew. It
+//! costs the forward passes' concurrency on the CPU (see `BENCHMARKS.md`). Without it, replicas
+//! draw in whatever order their threads run. Not reproducible either way: another number of
+//! devices or ranks, a split that learns from timings ([`Adaptive`]), and burn-ndarray's `simd`
+//! rounding on AVX-512 CPUs (about 1e-7 per step).
 //!
 //! **Across ranks** (`DistributedTrainer`): the same step as one process on the union of the
 //! ranks' rows, micro-batches accumulated or not, optimizer state sharded or not (checked with
 //! Adam over 20 steps on 2 and 3 ranks), global batches split equally or by the ranks'
 //! measured speed (`with_rank_split`); [`Trainer::evaluate`] counts every held-out row once.
 //! A rank whose call fails, that makes another call, or that disagrees on the model, the
-//! transport or the sharding is an error on every rank rather than a hang (a rank that returns
+//! transport, the sharding, or a call's settings (learning rate, kind of loss, seed, held-out
+//! rows, the global batch whose part it took) is an error on every rank rather than a hang or a
+//! wrong number (a rank that returns
 //! without `finish` still leaves the others waiting, as in any MPI program).
 //!
 //! **Host round trips in a training step**: each replica reads its loss once, after its
 //! backward pass is queued (the non-finite check needs the value). Across ranks:
-//! - each micro-batch: two small MPI all-gathers (the call and row counts; failure, loss,
-//!   the time the rank spent on its rows and a fingerprint of how it splits global batches
-//!   between the ranks);
+//! - each micro-batch: two small MPI all-gathers (the call, its settings and the row counts;
+//!   failure, loss and weight, the time the rank spent on its rows, a fingerprint of how it
+//!   splits global batches between the ranks, the global batch it asked its part of, and its
+//!   running statistics, which every rank then averages);
 //! - each optimizer step: one small MPI all-gather (the call and row counts), then the gradient
-//!   exchange, the only collective that carries gradients (with the presence flags and the
-//!   running statistics): one all-reduce, or a reduce-scatter and an all-gather when sharded;
+//!   exchange, the only collective that carries gradients (with their presence flags): one
+//!   all-reduce, or a reduce-scatter and an all-gather when sharded;
 //!   the presence flags are then read to the host;
 //! - over MPI, the exchanged buffer goes to the host and back around each gradient collective,
 //!   followed by one small all-gather that tells every rank whether any rank failed;
