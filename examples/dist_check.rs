@@ -139,6 +139,13 @@ struct Args {
     /// This rank's held-out set has one row fewer (it must be refused on every rank).
     #[arg(long)]
     short_held_out_rank: Option<usize>,
+    /// Every rank's loss function runs the backward pass itself from --fault-step on, so no
+    /// parameter receives a gradient from the trainer (it must be refused on every rank).
+    #[arg(long)]
+    backward_in_loss: bool,
+    /// This rank evaluates one metric more (it must be refused on every rank).
+    #[arg(long)]
+    extra_metric_rank: Option<usize>,
     /// Seeds the run (`with_seed`).
     #[arg(long)]
     seed: Option<u64>,
@@ -550,7 +557,10 @@ where
         }
     }
 
-    fn with_loss<L: TrainLoss<B>>(self, loss: fn(&M, Rows<B, D, K>) -> L) -> anyhow::Result<()> {
+    fn with_loss<L: TrainLoss<B> + Clone>(
+        self,
+        loss: fn(&M, Rows<B, D, K>) -> L,
+    ) -> anyhow::Result<()> {
         match self.args.optimizer {
             Optim::Sgd => self.train(|| SgdConfig::new().init::<B, M>(), loss),
             Optim::Adam => self.train(|| AdamConfig::new().init::<B, M>(), loss),
@@ -573,7 +583,7 @@ where
     where
         O: Optimizer<M, B>,
         O::Record: ShardableRecord<B>,
-        L: TrainLoss<B>,
+        L: TrainLoss<B> + Clone,
     {
         let Self {
             args,
@@ -701,6 +711,11 @@ where
                                 !replica_panics,
                                 "fault injected in a replica at step {step}"
                             );
+                            if args.backward_in_loss && step >= args.fault_step {
+                                let value = loss(m, batch);
+                                let _ = value.clone().into_parts().0.backward();
+                                return value;
+                            }
                             if slow {
                                 let rows = batch.1.dims()[0] as u64;
                                 std::thread::sleep(std::time::Duration::from_millis(2 * rows));
@@ -769,10 +784,16 @@ where
         let whole_state = trainer.optimizer_record()?;
         // Each rank evaluates its part of the held-out rows.
         let short = usize::from(args.short_held_out_rank == Some(rank));
-        let evaluation = trainer.evaluate(
-            held_out(9999, args.held_out - short, &device),
-            |m, (x, y)| m.correct_and_loss_sum(x, y),
-        )?;
+        let set = held_out(9999, args.held_out - short, &device);
+        let evaluation = if args.extra_metric_rank == Some(rank) {
+            let [correct, loss, _] = trainer.evaluate(set, |m, (x, y)| {
+                let [correct, loss] = m.correct_and_loss_sum(x, y);
+                [correct, loss, 0.0]
+            })?;
+            [correct, loss]
+        } else {
+            trainer.evaluate(set, |m, (x, y)| m.correct_and_loss_sum(x, y))?
+        };
         // Every rank finishes before any checks its own figures: a rank leaving early would leave
         // the others waiting in `finish`.
         let (model, _) = trainer

@@ -58,10 +58,10 @@ fn bench_writes_a_report_with_every_configuration() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let measurements = report["measurements"].as_array().unwrap();
     // W1: plain, x1, x2; W3: plain twice, x1 twice, x2, forward + backward() through
-    // DataParallel x1 and x2, and the ceiling of x2 where there are two cores for the two
-    // replicas; W4: each replica alone, two equal replicas, and the three splits.
+    // DataParallel x1 and x2, x2 seeded, and the ceiling of x2 where there are two cores for
+    // the two replicas; W4: each replica alone, two equal replicas, and the three splits.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(measurements.len(), 16 + usize::from(cpus >= 2), "{stdout}");
+    assert_eq!(measurements.len(), 17 + usize::from(cpus >= 2), "{stdout}");
     assert!(
         measurements
             .iter()
@@ -100,6 +100,10 @@ fn bench_writes_a_report_with_every_configuration() {
     }
     assert!(
         has("forward + backward() through DataParallel x2"),
+        "{ratios:?}"
+    );
+    assert!(
+        has("seeded DataParallelTrainer x2 / unseeded x2"),
         "{ratios:?}"
     );
 }

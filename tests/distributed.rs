@@ -956,7 +956,7 @@ fn a_seeded_run_with_dropout_repeats_across_ranks() {
 /// wrong number.
 #[test]
 fn ranks_that_disagree_on_a_setting_are_refused_on_every_rank() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--odd-lr-rank", "1"], "with learning rate"),
         (&["--odd-loss-rank", "1"], "micro-batch 1 with loss a "),
         (
@@ -966,6 +966,12 @@ fn ranks_that_disagree_on_a_setting_are_refused_on_every_rank() {
         (
             &["--short-held-out-rank", "1"],
             "evaluates 2 metrics with held-out rows 3",
+        ),
+        (&["--extra-metric-rank", "1"], "evaluates 3 metrics"),
+        // Not a setting, but as silent: every loss function runs `backward()` itself.
+        (
+            &["--backward-in-loss", "--fault-step", "2"],
+            "step 2: no trainable parameter received a gradient from any replica or rank",
         ),
         // Rank 1 asks for its part of 29 rows where rank 0 asks for 30, with no rank split.
         (

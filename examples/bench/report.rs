@@ -328,6 +328,20 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
         }
         for m in ms
             .iter()
+            .filter(|m| m.spec.workload == w && m.spec.runner == Runner::Seeded)
+        {
+            out.extend(ratio(
+                w,
+                format!(
+                    "seeded DataParallelTrainer x{n} / unseeded x{n}",
+                    n = m.spec.devices
+                ),
+                Some(m),
+                find(ms, w, Runner::DataParallel, m.spec.devices, m.spec.threads),
+            ));
+        }
+        for m in ms
+            .iter()
             .filter(|m| m.spec.workload == w && m.spec.runner == Runner::MpiRanksFineTune)
         {
             out.extend(ratio(

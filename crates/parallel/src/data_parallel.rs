@@ -12,6 +12,17 @@ use burn::tensor::backend::Backend;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+/// One replica's value for its part of an input ([`DataParallel::forward_parts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part<O> {
+    /// The replica, and the index of its device.
+    pub replica: usize,
+    /// Rows of its part.
+    pub rows: usize,
+    /// What it returned.
+    pub value: O,
+}
+
 /// The module is only missing after an update that panicked (until `set_module`).
 const LOST: &str = "the module was lost in an update that panicked; set a new one";
 
@@ -200,10 +211,12 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     ///     dropout: Dropout,
     /// }
     /// let device = Default::default();
+    /// // `fork` creates the lazy weights once, so that every clone shares them.
     /// let net = Net {
     ///     linear: LinearConfig::new(4, 4).init::<B>(&device),
     ///     dropout: DropoutConfig::new(0.5).init(),
-    /// };
+    /// }
+    /// .fork(&device);
     /// let run = || {
     ///     let mut dp = DataParallel::new(net.clone(), vec![device; 3])?.with_seed(7);
     ///     let x = Tensor::<B, 2>::ones([12, 4], &device);
@@ -406,8 +419,69 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Fn(&M, I) -> Result<O, E> + Sync,
     {
-        let outputs = self.try_parallel_apply(input, f)?;
+        let (outputs, timings) = self.run(input, f, None)?;
+        for (replica, (output, timing)) in outputs.iter().zip(&timings).enumerate() {
+            let rows_out = output.output_rows(self.dim);
+            if let Some(&rows_out) = rows_out.iter().find(|&&rows| rows != timing.rows) {
+                return Err(DataParallelError::OutputRows {
+                    replica,
+                    dim: self.dim,
+                    rows_in: timing.rows,
+                    rows_out,
+                });
+            }
+        }
         O::gather(outputs, self.dim, &self.output_device)
+    }
+
+    /// Runs `f(replica, part)` on every part of `input` and returns each part's value with the
+    /// rows it was computed on, in replica order: for values over a whole part (a loss, a sum,
+    /// a mean, a count), which [`forward`](Self::forward) refuses to concatenate
+    /// ([`DataParallelError::OutputRows`]). Per-part sums add up to the sum over the batch;
+    /// per-part means `m_k` over `rows_k` rows combine into the batch's mean as
+    /// `sum(rows_k * m_k) / sum(rows_k)` (not their plain mean, which PyTorch's
+    /// `DataParallel` users often take by mistake).
+    ///
+    /// ```
+    /// use burn::backend::NdArray;
+    /// use burn::nn::LinearConfig;
+    /// use burn::tensor::Tensor;
+    /// use burn_data_parallel::DataParallel;
+    ///
+    /// let device = Default::default();
+    /// let model = LinearConfig::new(5, 1).init::<NdArray>(&device);
+    /// let mut dp = DataParallel::new(model, vec![device; 4])?;
+    /// let x = Tensor::<NdArray, 2>::ones([30, 5], &device);
+    /// // Each part's mean output, with its rows (8, 8, 8 and 6).
+    /// let parts = dp.forward_parts(x.clone(), |m, x| m.forward(x).mean())?;
+    /// let rows: usize = parts.iter().map(|p| p.rows).sum();
+    /// let mean = parts
+    ///     .into_iter()
+    ///     .map(|p| p.value.mul_scalar(p.rows as f64 / rows as f64))
+    ///     .reduce(|a, b| a + b)
+    ///     .unwrap();
+    /// let expected = dp.module().forward(x).mean();
+    /// mean.into_data().assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+    /// # Ok::<(), burn_data_parallel::DataParallelError>(())
+    /// ```
+    pub fn forward_parts<I, O, F>(&mut self, input: I, f: F) -> Result<Vec<Part<O>>>
+    where
+        M: Sync,
+        I: Scatter<B>,
+        O: Send,
+        F: Fn(&M, I) -> O + Sync,
+    {
+        let f = |replica: &M, part: I| Ok::<_, Infallible>(f(replica, part));
+        let (outputs, timings) = self.run(input, f, None)?;
+        Ok(outputs
+            .into_iter()
+            .zip(timings)
+            .map(|(value, timing)| Part {
+                replica: timing.replica,
+                rows: timing.rows,
+                value,
+            })
+            .collect())
     }
 
     /// Runs `f(replica, part)` on every part of `input`, and returns the outputs in replica

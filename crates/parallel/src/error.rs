@@ -119,6 +119,40 @@ pub enum DataParallelError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A replica's output does not have one row per input row along the split dimension (a
+    /// mean or a loss over its part, rows added or dropped): concatenated, it would not line up
+    /// with the input. Per-part values are returned by
+    /// [`DataParallel::forward_parts`](crate::DataParallel::forward_parts).
+    #[error(
+        "replica {replica} returned {rows_out} rows along dimension {dim} for its {rows_in} \
+         input rows: a forward's outputs are concatenated, so each needs one row per input row; \
+         for values over a whole part (a loss, a mean, a sum) use `forward_parts`, which returns \
+         each part's value with its rows"
+    )]
+    OutputRows {
+        /// The replica.
+        replica: usize,
+        /// The split dimension.
+        dim: usize,
+        /// Rows of its input part.
+        rows_in: usize,
+        /// Rows of (a tensor of) its output.
+        rows_out: usize,
+    },
+
+    /// An optimizer step in which no trainable parameter received a gradient from any replica
+    /// (or rank): the loss does not depend on them, or the loss function called `backward()`
+    /// itself. No step was taken, and the accumulated micro-batches were dropped.
+    #[error(
+        "step {step}: no trainable parameter received a gradient from any replica or rank; \
+         the loss does not depend on them, or the loss function called `backward()` itself \
+         (return the loss instead: the trainer runs the backward pass); no step was taken"
+    )]
+    NoGradient {
+        /// Optimizer steps taken before this one.
+        step: usize,
+    },
+
     /// The replicas' outputs cannot be concatenated: their shapes differ outside the gather
     /// dimension, or the gather dimension does not exist.
     #[error(

@@ -202,7 +202,7 @@ extern crate self as burn_data_parallel;
 mod tests;
 
 pub use cpu_threads::share_cpu_cores;
-pub use data_parallel::DataParallel;
+pub use data_parallel::{DataParallel, Part};
 #[cfg(feature = "cuda")]
 pub use devices::{CudaUnavailable, cuda_availability, cuda_devices};
 pub use error::{DataParallelError, Result};

@@ -122,6 +122,89 @@ fn outputs_that_cannot_be_concatenated() {
     still_works(&mut dp);
 }
 
+#[test]
+fn outputs_without_one_row_per_input_row_are_refused() {
+    // A forward that pools over the batch: one mean per part, which single-device Burn would
+    // give once. Each replica is named with its rows in and out.
+    let mut dp = tutorial_dp(4);
+    let err = dp
+        .forward(normal([30, 5], 1), |m, x| m.forward(x).mean_dim(0))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataParallelError::OutputRows {
+                replica: 0,
+                dim: 0,
+                rows_in: 8,
+                rows_out: 1
+            }
+        ),
+        "{err}"
+    );
+    // Rows repeated: the plain shape, but the parts' rows would interleave.
+    let mut dp = tutorial_dp(2);
+    let err = dp
+        .forward(normal([8, 5], 2), |m, x| {
+            let y = m.forward(x);
+            Tensor::cat(vec![y.clone(), y.mul_scalar(10.0)], 0)
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataParallelError::OutputRows {
+                rows_in: 4,
+                rows_out: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // In a tuple too, whichever member is off; and on one device, as on several.
+    let mut one = tutorial_dp(1);
+    let err = one
+        .forward(normal([6, 5], 3), |m, x| {
+            let y = m.forward(x);
+            (y.clone(), y.sum())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataParallelError::OutputRows {
+                rows_in: 6,
+                rows_out: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    still_works(&mut dp);
+}
+
+#[test]
+fn per_part_values_come_with_their_rows() {
+    let mut dp = tutorial_dp(4);
+    let x = normal([30, 5], 4);
+    let parts = dp
+        .forward_parts(x.clone(), |m, x| m.forward(x).sum())
+        .unwrap();
+    let rows: Vec<usize> = parts.iter().map(|p| p.rows).collect();
+    assert_eq!(rows, [8, 8, 8, 6]);
+    assert_eq!(
+        parts.iter().map(|p| p.replica).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    // Sums add up to the batch's sum.
+    let sum = parts
+        .into_iter()
+        .map(|p| p.value)
+        .reduce(|a, b| a + b)
+        .unwrap();
+    assert!(max_abs_diff(sum, dp.module().forward(x).sum()) <= 1e-4);
+}
+
 #[derive(Debug)]
 struct DropsARow;
 impl SplitPolicy for DropsARow {

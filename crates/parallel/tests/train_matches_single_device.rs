@@ -329,3 +329,42 @@ fn a_non_finite_loss_names_the_step_and_changes_nothing() {
     trainer.step(0.1, batch(9, 3), mean_loss).unwrap();
     assert_eq!(trainer.steps(), 2);
 }
+
+#[test]
+fn a_step_in_which_no_parameter_received_a_gradient_is_refused() {
+    for devices in [1, 2] {
+        let start = model(4);
+        let mut trainer =
+            DataParallelTrainer::new(start.clone(), SgdConfig::new().init(), cpus(devices))
+                .unwrap();
+        // A slip from PyTorch: the loss function runs the backward pass itself.
+        let err = trainer
+            .step(0.1, batch(8, 1), |m, b| {
+                let l = mean_loss(m, b);
+                let _ = l.clone().backward();
+                l
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, DataParallelError::NoGradient { step: 0 }),
+            "{devices} devices: {err}"
+        );
+        assert_eq!(max_param_diff(trainer.module(), &start), 0.0);
+        // A loss that does not depend on the parameters at all.
+        let err = trainer
+            .step(0.1, batch(8, 2), |_, (x, _)| {
+                x.sum().mul_scalar(0.0).require_grad()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, DataParallelError::NoGradient { step: 0 }),
+            "{err}"
+        );
+        // Training goes on, and the step is the single-device one.
+        trainer.step(0.1, batch(8, 3), mean_loss).unwrap();
+        assert_eq!(trainer.steps(), 1);
+        let mut sgd = SgdConfig::new().init();
+        let (expected, _) = single_step(start, &mut sgd, 0.1, batch(8, 3), mean_loss);
+        assert!(max_param_diff(trainer.module(), &expected) <= PARAM_TOLERANCE);
+    }
+}

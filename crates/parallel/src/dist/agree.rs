@@ -12,7 +12,7 @@ use crate::{DataParallelError, Result};
 pub(crate) enum Phase {
     /// `accumulate`: `count` is the micro-batch's index in the step, `value` the rank's rows.
     MicroBatch = 1,
-    /// `apply`: `count` is the micro-batches accumulated, `value` the rank's rows.
+    /// `apply`: `count` is the micro-batches accumulated, `value` the rank's gradient tensors.
     Apply = 2,
     /// `evaluate`: `count` is the number of metrics summed.
     Evaluate = 3,
@@ -104,6 +104,7 @@ impl Setting {
     fn show(self, value: u64) -> (String, String) {
         match self {
             Self::Unused => ("setting".into(), value.to_string()),
+            Self::Count(name) if value == u64::MAX => (name.into(), "none (unreadable)".into()),
             Self::Count(name) => (name.into(), value.to_string()),
             Self::Real(name) => (name.into(), f64::from_bits(value).to_string()),
             Self::Named(name, describe) => (name.into(), describe(value)),

@@ -93,12 +93,18 @@ impl Ranks<'_> {
         M: AutodiffModule<B>,
         O: Optimizer<M, B>,
     {
-        // Every rank takes the same step: the same learning rate.
+        // Every rank takes the same step: the same learning rate. Each tells how many gradient
+        // tensors it holds: where no rank holds any, no parameter would move.
         let call = Call::new(Phase::Apply, accumulated.step, accumulated.micro_batches)
-            .with_value(accumulated.rows as u64)
+            .with_value(accumulated.grads.len() as u64)
             .with_settings([lr.to_bits(), 0]);
-        if let Err(err) = agree(self.mpi, call) {
-            return Err((module, err));
+        let calls = match agree(self.mpi, call) {
+            Ok(calls) => calls,
+            Err(err) => return Err((module, err)),
+        };
+        if calls.iter().all(|c| c.value == 0) {
+            let step = accumulated.step;
+            return Err((module, DataParallelError::NoGradient { step }));
         }
         let (mpi, layout) = (self.mpi, &self.layout);
         let flat = layout.pack::<B, M>(&module, &accumulated.grads);

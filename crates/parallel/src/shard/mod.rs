@@ -63,6 +63,16 @@ pub trait Gather<B: Backend>: Sized + Send {
     /// Merges `parts`, in replica order, into one value on `device`, concatenating along `dim`,
     /// so that row `i` of the result comes from row `i` of the input.
     fn gather(parts: Vec<Self>, dim: usize, device: &B::Device) -> Result<Self>;
+
+    /// The size along `dim` of every tensor of this output that [`gather`](Gather::gather)
+    /// concatenates: each must be the rows of the input part it was computed from, or the
+    /// concatenation would not line up with the input (a mean over the part, a loss, rows
+    /// repeated). Checked by [`DataParallel`](crate::DataParallel) before it gathers. The
+    /// default, for a type that does not say, is nothing to check.
+    fn output_rows(&self, dim: usize) -> Vec<usize> {
+        let _ = dim;
+        Vec::new()
+    }
 }
 
 /// Combines the row counts of two members of one input.

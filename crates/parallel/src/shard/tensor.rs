@@ -38,6 +38,10 @@ where
     K: BasicOps<B>,
     Self: Send,
 {
+    fn output_rows(&self, dim: usize) -> Vec<usize> {
+        self.dims().get(dim).copied().into_iter().collect()
+    }
+
     fn gather(parts: Vec<Self>, dim: usize, device: &B::Device) -> Result<Self> {
         if dim >= D {
             return Err(DataParallelError::DimOutOfRange { dim, rank: D });

@@ -33,6 +33,12 @@ macro_rules! tuple_impls {
                 }
                 Ok(($($ty::gather(columns.$idx, dim, device)?,)+))
             }
+
+            fn output_rows(&self, dim: usize) -> Vec<usize> {
+                let mut rows = Vec::new();
+                $(rows.extend(self.$idx.output_rows(dim));)+
+                rows
+            }
         }
     };
 }

@@ -26,6 +26,10 @@ impl<B: Backend, T: Scatter<B>> Scatter<B> for Vec<T> {
 }
 
 impl<B: Backend, T: Gather<B>> Gather<B> for Vec<T> {
+    fn output_rows(&self, dim: usize) -> Vec<usize> {
+        self.iter().flat_map(|item| item.output_rows(dim)).collect()
+    }
+
     fn gather(parts: Vec<Self>, dim: usize, device: &B::Device) -> Result<Self> {
         let expected = parts.first().map_or(0, Vec::len);
         if let Some((replica, found)) = parts

@@ -62,9 +62,8 @@ pub(crate) struct Accumulated {
     pub step: usize,
     /// Micro-batches accumulated for it.
     pub micro_batches: usize,
-    /// Rows of this process over those micro-batches.
-    pub rows: usize,
-    /// This process's gradient sum, weighted for every process's rows.
+    /// This process's gradient sum, weighted for every process's rows (no entry for a
+    /// parameter this process's losses did not reach).
     pub grads: GradientsParams,
 }
 
@@ -127,6 +126,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> Peers<B, M, O
         lr: f64,
         accumulated: Accumulated,
     ) -> std::result::Result<M, (M, crate::DataParallelError)> {
+        if accumulated.grads.is_empty() {
+            let step = accumulated.step;
+            return Err((module, crate::DataParallelError::NoGradient { step }));
+        }
         Ok(optimizer.step(lr, module, accumulated.grads))
     }
 }

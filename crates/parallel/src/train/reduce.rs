@@ -23,7 +23,6 @@ use burn::tensor::backend::AutodiffBackend;
 #[derive(Default)]
 pub(crate) struct GradientSum {
     sum: GradientsParams,
-    rows: usize,
     parts: usize,
     micro_batches: usize,
     /// What the sum is currently divided by: rows or weights of all processes so far (0 while
@@ -60,12 +59,10 @@ impl GradientSum {
     /// Adds a micro-batch whose rows or weights over every process are `weight`: the earlier
     /// sum is rescaled to the new denominator, and `parts` (see [`add`](Self::add)) are divided
     /// by it where they were not weighted before their backward pass.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_micro_batch<B, M>(
         &mut self,
         module: &M,
         parts: Vec<GradientsParams>,
-        rows: usize,
         denominator: Denominator,
         weight: f64,
         device: &B::Device,
@@ -87,30 +84,18 @@ impl GradientSum {
         self.rescale::<B, M>(module, rescale);
         self.denominator = Some(denominator);
         self.weighted_for = now;
-        self.add::<B, M>(module, parts, rows, scale, device);
-    }
-
-    /// This process's rows of every micro-batch added since the last [`take`](Self::take).
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
+        self.add::<B, M>(module, parts, scale, device);
     }
 
     /// Adds a micro-batch: `parts` (one per replica, in replica order, none where this process
-    /// had no rows) covering `rows` rows, their sum multiplied by `scale`, on `device`.
-    fn add<B, M>(
-        &mut self,
-        module: &M,
-        parts: Vec<GradientsParams>,
-        rows: usize,
-        scale: f64,
-        device: &B::Device,
-    ) where
+    /// had no rows), their sum multiplied by `scale`, on `device`.
+    fn add<B, M>(&mut self, module: &M, parts: Vec<GradientsParams>, scale: f64, device: &B::Device)
+    where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
     {
         self.parts += parts.len();
         self.micro_batches += 1;
-        self.rows += rows;
         module.visit(&mut Add::<B> {
             sum: &mut self.sum,
             parts,
@@ -140,7 +125,6 @@ impl GradientSum {
         let weightless = self.denominator == Some(Denominator::Weights) && self.weighted_for <= 0.0;
         self.parts = 0;
         self.micro_batches = 0;
-        self.rows = 0;
         self.weighted_for = 0.0;
         self.denominator = None;
         let sum = std::mem::take(&mut self.sum);

@@ -389,7 +389,6 @@ where
         self.pending.add_micro_batch::<B, M>(
             self.parallel.module(),
             grads,
-            rows.local,
             denominator,
             weight,
             &first,
@@ -507,11 +506,10 @@ where
         if self.pending.micro_batches() == 0 {
             return Err(DataParallelError::NothingAccumulated);
         }
-        let (micro_batches, rows) = (self.pending.micro_batches(), self.pending.rows());
+        let micro_batches = self.pending.micro_batches();
         let accumulated = Accumulated {
             step: self.steps,
             micro_batches,
-            rows,
             grads: self.pending.take(self.steps)?,
         };
         let optimizer = &mut self.optimizer;
