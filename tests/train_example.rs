@@ -143,7 +143,15 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     let (ok, _, stderr) = train(
         &out,
         &[
-            "--config", &config, "--resume", "--epochs", "3", "--lr", "1e30",
+            "--config",
+            &config,
+            "--resume",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e30",
+            "--allow-change",
+            "lr",
         ],
     );
     assert!(!ok);
@@ -204,7 +212,170 @@ fn bad_configs_are_explained() {
     assert!(stderr.contains("unknown key `data.nois`"), "{stderr}");
     let (ok, _, stderr) = train(dir.path(), &["--batch-size", "0"]);
     assert!(!ok);
-    assert!(stderr.contains("batch size"), "{stderr}");
+    assert!(stderr.contains("batch_size"), "{stderr}");
+    // Settings that would panic inside Burn or report a meaningless figure are refused
+    // first, naming the key.
+    for (config, key) in [
+        (r#"{"data": {"test_size": 0}}"#, "data.test_size is 0"),
+        (r#"{"hidden_sizes": [16, 0]}"#, "hidden_sizes[1] is 0"),
+        (
+            r#"{"model": "cnn", "images": {"size": 1}}"#,
+            "images.size is 1",
+        ),
+        (r#"{"model": "cnn", "widths": [8, 0]}"#, "widths[1] is 0"),
+        (
+            r#"{"model": "transformer", "sequences": {"test_size": 0}}"#,
+            "sequences.test_size",
+        ),
+    ] {
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, config).unwrap();
+        let (ok, stdout, stderr) = train(dir.path(), &["--config", path.to_str().unwrap()]);
+        assert!(!ok, "{config}: {stdout}");
+        assert!(stderr.contains(key), "{config}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{config}: {stderr}");
+    }
+}
+
+#[test]
+fn a_resume_with_other_settings_is_refused_unless_they_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), 2);
+    let out = dir.path().join("run");
+    let (ok, _, stderr) = train(&out, &["--config", &config, "--epochs", "1"]);
+    assert!(ok, "{stderr}");
+    let state = std::fs::read(out.join("epoch-0001/state.json")).unwrap();
+
+    // Another learning rate, batch size or seed; another data set from another config.
+    let other = dir.path().join("other.json");
+    std::fs::write(
+        &other,
+        r#"{"data": {"features": 8, "classes": 3, "train_size": 600, "test_size": 200,
+                      "noise": 3.0, "seed": 99},
+            "hidden_sizes": [16], "batch_size": 50, "epochs": 2, "lr": 0.01}"#,
+    )
+    .unwrap();
+    let other = other.to_str().unwrap();
+    for (args, differences) in [
+        (
+            vec!["--config", &config, "--lr", "0.02"],
+            vec!["lr: 0.01 -> 0.02"],
+        ),
+        (
+            vec!["--config", &config, "--batch-size", "40", "--seed", "7"],
+            vec!["batch_size: 50 -> 40", "seed: 42 -> 7"],
+        ),
+        (
+            vec!["--config", other],
+            vec!["data.noise: 0.5 -> 3.0", "data.seed"],
+        ),
+    ] {
+        let mut all = args.clone();
+        all.push("--resume");
+        let (ok, stdout, stderr) = train(&out, &all);
+        assert!(!ok, "{args:?}: {stdout}");
+        for difference in differences {
+            assert!(stderr.contains(difference), "{args:?}: {stderr}");
+        }
+        assert!(stderr.contains("--allow-change"), "{stderr}");
+        assert_eq!(latest(&out), "epoch-0001");
+        assert_eq!(
+            std::fs::read(out.join("epoch-0001/state.json")).unwrap(),
+            state
+        );
+    }
+
+    // Named, the change is allowed, and each epoch's report keeps what it ran with.
+    let (ok, _, stderr) = train(
+        &out,
+        &[
+            "--config",
+            &config,
+            "--lr",
+            "0.02",
+            "--resume",
+            "--allow-change",
+            "lr",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let epochs = report(&out)["epochs"].as_array().unwrap().clone();
+    let lrs: Vec<f64> = epochs
+        .iter()
+        .map(|e| e["settings"]["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs, [0.01, 0.02]);
+}
+
+/// Flips 16 bytes in the middle of `path`.
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 16] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), 2);
+    for file in ["optimizer.mpk", "model.mpk", "state.json"] {
+        let out = dir.path().join(file);
+        let (ok, _, stderr) = train(&out, &["--config", &config, "--epochs", "1"]);
+        assert!(ok, "{stderr}");
+        corrupt(&out.join("epoch-0001").join(file));
+        let (ok, stdout, stderr) = train(&out, &["--config", &config, "--resume"]);
+        assert!(!ok, "{file}: {stdout}");
+        assert!(
+            stderr.contains(&format!("{file} does not match its checksum")),
+            "{file}: {stderr}"
+        );
+    }
+}
+
+/// A checkpoint that does not fit on the disk: the error says so, the partial folder goes,
+/// and the last complete checkpoint stays the latest. The disk is a small tmpfs mounted in a
+/// mount namespace of the test's own (`unshare`), which leaves the machine's mounts alone.
+#[test]
+fn a_full_disk_is_reported_and_the_last_checkpoint_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), 3);
+    // Measure one checkpoint (in tmpfs pages), then give the disk room for it and the
+    // `latest` pointer, with a page to spare, but not for a second checkpoint beside it.
+    let probe = dir.path().join("probe");
+    let (ok, _, stderr) = train(&probe, &["--config", &config, "--epochs", "1"]);
+    assert!(ok, "{stderr}");
+    let size: u64 = std::fs::read_dir(probe.join("epoch-0001"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len().div_ceil(4096) * 4096)
+        .sum();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={} tmpfs {disk} && exec {train} --out {disk}/run --config {config}",
+        size + 2 * 4096,
+        disk = disk.display(),
+        train = env!("CARGO_BIN_EXE_train"),
+    );
+    let output = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("unshare starts (util-linux)");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{stdout}");
+    assert!(stdout.contains("epoch 1/3"), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("cannot write the checkpoint of epoch 2")
+            && stderr.contains("the disk is full")
+            && stderr.contains("epoch-0001, is intact"),
+        "{stderr}"
+    );
 }
 
 #[test]

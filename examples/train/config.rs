@@ -132,55 +132,134 @@ impl TrainConfig {
         format!("{kind} {sizes}")
     }
 
-    /// Refuses settings that cannot train.
+    /// Refuses settings that cannot train, naming the key at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.epochs > 0, "epochs must be at least 1");
-        anyhow::ensure!(self.batch_size > 0, "batch size must be at least 1");
+        anyhow::ensure!(self.batch_size > 0, "batch_size must be at least 1");
         anyhow::ensure!(
             self.accumulate > 0,
             "accumulate must be at least 1 micro-batch"
         );
         anyhow::ensure!(
             self.lr.is_finite() && self.lr > 0.0,
-            "the learning rate must be a positive number"
+            "lr (the learning rate) must be a positive number"
         );
+        let positive = |key: &str, values: &[usize]| -> anyhow::Result<()> {
+            match values.iter().position(|&v| v == 0) {
+                Some(i) => anyhow::bail!("{key}[{i}] is 0: every layer needs at least 1 unit"),
+                None => Ok(()),
+            }
+        };
+        // Every epoch ends with the held-out figures: a run without held-out rows would
+        // report an accuracy of 0 that means nothing.
+        let split = |key: &str, train: usize, test: usize| -> anyhow::Result<()> {
+            anyhow::ensure!(
+                train > 0,
+                "{key}.train_size is 0: the training split is empty"
+            );
+            anyhow::ensure!(
+                test > 0,
+                "{key}.test_size is 0: every epoch is evaluated on held-out rows, so the \
+                 held-out split needs at least 1"
+            );
+            Ok(())
+        };
         match self.model {
             ModelKind::Mlp => {
-                anyhow::ensure!(self.data.train_size > 0, "the training split is empty");
+                split("data", self.data.train_size, self.data.test_size)?;
                 anyhow::ensure!(
                     self.data.features > 0 && self.data.classes > 1,
-                    "the data needs at least one feature and two classes"
+                    "data.features must be at least 1 and data.classes at least 2"
                 );
+                positive("hidden_sizes", &self.hidden_sizes)?;
             }
             ModelKind::Cnn => {
                 let i = &self.images;
-                anyhow::ensure!(i.train_size > 0, "the training split is empty");
+                split("images", i.train_size, i.test_size)?;
                 anyhow::ensure!(
-                    i.channels > 0 && i.size > 0 && i.classes > 1,
-                    "the images need a channel, a pixel and two classes"
+                    i.channels > 0 && i.classes > 1,
+                    "images.channels must be at least 1 and images.classes at least 2"
                 );
-                anyhow::ensure!(!self.widths.is_empty(), "the CNN needs a convolution block");
+                anyhow::ensure!(
+                    !self.widths.is_empty(),
+                    "widths: the CNN needs a convolution block"
+                );
+                positive("widths", &self.widths)?;
+                // Each block halves the image (2x2 pooling): it must keep at least one pixel.
+                let smallest = 1usize
+                    .checked_shl(self.widths.len() as u32)
+                    .unwrap_or(usize::MAX);
+                anyhow::ensure!(
+                    i.size >= smallest,
+                    "images.size is {}: {} convolution blocks (widths) each halve the image, \
+                     so it must be at least {smallest} pixels",
+                    i.size,
+                    self.widths.len()
+                );
             }
             ModelKind::Transformer => {
                 let s = &self.sequences;
-                anyhow::ensure!(s.train_size > 0, "the training split is empty");
+                split("sequences", s.train_size, s.test_size)?;
                 anyhow::ensure!(
                     s.classes > 1 && s.vocab > 2 * s.classes + 1,
-                    "the sequences need two classes and a vocabulary with neutral tokens \
-                     (more than 2 * classes + 1)"
+                    "sequences.classes must be at least 2 and sequences.vocab above \
+                     2 * classes + 1 (neutral tokens)"
                 );
                 anyhow::ensure!(
                     s.min_len >= 1 && s.min_len <= s.max_len,
-                    "sequence lengths must satisfy 1 <= min_len <= max_len"
+                    "sequences.min_len and max_len must satisfy 1 <= min_len <= max_len"
                 );
                 let t = &self.transformer;
                 anyhow::ensure!(
+                    t.d_model > 0 && t.d_ff > 0 && t.layers > 0,
+                    "transformer.d_model, d_ff and layers must be at least 1"
+                );
+                anyhow::ensure!(
                     t.heads > 0 && t.d_model.is_multiple_of(t.heads),
-                    "the attention heads must divide d_model"
+                    "transformer.heads must divide transformer.d_model"
                 );
             }
         }
         Ok(())
+    }
+
+    /// The settings that differ from `other`'s, as `key: this -> other` lines (nested keys
+    /// joined by dots), leaving out the keys in `allowed`.
+    pub fn differences(&self, other: &Self, allowed: &[String]) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).unwrap_or_default(),
+            serde_json::to_value(other).unwrap_or_default(),
+        );
+        let mut out = Vec::new();
+        diff(&a, &b, "", &mut out);
+        out.retain(|(key, _)| {
+            !allowed
+                .iter()
+                .any(|a| key == a || key.starts_with(&format!("{a}.")))
+        });
+        out.into_iter().map(|(_, line)| line).collect()
+    }
+}
+
+/// Appends, for every leaf that differs between `a` and `b`, its key and a line saying how.
+fn diff(a: &Value, b: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let path = format!("{at}{key}");
+                diff(
+                    value,
+                    b.get(key).unwrap_or(&Value::Null),
+                    &format!("{path}."),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => {
+            let key = at.trim_end_matches('.').to_owned();
+            out.push((key.clone(), format!("{key}: {a} -> {b}")));
+        }
+        _ => {}
     }
 }
 

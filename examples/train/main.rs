@@ -75,9 +75,15 @@ struct Args {
     /// Folder for checkpoints and the report.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
-    /// Continue from the latest checkpoint in --out, up to --epochs.
+    /// Continue from the latest checkpoint in --out, up to --epochs. Every other setting must
+    /// be the checkpoint's, unless named by --allow-change.
     #[arg(long)]
     resume: bool,
+    /// With --resume, the settings that may differ from the checkpoint's (config keys, nested
+    /// ones with dots: `lr`, `batch_size`, `data.noise`); each epoch's report keeps the
+    /// settings it ran with.
+    #[arg(long, value_delimiter = ',')]
+    allow_change: Vec<String>,
     /// Train across the ranks of an MPI job (start with `mpirun`; build with `--features
     /// mpi`). Each rank drives its own --devices; --batch-size is the global batch.
     #[arg(long)]
@@ -185,8 +191,12 @@ fn train<B: AutodiffBackend>(
     // Ranks started with other settings would train apart or wait on each other: refused
     // before anything is read or written.
     ranks.ensure_same(
-        "configuration (config file, its overrides, --resume or --balance-ranks)",
-        format!("{config}\n{}\n{}", args.resume, args.balance_ranks).as_bytes(),
+        "configuration (config file, its overrides, --resume, --allow-change or --balance-ranks)",
+        format!(
+            "{config}\n{}\n{}\n{:?}",
+            args.resume, args.balance_ranks, args.allow_change
+        )
+        .as_bytes(),
     )?;
     let device = devices[0].clone();
     let run = Run {
@@ -297,8 +307,14 @@ impl<B: AutodiffBackend> Run<'_, B> {
         B::seed(&device, config.seed);
         let optimizer = AdamConfig::new().init::<B, M>();
         let (model, optimizer, steps, history) = if args.resume {
-            let loaded =
-                checkpoint::load::<B, _, _>(out, &config, init(&device), optimizer, &device)?;
+            let loaded = checkpoint::load::<B, _, _>(
+                out,
+                &config,
+                &args.allow_change,
+                init(&device),
+                optimizer,
+                &device,
+            )?;
             ranks.say(format_args!(
                 "Resuming from {} (epoch {}, step {}, trained on {} rank{}).",
                 loaded.dir.display(),
@@ -480,6 +496,7 @@ where
                 evaluation_seconds,
                 shares: trainer.split_policy().shares(),
                 rank_shares: trainer.rank_split().and_then(|policy| policy.shares()),
+                settings: Some(serde_json::to_value(&config)?),
             };
             ranks.say(format_args!(
                 "epoch {}/{}: loss {:.4}, held-out accuracy {:.2}% (loss {:.4}, evaluated in \

@@ -31,6 +31,9 @@ pub struct EpochReport {
     /// `--balance-ranks`.
     #[serde(default)]
     pub rank_shares: Option<Vec<f64>>,
+    /// The settings this epoch ran with (a resume may change those it was allowed to).
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
 }
 
 /// Everything a run did.
