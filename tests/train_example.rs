@@ -354,7 +354,8 @@ fn a_full_disk_is_reported_and_the_last_checkpoint_kept() {
     let disk = dir.path().join("disk");
     std::fs::create_dir_all(&disk).unwrap();
     let script = format!(
-        "mount -t tmpfs -o size={} tmpfs {disk} && exec {train} --out {disk}/run --config {config}",
+        "mount -t tmpfs -o size={} tmpfs {disk} || exit 99; {train} --out {disk}/run --config \
+         {config}; status=$?; echo LEFT $(ls -A {disk}/run); exit $status",
         size + 2 * 4096,
         disk = disk.display(),
         train = env!("CARGO_BIN_EXE_train"),
@@ -368,8 +369,20 @@ fn a_full_disk_is_reported_and_the_last_checkpoint_kept() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
+    assert_ne!(
+        output.status.code(),
+        Some(99),
+        "cannot mount a tmpfs: {stderr}"
+    );
     assert!(!output.status.success(), "{stdout}");
     assert!(stdout.contains("epoch 1/3"), "{stdout}{stderr}");
+    // What the disk holds afterwards: the first checkpoint and the pointer to it, nothing
+    // half-written.
+    let left = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("LEFT "))
+        .unwrap_or_default();
+    assert_eq!(left, "epoch-0001 latest", "{stdout}");
     assert!(
         stderr.contains("cannot write the checkpoint of epoch 2")
             && stderr.contains("the disk is full")

@@ -157,10 +157,13 @@
 //! and the CPU backends, not on wgpu or ROCm.
 //!
 //! **Errors**: bad input (no device, rows that disagree, an empty batch, a split policy that
-//! loses rows), a replica that panics or fails, a non-finite loss, devices that cannot exchange
-//! tensors, and, across ranks, any rank that fails or disagrees: each is a
-//! [`DataParallelError`] naming what and where, never a silent truncation. (PyTorch's
-//! `DataParallel` truncates inputs whose tensors disagree on their rows.) What panics: an
+//! loses rows), outputs without one row per input row ([`DataParallelError::OutputRows`]; per-part
+//! values come with their rows from [`DataParallel::forward_parts`]), a replica that panics or
+//! fails, a non-finite loss, a step in which no trainable parameter received a gradient
+//! ([`DataParallelError::NoGradient`]), devices that cannot exchange tensors, and, across
+//! ranks, any rank that fails or disagrees: each is a [`DataParallelError`] naming what and
+//! where, never a silent truncation or a step that moves nothing. (PyTorch's `DataParallel`
+//! truncates inputs whose tensors disagree on their rows, and concatenates per-replica losses.) What panics: an
 //! optimizer step that panics inside a trainer loses the module it was given, so the trainer's
 //! [`module`](DataParallelTrainer::module) and later calls panic; across ranks a panic outside a
 //! replica ends the whole MPI job, naming the rank.
