@@ -100,7 +100,7 @@ fn a_trainer_step_leaves_the_row_weighted_statistics() {
         let expected = expected_stats(&start, x.clone(), &Chunk.sizes(rows, devices));
         let first_mean = single_device_first_mean(&start, x.clone());
         let mut trainer =
-            DataParallelTrainer::new(start.unaliased(), SgdConfig::new().init(), cpus(devices))
+            DataParallelTrainer::new(copy(&start), SgdConfig::new().init(), cpus(devices))
                 .unwrap();
         trainer
             .step(0.1, (x, y), |m: &Cnn<AB>, (x, y)| m.loss(x, y))
@@ -148,7 +148,7 @@ fn the_first_running_mean_of_accumulated_micro_batches_is_single_device_training
         let _ = plain.logits(x.clone());
     }
     let mut trainer =
-        DataParallelTrainer::new(start.unaliased(), SgdConfig::new().init(), cpus(3)).unwrap();
+        DataParallelTrainer::new(copy(&start), SgdConfig::new().init(), cpus(3)).unwrap();
     for batch in micro {
         trainer
             .accumulate(batch, |m: &Cnn<AB>, (x, y)| m.loss(x, y))
@@ -271,7 +271,7 @@ fn micro_batches_that_use_fewer_replicas_leave_the_statistics_of_one_device() {
             let _ = plain.logits(x.clone());
         }
         let mut trainer =
-            DataParallelTrainer::new(start.unaliased(), SgdConfig::new().init(), cpus(devices))
+            DataParallelTrainer::new(copy(&start), SgdConfig::new().init(), cpus(devices))
                 .unwrap()
                 .with_split_policy(policy);
         for batch in micro {
