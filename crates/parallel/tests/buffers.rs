@@ -100,8 +100,7 @@ fn a_trainer_step_leaves_the_row_weighted_statistics() {
         let expected = expected_stats(&start, x.clone(), &Chunk.sizes(rows, devices));
         let first_mean = single_device_first_mean(&start, x.clone());
         let mut trainer =
-            DataParallelTrainer::new(copy(&start), SgdConfig::new().init(), cpus(devices))
-                .unwrap();
+            DataParallelTrainer::new(copy(&start), SgdConfig::new().init(), cpus(devices)).unwrap();
         trainer
             .step(0.1, (x, y), |m: &Cnn<AB>, (x, y)| m.loss(x, y))
             .unwrap();
