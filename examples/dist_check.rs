@@ -38,7 +38,8 @@ use clap::Parser;
 use compare::max_param_diff;
 use dp_dataset::ShardedSampler;
 use dp_model::{
-    BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
+    BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifier, TextClassifierConfig,
+    TiedEmbeddingsConfig,
 };
 use std::sync::{Arc, Mutex};
 
@@ -126,8 +127,8 @@ struct Args {
     /// This rank is slow: its replicas sleep 2 ms per row.
     #[arg(long)]
     slow_rank: Option<usize>,
-    /// The loss: the mean over rows, or a class-weighted mean stating its own denominator
-    /// (`WeightedMean`).
+    /// The loss: the mean over rows, or a mean stating its own denominator (`WeightedMean`):
+    /// class-weighted, or over the real tokens of padded sequences (transformer models).
     #[arg(long, value_enum, default_value_t = LossKind::Mean)]
     loss: LossKind,
     /// This rank uses the other kind of loss (it must be refused on every rank).
@@ -161,7 +162,10 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LossKind {
     Mean,
+    /// A class-weighted mean (`Classifier::weighted_loss_sum`).
     Weighted,
+    /// The transformer's mean over real tokens (`TextClassifier::token_loss_sum`).
+    Tokens,
 }
 
 /// The models of the zoo.
@@ -404,6 +408,7 @@ fn check<B: AutodiffBackend>(
                 batch: rows::<B, 8>,
                 held_out: rows::<B::InnerBackend, 8>,
                 ghost: false,
+                tokens: None,
             }
             .run()
         }
@@ -422,6 +427,7 @@ fn check<B: AutodiffBackend>(
                 batch: images::<B>,
                 held_out: images::<B::InnerBackend>,
                 ghost: true,
+                tokens: None,
             }
             .run()
         }
@@ -448,6 +454,7 @@ fn check<B: AutodiffBackend>(
                 batch: tokens::<B>,
                 held_out: tokens::<B::InnerBackend>,
                 ghost: false,
+                tokens: Some(token_mean::<B>),
             }
             .run()
         }
@@ -465,6 +472,7 @@ fn check<B: AutodiffBackend>(
                 batch: tokens::<B>,
                 held_out: tokens::<B::InnerBackend>,
                 ghost: false,
+                tokens: None,
             }
             .run()
         }
@@ -483,6 +491,7 @@ fn check<B: AutodiffBackend>(
                 batch: rows::<B, 8>,
                 held_out: rows::<B::InnerBackend, 8>,
                 ghost: false,
+                tokens: None,
             }
             .run()
         }
@@ -497,7 +506,7 @@ type MakeBatch<B, const D: usize, K> = fn(usize, usize, &burn::tensor::Device<B>
 
 /// One model to train on every rank's shard of seeded global batches, beside a single-process
 /// reference on the union of the shards.
-struct Case<'a, B: AutodiffBackend, F, const D: usize, K>
+struct Case<'a, B: AutodiffBackend, F, M, const D: usize, K>
 where
     K: TensorKind<B> + TensorKind<B::InnerBackend>,
 {
@@ -513,6 +522,8 @@ where
     /// The model normalizes by batch statistics, so the reference runs each part (one per
     /// rank and local replica) on its own and weights their losses by rows.
     ghost: bool,
+    /// The model's loss averaged over tokens, where it has one.
+    tokens: Option<fn(&M, Rows<B, D, K>) -> WeightedMean<B>>,
 }
 
 /// Inputs and targets of a batch.
@@ -525,6 +536,14 @@ fn mean_loss<B: AutodiffBackend, M: Classifier<B>>(
     m.loss(x, y)
 }
 
+fn token_mean<B: AutodiffBackend>(
+    m: &TextClassifier<B>,
+    (x, y): (Tensor<B, 2, Int>, Tensor<B, 1, Int>),
+) -> WeightedMean<B> {
+    let (sum, count) = m.token_loss_sum(x, y);
+    WeightedMean::new(sum, count)
+}
+
 fn weighted_loss<B: AutodiffBackend, M: Classifier<B>>(
     m: &M,
     (x, y): (M::Input, Tensor<B, 1, Int>),
@@ -533,7 +552,7 @@ fn weighted_loss<B: AutodiffBackend, M: Classifier<B>>(
     WeightedMean::new(sum, weight)
 }
 
-impl<B, F, M, const D: usize, K> Case<'_, B, F, D, K>
+impl<B, F, M, const D: usize, K> Case<'_, B, F, M, D, K>
 where
     B: AutodiffBackend,
     F: Fn(&B::Device) -> M,
@@ -551,9 +570,17 @@ where
 {
     fn run(self) -> anyhow::Result<()> {
         let odd = self.args.odd_loss_rank == Some(self.mpi.rank());
-        match (self.args.loss == LossKind::Weighted) != odd {
-            false => self.with_loss(mean_loss::<B, M>),
-            true => self.with_loss(weighted_loss::<B, M>),
+        match (self.args.loss, odd) {
+            (LossKind::Mean, false) | (LossKind::Weighted | LossKind::Tokens, true) => {
+                self.with_loss(mean_loss::<B, M>)
+            }
+            (LossKind::Weighted, false) | (LossKind::Mean, true) => {
+                self.with_loss(weighted_loss::<B, M>)
+            }
+            (LossKind::Tokens, false) => match self.tokens {
+                Some(token_mean) => self.with_loss(token_mean),
+                None => anyhow::bail!("--loss tokens needs a transformer (--model transformer)"),
+            },
         }
     }
 
@@ -593,6 +620,7 @@ where
             batch,
             held_out,
             ghost,
+            tokens: _,
         } = self;
         let (rank, size) = (mpi.rank(), mpi.size());
         let device = devices[0].clone();
