@@ -4,8 +4,8 @@
 //! disk (`fsync`), renamed to `epoch-NNNN`, and only then named by the `latest` file (itself
 //! written to a temporary file, flushed and renamed). A crash at any point leaves `latest`
 //! naming a complete checkpoint. `checksums.json` holds each file's SHA-256, checked before
-//! anything is loaded. A write that fails (a full disk) removes its partial folder and says
-//! which checkpoint is still the latest.
+//! anything is loaded. A write that fails (a full disk) removes what it wrote that `latest`
+//! does not name, and says which checkpoint is still the latest.
 
 use crate::config::TrainConfig;
 use crate::report::EpochReport;
@@ -92,7 +92,8 @@ pub fn latest(out: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// Writes a checkpoint for `state.epoch()` and makes it the latest; returns its folder. On a
-/// failure the partial folder is removed and the error says which checkpoint is intact.
+/// failure what it wrote is removed (unless `latest` already names it) and the error says
+/// which checkpoint is intact.
 pub fn save<B, M, O>(
     out: &Path,
     model: &M,
@@ -122,10 +123,17 @@ where
     ];
     let written = write_checkpoint(out, &tmp, &name, &files);
     if let Err(err) = written {
+        // Whatever this save left that `latest` does not name goes: the temporary folder, the
+        // pointer's temporary file, and the new folder if it was renamed but never named.
+        let current = latest(out).ok().flatten();
         let _ = fs::remove_dir_all(&tmp);
-        let intact = match latest(out) {
-            Ok(Some(dir)) => format!("the last complete checkpoint, {}, is intact", dir.display()),
-            _ => "there is no earlier checkpoint".to_owned(),
+        let _ = fs::remove_file(out.join(format!(".{LATEST}.tmp")));
+        if current.as_deref() != Some(out.join(&name).as_path()) {
+            let _ = fs::remove_dir_all(out.join(&name));
+        }
+        let intact = match current {
+            Some(dir) => format!("the last complete checkpoint, {}, is intact", dir.display()),
+            None => "there is no earlier checkpoint".to_owned(),
         };
         let full = err.kind() == std::io::ErrorKind::StorageFull
             || err.kind() == std::io::ErrorKind::QuotaExceeded;
@@ -135,7 +143,7 @@ where
             err.to_string()
         };
         anyhow::bail!(
-            "cannot write the checkpoint of epoch {} in {}: {cause}; the partial folder was \
+            "cannot write the checkpoint of epoch {} in {}: {cause}; its unfinished files were \
              removed and {intact}",
             state.epoch(),
             out.display()
@@ -152,7 +160,8 @@ where
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         let stale_checkpoint = file_name.starts_with("epoch-") && file_name != name;
-        let crash_leftover = file_name.starts_with(".epoch-") && file_name.ends_with(".tmp");
+        let crash_leftover = file_name.starts_with(".epoch-")
+            && (file_name.ends_with(".tmp") || file_name.ends_with(".old"));
         if stale_checkpoint || crash_leftover {
             fs::remove_dir_all(&path)?;
         }
@@ -181,8 +190,14 @@ fn write_checkpoint(
     write_synced(&tmp.join(CHECKSUMS), &sums)?;
     sync_dir(tmp)?;
     let dir = out.join(name);
+    // A folder of that name (one `latest` may still name) is moved aside, not deleted, until
+    // the new one is named: a crash in between leaves a complete checkpoint either way.
+    let aside = out.join(format!(".{name}.old"));
     if dir.exists() {
-        fs::remove_dir_all(&dir)?;
+        if aside.exists() {
+            fs::remove_dir_all(&aside)?;
+        }
+        fs::rename(&dir, &aside)?;
     }
     fs::rename(tmp, &dir)?;
     sync_dir(out)?;
@@ -190,7 +205,11 @@ fn write_checkpoint(
     let pointer = out.join(format!(".{LATEST}.tmp"));
     write_synced(&pointer, name.as_bytes())?;
     fs::rename(&pointer, out.join(LATEST))?;
-    sync_dir(out)
+    sync_dir(out)?;
+    if aside.exists() {
+        fs::remove_dir_all(&aside)?;
+    }
+    Ok(())
 }
 
 /// The bytes of every file of the checkpoint in `dir`, each checked against its checksum.

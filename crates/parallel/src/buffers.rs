@@ -97,6 +97,9 @@ impl Buffers {
         }
         let mut values = self.snapshot(module);
         for copy in copies {
+            // An update still pending on the copy's thread (from a call that failed before
+            // its statistics were combined) would be folded in over the value written here.
+            crate::replicas::settle(*copy);
             let _ = (*copy).clone().map(&mut values.0);
         }
     }
@@ -189,8 +192,8 @@ impl Buffers {
     }
 }
 
-/// Replaces every float tensor by one of another shape (all ones, or all twos for a tensor
-/// already of ones), keeping the originals.
+/// Replaces every float tensor by zeros of another shape (`[1; D]`, or `[2; D]` for a tensor
+/// already of that shape), keeping the originals.
 struct Swap(ById);
 
 impl<B: Backend> ModuleMapper<B> for Swap {

@@ -419,18 +419,22 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Fn(&M, I) -> Result<O, E> + Sync,
     {
-        let (outputs, timings) = self.run(input, f, None)?;
-        for (replica, (output, timing)) in outputs.iter().zip(&timings).enumerate() {
-            let rows_out = output.output_rows(self.dim);
-            if let Some(&rows_out) = rows_out.iter().find(|&&rows| rows != timing.rows) {
-                return Err(DataParallelError::OutputRows {
-                    replica,
-                    dim: self.dim,
-                    rows_in: timing.rows,
-                    rows_out,
-                });
+        let dim = self.dim;
+        let check = |outputs: &[O], rows: &[usize]| {
+            for (replica, (output, &rows_in)) in outputs.iter().zip(rows).enumerate() {
+                let rows_out = output.output_rows(dim);
+                if let Some(&rows_out) = rows_out.iter().find(|&&rows| rows != rows_in) {
+                    return Err(DataParallelError::OutputRows {
+                        replica,
+                        dim,
+                        rows_in,
+                        rows_out,
+                    });
+                }
             }
-        }
+            Ok(())
+        };
+        let (outputs, _) = self.run_checked(input, f, None, check)?;
         O::gather(outputs, self.dim, &self.output_device)
     }
 
@@ -559,6 +563,26 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Fn(&M, I) -> Result<O, E> + Sync,
     {
+        self.run_checked(input, f, link, |_, _| Ok(()))
+    }
+
+    /// [`run`](Self::run), refusing outputs that `check` (given them and each part's rows)
+    /// refuses: such a call leaves the module's statistics and the split policy as they were.
+    fn run_checked<I, O, E, F, C>(
+        &mut self,
+        input: I,
+        f: F,
+        link: Option<Link>,
+        check: C,
+    ) -> Result<(Vec<O>, Vec<ReplicaTiming>)>
+    where
+        M: Sync,
+        I: Scatter<B>,
+        O: Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: Fn(&M, I) -> Result<O, E> + Sync,
+        C: FnOnce(&[O], &[usize]) -> Result<()>,
+    {
         let dim = self.dim;
         let rows = input
             .rows(dim)?
@@ -634,13 +658,21 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             &seeded,
             in_turn,
         );
+        let outputs = outputs.and_then(|outputs| {
+            let (outputs, busy): (Vec<O>, Vec<_>) = outputs.into_iter().unzip();
+            check(&outputs, &sizes).map(|()| (outputs, busy))
+        });
         if outputs.is_ok() {
             layout.buffers.combine(&replicas, &sizes, first);
         } else {
-            // A failed call leaves the module's statistics as they were.
+            // A failed call leaves the module's statistics as they were: the replicas'
+            // pending updates are folded in first, so that none comes back later.
+            for replica in &replicas {
+                crate::replicas::settle(*replica);
+            }
             layout.buffers.restore(module, before);
         }
-        let (outputs, busy): (Vec<O>, Vec<_>) = outputs?.into_iter().unzip();
+        let (outputs, busy) = outputs?;
         let timings: Vec<ReplicaTiming> = sizes
             .iter()
             .zip(busy)

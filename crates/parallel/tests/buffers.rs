@@ -380,3 +380,37 @@ fn a_forward_whose_replica_panics_leaves_the_statistics_as_they_were() {
     );
     assert_eq!(stats(dp.module()), before);
 }
+
+#[test]
+fn the_statistics_of_a_failed_or_refused_call_never_come_back() {
+    let start = frozen_cnn();
+    let xs: Vec<_> = (0..3).map(|i| images::<AB>(8, 80 + i).0).collect();
+    let expected = expected_after_calls(&start, &[xs[0].clone(), xs[2].clone()], &Chunk, 2);
+    let mut dp = DataParallel::new(start.unaliased(), cpus(2)).unwrap();
+    dp.forward(xs[0].clone(), |m, x| m.logits(x)).unwrap();
+    // Replica 0 fails after its forward pass while replica 1 finishes its own, whose update
+    // is then pending on its worker's thread.
+    let err = dp
+        .forward(xs[1].clone(), |m, x| {
+            let out = m.logits(x);
+            let replica = burn_data_parallel::current_replica().unwrap().index;
+            assert!(replica != 0, "replica 0 fails after its forward pass");
+            out
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, DataParallelError::ReplicaPanicked { replica: 0, .. }),
+        "{err}"
+    );
+    // Outputs refused for their rows, after every replica updated its statistics.
+    let err = dp
+        .forward(xs[1].clone(), |m, x| m.logits(x).mean_dim(0))
+        .unwrap_err();
+    assert!(matches!(err, DataParallelError::OutputRows { .. }), "{err}");
+    dp.forward(xs[2].clone(), |m, x| m.logits(x)).unwrap();
+    assert_stats(
+        &stats(dp.module()),
+        &expected,
+        "after a failed and a refused call",
+    );
+}

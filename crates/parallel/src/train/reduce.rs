@@ -114,6 +114,7 @@ impl GradientSum {
             module.visit(&mut Scale::<B> {
                 grads: &mut self.sum,
                 scale,
+                seen: Default::default(),
                 _backend: std::marker::PhantomData,
             });
         }
@@ -173,11 +174,16 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Add<'_, B> {
 struct Scale<'a, B> {
     grads: &'a mut GradientsParams,
     scale: f64,
+    /// A parameter met twice (one layer used in two places) is scaled once.
+    seen: std::collections::HashSet<burn::module::ParamId>,
     _backend: std::marker::PhantomData<B>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.seen.insert(param.id) {
+            return;
+        }
         if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             self.grads.register(param.id, grad.mul_scalar(self.scale));
         }
