@@ -523,11 +523,14 @@ where
     /// rank and local replica) on its own and weights their losses by rows.
     ghost: bool,
     /// The model's loss averaged over tokens, where it has one.
-    tokens: Option<fn(&M, Rows<B, D, K>) -> WeightedMean<B>>,
+    tokens: Option<LossFn<M, B, D, K, WeightedMean<B>>>,
 }
 
 /// Inputs and targets of a batch.
 type Rows<B, const D: usize, K> = (Tensor<B, D, K>, Tensor<B, 1, Int>);
+
+/// A loss function of model `M` returning `L`.
+type LossFn<M, B, const D: usize, K, L> = fn(&M, Rows<B, D, K>) -> L;
 
 fn mean_loss<B: AutodiffBackend, M: Classifier<B>>(
     m: &M,
@@ -584,10 +587,7 @@ where
         }
     }
 
-    fn with_loss<L: TrainLoss<B> + Clone>(
-        self,
-        loss: fn(&M, Rows<B, D, K>) -> L,
-    ) -> anyhow::Result<()> {
+    fn with_loss<L: TrainLoss<B> + Clone>(self, loss: LossFn<M, B, D, K, L>) -> anyhow::Result<()> {
         match self.args.optimizer {
             Optim::Sgd => self.train(|| SgdConfig::new().init::<B, M>(), loss),
             Optim::Adam => self.train(|| AdamConfig::new().init::<B, M>(), loss),
@@ -605,7 +605,7 @@ where
     fn train<O, L>(
         self,
         optimizer: impl Fn() -> O,
-        loss: fn(&M, Rows<B, D, K>) -> L,
+        loss: LossFn<M, B, D, K, L>,
     ) -> anyhow::Result<()>
     where
         O: Optimizer<M, B>,
