@@ -49,12 +49,18 @@ impl Buffers {
         Self { ids: found }
     }
 
-    /// Sets the module's buffers (`replicas[0]`) to the row-weighted mean of every replica's,
-    /// `rows[k]` being the rows replica `k` ran on. The mean is computed on `device`.
-    ///
-    /// Every replica's pending per-thread updates are folded in first, a single replica's too:
-    /// left pending under the thread that ran it, Burn 0.21 would later average that update
-    /// with the next one made on another thread. The other replicas are not written: kept ones
+    /// Folds every replica's pending per-thread updates into its values, a single replica's
+    /// too: left pending under the thread that ran it, Burn 0.21 would later average that
+    /// update with the next one made on another thread.
+    pub(crate) fn settle<B: Backend, M: Module<B>>(&self, replicas: &[&M]) {
+        if !self.ids.is_empty() {
+            replicas.iter().for_each(|r| crate::replicas::settle(*r));
+        }
+    }
+
+    /// Sets the module's buffers (`replicas[0]`) to the row-weighted mean of every replica's
+    /// (settled first, see [`settle`](Self::settle)), `rows[k]` being the rows replica `k` ran
+    /// on. The mean is computed on `device`. The other replicas are not written: kept ones
     /// receive the module's values before they next run ([`refresh`](Self::refresh)), so one
     /// that sits a call out never runs on stale statistics.
     pub(crate) fn combine<B: Backend, M: Module<B>>(
@@ -63,16 +69,10 @@ impl Buffers {
         rows: &[usize],
         device: &B::Device,
     ) {
-        if self.ids.is_empty() {
-            return;
-        }
-        for replica in replicas {
-            crate::replicas::settle(*replica);
-        }
         let Some(module) = replicas.first() else {
             return;
         };
-        if replicas.len() < 2 {
+        if self.ids.is_empty() || replicas.len() < 2 {
             return;
         }
         let total = rows.iter().sum::<usize>().max(1) as f64;
@@ -90,17 +90,16 @@ impl Buffers {
         let _ = (*module).clone().map(&mut sum.sums);
     }
 
-    /// Gives every one of `copies` the module's buffer values, each on the copy's device.
-    pub(crate) fn refresh<B: Backend, M: Module<B>>(&self, module: &M, copies: &[&M]) {
-        if self.ids.is_empty() || copies.is_empty() {
+    /// Gives every one of `copies` (settled at the end of the call before, see
+    /// [`settle`](Self::settle)) the module's buffer values in `module`, each on the copy's
+    /// device.
+    pub(crate) fn refresh<B: Backend, M: Module<B>>(&self, module: &mut Snapshot, copies: &[&M]) {
+        if self.ids.is_empty() {
             return;
         }
-        let mut values = self.snapshot(module);
         for copy in copies {
-            // An update still pending on the copy's thread (from a call that failed before
-            // its statistics were combined) would be folded in over the value written here.
-            crate::replicas::settle(*copy);
-            let _ = (*copy).clone().map(&mut values.0);
+            // A clone shares the copy's buffers: mapping it writes into them.
+            let _ = (*copy).clone().map(&mut module.0);
         }
     }
 

@@ -192,8 +192,8 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     /// each time a run makes the same calls with the same devices and split; without it, the
     /// replicas draw from the backend's one generator in whatever order their threads reach it.
     ///
-    /// The cost is the replicas' concurrency: on the CPU their forward passes run one at a
-    /// time; on a GPU only the host's queuing of them does. The backend's generator is left
+    /// The cost is the replicas' concurrency: they run one at a time (measured on the CPU in
+    /// `BENCHMARKS.md`, not yet on a GPU). The backend's generator is left
     /// reseeded. A split that learns from timings ([`Adaptive`](crate::Adaptive)) changes the
     /// parts, and so the draws, from run to run.
     ///
@@ -607,14 +607,16 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         } else {
             Link::Detached
         });
+        // The module's statistics before the call: what kept copies start from, and what a
+        // failed call puts back.
+        let mut before = layout.buffers.snapshot(module);
         let connected: Vec<M>;
         let replicas = match link {
             Link::Detached => {
                 let kept = self
                     .replicas
                     .ensure::<B>(module, &self.devices, sizes.len());
-                // Kept copies start every call from the module's statistics.
-                layout.buffers.refresh(module, &kept[1..]);
+                layout.buffers.refresh::<B, M>(&mut before, &kept[1..]);
                 kept
             }
             Link::Connected => {
@@ -649,7 +651,6 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             f(replica, part)
         };
         let in_turn = link == Link::Connected || call_seed.is_some();
-        let before = layout.buffers.snapshot(module);
         let outputs = parallel_apply(
             &self.workers,
             replicas.clone(),
@@ -662,14 +663,13 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             let (outputs, busy): (Vec<O>, Vec<_>) = outputs.into_iter().unzip();
             check(&outputs, &sizes).map(|()| (outputs, busy))
         });
+        // Every call ends with each replica's update folded in, so that none is left pending
+        // on a worker's thread (where Burn would average it into a later update).
+        layout.buffers.settle(&replicas);
         if outputs.is_ok() {
             layout.buffers.combine(&replicas, &sizes, first);
         } else {
-            // A failed call leaves the module's statistics as they were: the replicas'
-            // pending updates are folded in first, so that none comes back later.
-            for replica in &replicas {
-                crate::replicas::settle(*replica);
-            }
+            // A failed call leaves the module's statistics as they were.
             layout.buffers.restore(module, before);
         }
         let (outputs, busy) = outputs?;

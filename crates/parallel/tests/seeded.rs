@@ -6,7 +6,7 @@
 
 mod common;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::Tensor;
 use burn_data_parallel::{Chunk, DataParallel, DataParallelTrainer};
@@ -114,5 +114,38 @@ fn seeded_forwards_through_data_parallel_repeat() {
         .max()
         .into_scalar();
     assert!(replicas > 1e-3, "two replicas drew the same masks");
-    let _ = model.valid().num_params();
+}
+
+#[test]
+fn a_seeded_transformer_with_dropout_repeats_on_three_devices() {
+    // Attention, feed-forward and residual dropout: several draws per forward pass, over
+    // padded sequences of unequal lengths split 4, 4, 3.
+    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let start = dp_model::TextClassifierConfig::new(12, 6, 3)
+        .with_d_model(8)
+        .with_heads(2)
+        .with_layers(1)
+        .with_d_ff(16)
+        .with_dropout(0.2)
+        .init::<AB>(&cpu())
+        .fork(&cpu());
+    let run = |seed: u64| {
+        let mut trainer = DataParallelTrainer::new(copy(&start), AdamConfig::new().init(), cpus(3))
+            .unwrap()
+            .with_seed(seed);
+        for step in 0..3 {
+            let batch = common::zoo::tokens::<AB>(11, 70 + step);
+            trainer
+                .step(0.01, batch, |m: &dp_model::TextClassifier<AB>, (x, y)| {
+                    m.loss(x, y)
+                })
+                .unwrap();
+        }
+        trainer.into_parts().0
+    };
+    let (first, again, other) = (run(3), run(3), run(4));
+    let diff = max_param_diff(&first, &again);
+    assert!(diff <= TOLERANCE, "the runs differ by {diff}");
+    let apart = max_param_diff(&first, &other);
+    assert!(apart > 1e-5, "seeds 3 and 4 differ by only {apart}");
 }

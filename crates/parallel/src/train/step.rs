@@ -135,7 +135,7 @@ where
     /// Burn 0.21 has one random generator per backend and process, so the replicas' forward
     /// passes run one after another, each after reseeding it; backward passes still run at
     /// the same time. On the CPU this costs the forward passes' concurrency (measured in
-    /// `BENCHMARKS.md`); on a GPU only the host's queuing of them is serialized. A split that
+    /// `BENCHMARKS.md`); on a GPU it is not measured yet. A split that
     /// learns from timings ([`Adaptive`](crate::Adaptive)) changes the parts from run to run,
     /// and the draws with them. The backend's generator is left reseeded.
     ///
