@@ -1,5 +1,5 @@
 //! W3 with burn-train 0.21's own multi-device training, for comparison (feature
-//! `bench-burn-train`, so that users do not compile burn-train).
+//! `burn-train`, so that users do not compile burn-train).
 //!
 //! burn-train cuts the dataset into one contiguous slice per device and runs full batches of
 //! each slice, so its global batch is `devices x batch_size`: the per-device batch size is set
@@ -9,18 +9,18 @@
 use crate::spec::{Measurement, Spec};
 use burn::tensor::backend::AutodiffBackend;
 
-#[cfg(not(feature = "bench-burn-train"))]
+#[cfg(not(feature = "burn-train"))]
 pub fn measure<B: AutodiffBackend>(
     _spec: &Spec,
     _devices: Vec<B::Device>,
 ) -> anyhow::Result<Measurement> {
-    anyhow::bail!("burn-train is not compiled in: build with `--features bench-burn-train`")
+    anyhow::bail!("burn-train is not compiled in: build with `--features burn-train`")
 }
 
-#[cfg(feature = "bench-burn-train")]
+#[cfg(feature = "burn-train")]
 pub use with_burn_train::measure;
 
-#[cfg(feature = "bench-burn-train")]
+#[cfg(feature = "burn-train")]
 mod with_burn_train {
     use super::*;
     use crate::workloads::{W3_BATCH, W3_LR, mlp_config};
@@ -129,7 +129,7 @@ mod with_burn_train {
             mlp: mlp_config().init::<B>(&device),
         }
         .fork(&device);
-        let dir = std::env::temp_dir().join(format!("dp-bench-burn-train-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("dp-burn-train-{}", std::process::id()));
         let strategy = if devices.len() == 1 {
             ExecutionStrategy::single(device.clone())
         } else {

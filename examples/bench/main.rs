@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --bin bench                                  # CPU, about two minutes
-//! cargo run --release --features bench-burn-train --bin bench      # with burn-train beside
+//! cargo run --release --features burn-train --bin bench      # with burn-train beside
 //! cargo run --release --features blas --bin bench -- --json bench-blas.json
 //! ```
 //!
@@ -46,8 +46,8 @@ struct Args {
     /// Workloads to measure.
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
     workloads: Vec<String>,
-    /// Also run W3 with burn-train's multi-device training (needs `--features bench-burn-train`).
-    #[arg(long, action = clap::ArgAction::Set, default_value_t = cfg!(feature = "bench-burn-train"))]
+    /// Also run W3 with burn-train's multi-device training (needs `--features burn-train`).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = cfg!(feature = "burn-train"))]
     burn_train: bool,
     /// Also run W3 over this many MPI ranks of one device each, under `mpirun` (needs
     /// `--features mpi` and Open MPI), e.g. `--mpi-ranks 1,2`.

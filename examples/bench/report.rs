@@ -45,8 +45,8 @@ impl Report {
         if cfg!(feature = "blas") {
             features.push("blas (OpenBLAS)");
         }
-        if cfg!(feature = "bench-burn-train") {
-            features.push("bench-burn-train");
+        if cfg!(feature = "burn-train") {
+            features.push("burn-train");
         }
         if cfg!(feature = "mpi") {
             features.push("mpi");

@@ -34,7 +34,7 @@ pub enum Runner {
     /// W3 only: `DataParallelTrainer` with `with_seed`: the replicas' forward passes run one
     /// after another, each reseeded (what a repeatable run costs).
     Seeded,
-    /// burn-train 0.21's own multi-device training (W3 only, feature `bench-burn-train`).
+    /// burn-train 0.21's own multi-device training (W3 only, feature `burn-train`).
     BurnTrain,
     /// W3 only: `devices` MPI ranks of one CPU device each, under `mpirun` (feature `mpi`).
     MpiRanks,

@@ -190,6 +190,8 @@ mod devices;
 #[cfg(feature = "mpi")]
 pub mod dist;
 mod error;
+#[cfg(feature = "burn-train")]
+mod learner;
 mod parallel_apply;
 mod replicas;
 mod round_trip;
@@ -210,6 +212,10 @@ pub use data_parallel::{DataParallel, Part};
 #[cfg(feature = "cuda")]
 pub use devices::{CudaUnavailable, cuda_availability, cuda_devices};
 pub use error::{DataParallelError, Result};
+#[cfg(feature = "burn-train")]
+pub use learner::{
+    DataParallelStrategy, ParallelComponents, RowTensor, StepOutput, merged_loss, merged_rows,
+};
 pub use parallel_apply::{ReplicaInfo, ReplicaTiming, current_replica};
 pub use replicas::Replicate;
 pub use shard::{Gather, Scatter, ToDevice, Whole};

@@ -123,6 +123,14 @@ pub(crate) enum Denominator {
     One = 2,
     /// The losses' stated weights, known once every replica has run.
     Weights = 3,
+    /// Each micro-batch's own mean over its rows, the micro-batches' gradients added up (a
+    /// step that runs its own backward pass, as burn-train's `TrainStep` and its gradient
+    /// accumulation do).
+    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    StepRows = 4,
+    /// Each micro-batch's own mean over its stated weights, added up likewise.
+    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    StepWeights = 5,
 }
 
 impl Denominator {
@@ -139,6 +147,8 @@ impl Denominator {
             Self::Rows => "a mean over rows (a tensor, `LossReduction::Mean`)",
             Self::One => "a sum over rows (a tensor, `LossReduction::Sum`)",
             Self::Weights => "a `WeightedMean`",
+            Self::StepRows => "a step's own mean over rows (burn-train's `TrainStep`)",
+            Self::StepWeights => "a step's own mean over stated weights (burn-train's `TrainStep`)",
         }
     }
 }
@@ -146,11 +156,17 @@ impl Denominator {
 /// Names a [`Denominator`]'s code, for errors across ranks.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn describe_loss_kind(code: u64) -> String {
-    [Denominator::Rows, Denominator::One, Denominator::Weights]
-        .into_iter()
-        .find(|&d| d as u64 == code)
-        .map_or_else(
-            || format!("an unknown loss ({code})"),
-            |d| d.describe().into(),
-        )
+    [
+        Denominator::Rows,
+        Denominator::One,
+        Denominator::Weights,
+        Denominator::StepRows,
+        Denominator::StepWeights,
+    ]
+    .into_iter()
+    .find(|&d| d as u64 == code)
+    .map_or_else(
+        || format!("an unknown loss ({code})"),
+        |d| d.describe().into(),
+    )
 }

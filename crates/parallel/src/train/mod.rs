@@ -9,6 +9,8 @@ mod peers;
 pub(crate) mod record;
 mod reduce;
 mod step;
+#[cfg(feature = "burn-train")]
+mod stepped;
 mod trainer;
 
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
@@ -19,6 +21,8 @@ pub use loss::{LossReduction, TrainLoss, WeightedMean};
 pub use metric::Metric;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use metric::Partial;
+#[cfg(feature = "burn-train")]
+pub(crate) use peers::Alone;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use peers::{Accumulated, Contribution, MicroBatch, Outcome, Peers, Rows};
 pub use record::ShardableRecord;

@@ -80,6 +80,10 @@ impl GradientSum {
             Denominator::Weights if now == 0.0 => (1.0, 1.0),
             Denominator::Weights if earlier > 0.0 => (earlier / now, 1.0 / now),
             Denominator::Weights => (1.0 / now, 1.0 / now),
+            // Each part weighted by its rows or weight before it arrives: the micro-batch's
+            // mean is added to the earlier ones', which stay as they are.
+            Denominator::StepRows | Denominator::StepWeights if weight > 0.0 => (1.0, 1.0 / weight),
+            Denominator::StepRows | Denominator::StepWeights => (1.0, 1.0),
         };
         self.rescale::<B, M>(module, rescale);
         self.denominator = Some(denominator);
@@ -168,6 +172,24 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Add<'_, B> {
             self.sum.register(param.id, total);
         }
     }
+}
+
+/// `grads` multiplied by `scale` (a replica's share of its micro-batch).
+#[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+pub(crate) fn scaled<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    scale: f64,
+) -> GradientsParams {
+    if scale != 1.0 {
+        module.visit(&mut Scale::<B> {
+            grads: &mut grads,
+            scale,
+            seen: Default::default(),
+            _backend: std::marker::PhantomData,
+        });
+    }
+    grads
 }
 
 /// Multiplies every gradient by `scale`.

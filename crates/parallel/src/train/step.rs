@@ -94,14 +94,14 @@ type Replicas = (Vec<(ReplicaTiming, f64, Option<f64>)>, Vec<GradientsParams>);
 /// # Ok::<(), burn_data_parallel::DataParallelError>(())
 /// ```
 pub struct DataParallelTrainer<B: AutodiffBackend, M, O> {
-    parallel: DataParallel<B, M>,
+    pub(super) parallel: DataParallel<B, M>,
     optimizer: O,
     reduction: LossReduction,
-    pending: GradientSum,
-    steps: usize,
-    seed: Option<u64>,
+    pub(super) pending: GradientSum,
+    pub(super) steps: usize,
+    pub(super) seed: Option<u64>,
     /// This process's rank, which seeds its replicas' draws apart from other ranks'.
-    rank: usize,
+    pub(super) rank: usize,
 }
 
 impl<B, M, O> DataParallelTrainer<B, M, O>
@@ -235,6 +235,21 @@ where
         &self.optimizer
     }
 
+    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    pub(crate) fn optimizer_mut(&mut self) -> &mut O {
+        &mut self.optimizer
+    }
+
+    /// Drops the gradients accumulated since the last [`apply`](Self::apply), returning how
+    /// many micro-batches they came from.
+    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    pub(crate) fn discard_pending(&mut self) -> usize {
+        let micro_batches = self.pending.micro_batches();
+        // Taking an accumulator of weightless losses is an error; it is emptied all the same.
+        let _ = self.pending.take(self.steps);
+        micro_batches
+    }
+
     /// The devices, in replica order.
     pub fn devices(&self) -> &[B::Device] {
         self.parallel.devices()
@@ -345,8 +360,8 @@ where
                 let loss: f64 = replicas
                     .iter()
                     .map(|(timing, loss, _)| match denominator {
-                        Denominator::Rows => loss * timing.rows as f64,
-                        Denominator::One | Denominator::Weights => *loss,
+                        Denominator::Rows | Denominator::StepRows => loss * timing.rows as f64,
+                        Denominator::One | Denominator::Weights | Denominator::StepWeights => *loss,
                     })
                     .sum();
                 let weight: f64 = match denominator {
@@ -454,9 +469,13 @@ where
                     .into_parts();
                 // The replica's share of the rows: the replicas' gradients then add up to the
                 // gradient over every row (see `reduce`).
+                // (Steps of their own are not run here: see `stepped`.)
                 let scale = match denominator {
                     Denominator::Rows => rows as f64 / rows_so_far.max(1.0),
-                    Denominator::One | Denominator::Weights => 1.0,
+                    Denominator::One
+                    | Denominator::Weights
+                    | Denominator::StepRows
+                    | Denominator::StepWeights => 1.0,
                 };
                 let grads = value.clone().mul_scalar(scale).backward();
                 // Read once the backward pass is queued: on a GPU, reading the loss first would

@@ -1,0 +1,211 @@
+//! What a burn-train model's steps return, as the strategy reads and merges it: the loss of
+//! a replica's part, and the parts put back together into the output of the whole batch, so
+//! that every metric sees what a single-device run shows.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+use burn::train::{
+    ClassificationOutput, MultiLabelClassificationOutput, RegressionOutput, SequenceOutput,
+};
+
+/// The output of a `TrainStep` or `InferenceStep` (burn-train's `ClassificationOutput`,
+/// `RegressionOutput`, ...), which [`DataParallelStrategy`](crate::DataParallelStrategy) runs
+/// on every replica's part of a batch and merges back into one output per batch.
+///
+/// Implemented for burn-train's `ClassificationOutput`, `MultiLabelClassificationOutput`,
+/// `RegressionOutput` and `SequenceOutput`. Implement it for your own output type: its loss,
+/// and how parts are put back together.
+///
+/// ```
+/// use burn::tensor::backend::Backend;
+/// use burn::tensor::Tensor;
+/// use burn_data_parallel::StepOutput;
+///
+/// /// A regression over the rows a mask keeps, its loss a mean over those rows.
+/// struct MaskedOutput<B: Backend> {
+///     loss: Tensor<B, 1>,
+///     mask: Tensor<B, 1>,
+///     output: Tensor<B, 2>,
+/// }
+///
+/// impl<B: Backend> StepOutput<B> for MaskedOutput<B> {
+///     const WEIGHTED: bool = true;
+///
+///     fn loss(&self) -> Tensor<B, 1> {
+///         self.loss.clone()
+///     }
+///
+///     fn loss_weight(&self) -> f64 {
+///         self.mask.clone().sum().into_scalar().into()
+///     }
+///
+///     fn merge(parts: Vec<(Self, f64)>, device: &B::Device) -> Self {
+///         let loss = burn_data_parallel::merged_loss(
+///             parts.iter().map(|(part, weight)| (part.loss.clone(), *weight)),
+///             device,
+///         );
+///         let (masks, outputs): (Vec<_>, Vec<_>) = parts
+///             .into_iter()
+///             .map(|(part, _)| (part.mask, part.output))
+///             .unzip();
+///         MaskedOutput {
+///             loss,
+///             mask: burn_data_parallel::merged_rows(masks, device),
+///             output: burn_data_parallel::merged_rows(outputs, device),
+///         }
+///     }
+/// }
+/// ```
+pub trait StepOutput<B: Backend>: Sized + Send {
+    /// Whether the loss is a mean over [`loss_weight`](Self::loss_weight) (valid tokens,
+    /// sample weights) rather than over the part's rows.
+    const WEIGHTED: bool = false;
+
+    /// The part's loss: a one-element tensor, the mean over its rows (or over its
+    /// [`loss_weight`](Self::loss_weight)).
+    fn loss(&self) -> Tensor<B, 1>;
+
+    /// What the loss is a mean over, where [`WEIGHTED`](Self::WEIGHTED) says it states it.
+    fn loss_weight(&self) -> f64 {
+        0.0
+    }
+
+    /// The output of the whole batch, on `device`, from the parts in replica order (row `i`
+    /// of the result from row `i` of the batch), each with the weight its loss is a mean
+    /// over (its rows, or its [`loss_weight`](Self::loss_weight)). The merged loss is the
+    /// weighted mean of the parts' ([`merged_loss`]); tensors are detached from the autodiff
+    /// graph ([`merged_rows`]).
+    fn merge(parts: Vec<(Self, f64)>, device: &B::Device) -> Self;
+}
+
+/// The weighted mean of the parts' losses (`(loss, weight)` each), on `device`, detached; 0 if
+/// the weights add up to 0.
+pub fn merged_loss<B: Backend>(
+    parts: impl IntoIterator<Item = (Tensor<B, 1>, f64)>,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let parts: Vec<(Tensor<B, 1>, f64)> = parts.into_iter().collect();
+    let total: f64 = parts.iter().map(|(_, weight)| weight).sum();
+    parts
+        .into_iter()
+        .map(|(loss, weight)| {
+            let share = if total > 0.0 { weight / total } else { 0.0 };
+            loss.detach().to_device(device).mul_scalar(share)
+        })
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([1], device))
+}
+
+/// The parts' tensors concatenated along their first dimension on `device`, detached from the
+/// autodiff graph (metrics only read them).
+pub fn merged_rows<B: Backend, T: RowTensor<B>>(parts: Vec<T>, device: &B::Device) -> T {
+    let mut parts: Vec<T> = parts
+        .into_iter()
+        .map(|part| part.detached_on(device))
+        .collect();
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    T::cat_rows(parts)
+}
+
+/// A tensor of an output that [`merged_rows`] concatenates: float, int and bool tensors of any
+/// rank.
+pub trait RowTensor<B: Backend>: Sized {
+    /// On `device`, without an autodiff graph.
+    fn detached_on(self, device: &B::Device) -> Self;
+    /// Concatenated along the first dimension.
+    fn cat_rows(parts: Vec<Self>) -> Self;
+}
+
+impl<B: Backend, const D: usize> RowTensor<B> for Tensor<B, D> {
+    fn detached_on(self, device: &B::Device) -> Self {
+        self.detach().to_device(device)
+    }
+
+    fn cat_rows(parts: Vec<Self>) -> Self {
+        Tensor::cat(parts, 0)
+    }
+}
+
+impl<B: Backend, const D: usize> RowTensor<B> for Tensor<B, D, Int> {
+    fn detached_on(self, device: &B::Device) -> Self {
+        self.to_device(device)
+    }
+
+    fn cat_rows(parts: Vec<Self>) -> Self {
+        Tensor::cat(parts, 0)
+    }
+}
+
+impl<B: Backend, const D: usize> RowTensor<B> for Tensor<B, D, Bool> {
+    fn detached_on(self, device: &B::Device) -> Self {
+        self.to_device(device)
+    }
+
+    fn cat_rows(parts: Vec<Self>) -> Self {
+        Tensor::cat(parts, 0)
+    }
+}
+
+/// Implements [`StepOutput`] for a burn-train output whose tensors besides the loss all have a
+/// row per row of the batch.
+macro_rules! rows_output {
+    ($output:ident { $($field:ident),* }) => {
+        impl<B: Backend> StepOutput<B> for $output<B> {
+            fn loss(&self) -> Tensor<B, 1> {
+                self.loss.clone()
+            }
+
+            fn merge(parts: Vec<(Self, f64)>, device: &B::Device) -> Self {
+                let loss = merged_loss(
+                    parts.iter().map(|(part, weight)| (part.loss.clone(), *weight)),
+                    device,
+                );
+                $(let mut $field = Vec::with_capacity(parts.len());)*
+                for (part, _) in parts {
+                    $($field.push(part.$field);)*
+                }
+                Self {
+                    loss,
+                    $($field: merged_rows($field, device),)*
+                }
+            }
+        }
+    };
+}
+
+rows_output!(ClassificationOutput { output, targets });
+rows_output!(MultiLabelClassificationOutput { output, targets });
+rows_output!(RegressionOutput { output, targets });
+
+impl<B: Backend> StepOutput<B> for SequenceOutput<B> {
+    fn loss(&self) -> Tensor<B, 1> {
+        self.loss.clone()
+    }
+
+    fn merge(parts: Vec<(Self, f64)>, device: &B::Device) -> Self {
+        let loss = merged_loss(
+            parts
+                .iter()
+                .map(|(part, weight)| (part.loss.clone(), *weight)),
+            device,
+        );
+        let predicted = parts.iter().all(|(part, _)| part.predictions.is_some());
+        let mut logits = Vec::with_capacity(parts.len());
+        let mut targets = Vec::with_capacity(parts.len());
+        let mut predictions: Vec<Tensor<B, 2, Int>> = Vec::with_capacity(parts.len());
+        for (part, _) in parts {
+            logits.push(part.logits);
+            targets.push(part.targets);
+            predictions.extend(part.predictions);
+        }
+        Self {
+            loss,
+            logits: merged_rows(logits, device),
+            // Where some part has none, every part's predictions default to the logits' argmax.
+            predictions: predicted.then(|| merged_rows(predictions, device)),
+            targets: merged_rows(targets, device),
+        }
+    }
+}

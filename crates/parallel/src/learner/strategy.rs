@@ -1,0 +1,160 @@
+//! `DataParallelStrategy`: burn-train's `SupervisedTraining`, each batch split across devices.
+
+use super::ParallelComponents;
+use crate::{DataParallelError, SplitPolicy};
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::{
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
+    TrainingModel, TrainingStrategy, ValidLoader,
+};
+use std::sync::{Arc, Mutex};
+
+/// A burn-train training strategy that runs every batch of the training loader split across
+/// `devices`, exactly as one device would run it, and validation split the same way.
+///
+/// Add it to a `SupervisedTraining` in one line; the rest of the program (dataset, batcher,
+/// `TrainStep` / `InferenceStep`, metrics, checkpointer, early stopping, learning-rate
+/// scheduler, gradient accumulation) stays as it is:
+///
+/// ```ignore
+/// let training = SupervisedTraining::new(dir, dl_train, dl_valid)
+///     .metrics((AccuracyMetric::new(), LossMetric::new()))
+///     .with_training_strategy(DataParallelStrategy::new(devices).into())
+///     .num_epochs(10);
+/// ```
+///
+/// What it does, per batch of the training loader:
+/// - the learning-rate scheduler steps (`Learner::lr_step`), as burn-train steps it;
+/// - the batch is split across the devices by the split policy (the `torch.chunk` rule by
+///   default, see [`with_split_policy`](Self::with_split_policy)) and every replica runs the
+///   model's `TrainStep::step` on its part. The steps take turns, one replica at a time, since
+///   a step fuses forward and backward (see "Concurrency" below);
+/// - the parts' gradients are weighted by their rows (or by the weight the output states its
+///   loss is a mean over, [`StepOutput::WEIGHTED`](crate::StepOutput::WEIGHTED)) into the
+///   gradient of the batch's mean, which the learner's optimizer steps on
+///   (`Learner::optimizer_step`): the optimizer and scheduler state in burn-train's
+///   checkpoints are the real ones, and a resumed run continues exactly;
+/// - with `grads_accumulation(k)`, the batches' gradients are added up over `k` batches before
+///   a step, as burn-train adds them, and, as burn-train, the gradients of an epoch's last
+///   batches that do not make `k` are dropped (a warning is logged);
+/// - the parts' outputs are merged into the output of the whole batch
+///   ([`StepOutput::merge`](crate::StepOutput::merge)), which every registered metric
+///   receives: the values a single-device run shows.
+///
+/// Validation runs `InferenceStep::step` on the inference model, each batch split across the
+/// devices the same way and its outputs merged: every row counted once. Early stopping, the
+/// checkpointer and the interrupter are obeyed after every epoch (the interrupter after every
+/// batch too).
+///
+/// **Concurrency.** burn-train's `TrainStep::step` runs forward and backward in one call, and
+/// in Burn 0.21 a `backward()` can silently lose a gradient of a graph another thread is still
+/// recording (tracel-ai/burn#5573), which the library's own trainers avoid by letting every
+/// forward pass end before any backward pass starts. A fused step cannot be split like that,
+/// so the replicas' steps run one at a time, in replica order. On a GPU a step only queues
+/// its kernels, and the devices still compute at the same time; on the CPU the replicas'
+/// steps do not overlap. `BENCHMARKS.md` has the measured cost.
+///
+/// **Errors.** burn-train's strategies cannot return an error. A failed batch (a non-finite
+/// loss, a panicking replica, a device that cannot be reached) stops the training through the
+/// interrupter, with the error as its message, and the error is kept:
+/// [`take_error`](Self::take_error) returns it once `launch` has returned. Nothing of the
+/// failed batch is applied.
+pub struct DataParallelStrategy<B: AutodiffBackend> {
+    devices: Vec<B::Device>,
+    policy: Option<Arc<dyn SplitPolicy>>,
+    seed: Option<u64>,
+    threads_per_replica: Option<usize>,
+    error: Mutex<Option<DataParallelError>>,
+}
+
+impl<B: AutodiffBackend> DataParallelStrategy<B> {
+    /// Trains on `devices`: the model, the optimizer state and the merged outputs live on the
+    /// first.
+    pub fn new(devices: Vec<B::Device>) -> Self {
+        Self {
+            devices,
+            policy: None,
+            seed: None,
+            threads_per_replica: None,
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Splits each batch by `policy` instead of the `torch.chunk` rule (see
+    /// [`DataParallelTrainer::with_split_policy`](crate::DataParallelTrainer::with_split_policy)).
+    /// The result is the same whatever the split.
+    pub fn with_split_policy(mut self, policy: impl SplitPolicy + 'static) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
+    }
+
+    /// Makes the run repeatable, dropout included: each replica's step draws from a seed
+    /// derived from `seed` and its position (see
+    /// [`DataParallelTrainer::with_seed`](crate::DataParallelTrainer::with_seed)).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Gives each replica `threads` threads for the backend's rayon work (see
+    /// [`DataParallel::with_threads_per_replica`](crate::DataParallel::with_threads_per_replica)).
+    pub fn with_threads_per_replica(mut self, threads: usize) -> Self {
+        self.threads_per_replica = Some(threads);
+        self
+    }
+
+    /// The devices, in replica order.
+    pub fn devices(&self) -> &[B::Device] {
+        &self.devices
+    }
+
+    /// The error that stopped the last training, if one did (taken: a second call returns
+    /// `None`).
+    pub fn take_error(&self) -> Option<DataParallelError> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub(super) fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    pub(super) fn policy(&self) -> Option<Arc<dyn SplitPolicy>> {
+        self.policy.clone()
+    }
+
+    pub(super) fn threads_per_replica(&self) -> Option<usize> {
+        self.threads_per_replica
+    }
+
+    pub(super) fn keep_error(&self, error: DataParallelError) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+}
+
+impl<LC: ParallelComponents> SupervisedLearningStrategy<LC> for DataParallelStrategy<LC::Backend> {
+    fn fit(
+        &self,
+        components: TrainingComponents<LC>,
+        learner: burn::train::Learner<LC>,
+        dataloader_train: TrainLoader<LC>,
+        dataloader_valid: ValidLoader<LC>,
+        starting_epoch: usize,
+    ) -> (TrainingModel<LC>, SupervisedTrainingEventProcessor<LC>) {
+        LC::fit(
+            self,
+            components,
+            learner,
+            dataloader_train,
+            dataloader_valid,
+            starting_epoch,
+        )
+    }
+}
+
+impl<LC: ParallelComponents + 'static> From<DataParallelStrategy<LC::Backend>>
+    for TrainingStrategy<LC>
+{
+    fn from(strategy: DataParallelStrategy<LC::Backend>) -> Self {
+        TrainingStrategy::Custom(Arc::new(strategy))
+    }
+}
