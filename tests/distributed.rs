@@ -1015,3 +1015,55 @@ fn the_train_example_accumulates_a_cnn_across_ranks_like_one_process() {
         "a CNN on 2 ranks, 3 micro-batches per step",
     );
 }
+
+/// `examples/learner.rs`, an ordinary burn-train program, on 2 ranks (of 1 and of 2 devices)
+/// against the same program on burn-train's `SingleDevice`: parameters and every metric value
+/// rank 0 logged (training and validation).
+#[cfg(feature = "burn-train")]
+#[test]
+fn the_learner_example_on_2_ranks_trains_as_burn_trains_single_device() {
+    use common::learner::{learner_with, metric_diff, parameter_diff};
+    let program = [
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "2",
+        "--train-size",
+        "300",
+        "--valid-size",
+        "70",
+        "--batch-size",
+        "32",
+        "--accumulate",
+        "2",
+    ];
+    let single_dir = tempfile::tempdir().unwrap();
+    let single = learner_with(
+        &[],
+        single_dir.path(),
+        &[&program[..], &["--strategy", "single"]].concat(),
+    );
+    let mpirun = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-n",
+        "2",
+    ];
+    for devices in ["1", "2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let args = [&program[..], &["--mpi", "--devices", devices]].concat();
+        let ranks = learner_with(&mpirun, dir.path(), &args);
+        assert!(ranks["error"].is_null(), "{}", ranks["error"]);
+        let diff = parameter_diff(&single, &ranks);
+        assert!(
+            diff < 1e-5,
+            "{devices} devices per rank: parameters off by {diff}"
+        );
+        let metrics = metric_diff(&single_dir.path().join("run"), &dir.path().join("run"));
+        assert!(
+            metrics < 1e-5,
+            "{devices} devices per rank: metrics off by {metrics}"
+        );
+    }
+}

@@ -16,3 +16,6 @@ pub fn tiny_config(dir: &Path, epochs: usize) -> String {
     .unwrap();
     path.to_str().unwrap().to_owned()
 }
+
+#[cfg(feature = "burn-train")]
+pub mod learner;

@@ -489,6 +489,19 @@ pub enum DataParallelError {
         reason: String,
     },
 
+    /// A step's output cannot be sent to rank 0, which feeds every rank's outputs to the
+    /// metrics when a burn-train program trains across MPI ranks.
+    #[error(
+        "rank {rank} cannot send its step outputs ({output}) to rank 0: implement \
+         `StepOutput::into_data` and `StepOutput::from_data` for it"
+    )]
+    OutputCannotTravel {
+        /// The lowest rank that could not.
+        rank: usize,
+        /// The output's type.
+        output: &'static str,
+    },
+
     /// The replicas returned lists of different lengths.
     #[error(
         "cannot gather: replica {replica} returned {found} items, replica 0 returned {expected}"

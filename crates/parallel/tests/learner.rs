@@ -14,7 +14,7 @@ use burn::optim::AdamConfig;
 use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{
     ClassificationOutput, EarlyStoppingStrategy, ExecutionStrategy, InferenceStep, Learner,
@@ -625,4 +625,174 @@ fn four_replicas_over_150_fused_steps_never_lose_a_gradient_and_a_nan_stops_the_
     );
     let (two_batches, _) = run(1, rows[..24].to_vec());
     assert!(param_diff(&two_batches, &stopped, &HashSet::new()) < 1e-6);
+}
+
+/// The transformer trained on a loss averaged over real tokens (padding left out): its output
+/// states the tokens its loss is a mean over.
+#[derive(Module, Debug)]
+pub struct TextNet<B: Backend> {
+    pub model: dp_model::TextClassifier<B>,
+}
+
+/// A token-mean loss's output: the loss, the tokens it is a mean over, and the logits.
+pub struct TokenOutput<B: Backend> {
+    loss: Tensor<B, 1>,
+    tokens: Tensor<B, 1>,
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> burn::train::ItemLazy for TokenOutput<B> {
+    type ItemSync = Self;
+    fn sync(self) -> Self {
+        self
+    }
+}
+
+impl<B: Backend> burn::train::metric::Adaptor<burn::train::metric::LossInput<B>>
+    for TokenOutput<B>
+{
+    fn adapt(&self) -> burn::train::metric::LossInput<B> {
+        burn::train::metric::LossInput::new(self.loss.clone())
+    }
+}
+
+impl<B: Backend> burn_data_parallel::StepOutput<B> for TokenOutput<B> {
+    const WEIGHTED: bool = true;
+
+    fn loss(&self) -> Tensor<B, 1> {
+        self.loss.clone()
+    }
+
+    fn loss_weight(&self) -> f64 {
+        f64::from(self.tokens.clone().into_scalar().elem::<f32>())
+    }
+
+    fn merge(parts: Vec<(Self, f64)>, device: &B::Device) -> Self {
+        let loss = burn_data_parallel::merged_loss(
+            parts.iter().map(|(p, w)| (p.loss.clone(), *w)),
+            device,
+        );
+        let tokens =
+            Tensor::from_floats([parts.iter().map(|(_, w)| *w as f32).sum::<f32>()], device);
+        let (logits, targets): (Vec<_>, Vec<_>) = parts
+            .into_iter()
+            .map(|(p, _)| (p.logits, p.targets))
+            .unzip();
+        TokenOutput {
+            loss,
+            tokens,
+            logits: burn_data_parallel::merged_rows(logits, device),
+            targets: burn_data_parallel::merged_rows(targets, device),
+        }
+    }
+}
+
+impl<B: Backend> TextNet<B> {
+    fn output(&self, (x, y): (Tensor<B, 2, Int>, Tensor<B, 1, Int>)) -> TokenOutput<B> {
+        let logits = self.model.logits(x.clone());
+        let (sum, tokens) = self.model.token_loss_sum(x, y.clone());
+        TokenOutput {
+            loss: sum / tokens.clone(),
+            tokens,
+            logits,
+            targets: y,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for TextNet<B> {
+    type Input = (Tensor<B, 2, Int>, Tensor<B, 1, Int>);
+    type Output = TokenOutput<B>;
+    fn step(&self, batch: Self::Input) -> TrainOutput<TokenOutput<B>> {
+        let item = self.output(batch);
+        TrainOutput::new(self, item.loss.backward(), item)
+    }
+}
+
+impl<B: Backend> InferenceStep for TextNet<B> {
+    type Input = (Tensor<B, 2, Int>, Tensor<B, 1, Int>);
+    type Output = TokenOutput<B>;
+    fn step(&self, batch: Self::Input) -> TokenOutput<B> {
+        self.output(batch)
+    }
+}
+
+#[derive(Clone)]
+struct Tokens;
+
+impl<Bk: Backend> Batcher<Bk, Row, (Tensor<Bk, 2, Int>, Tensor<Bk, 1, Int>)> for Tokens {
+    fn batch(
+        &self,
+        rows: Vec<Row>,
+        device: &Bk::Device,
+    ) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 1, Int>) {
+        let n = rows.len();
+        let ys: Vec<i64> = rows.iter().map(|r| r.y).collect();
+        let ids: Vec<i64> = rows
+            .into_iter()
+            .flat_map(|r| r.x.into_iter().map(|t| t as i64))
+            .collect();
+        let length = ids.len() / n;
+        (
+            Tensor::from_data(TensorData::new(ids, [n, length]), device),
+            Tensor::from_data(TensorData::new(ys, [n]), device),
+        )
+    }
+}
+
+/// Padded sequences of 1 to 6 tokens out of 12, as rows.
+fn token_rows(count: usize, seed: u64) -> Vec<Row> {
+    let (x, y) = common::zoo::tokens::<B>(count, seed);
+    let ids = x.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let ys = y.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    ids.chunks(6)
+        .zip(ys)
+        .map(|(ids, y)| Row {
+            x: ids.iter().map(|&t| t as f32).collect(),
+            y,
+        })
+        .collect()
+}
+
+#[test]
+fn a_transformer_with_a_token_mean_loss_trains_as_on_one_device() {
+    let (rows, valid) = (token_rows(23, 10), token_rows(11, 11));
+    let model = TextNet {
+        model: common::zoo::transformer(),
+    };
+    let run = |devices: usize, dir: &Path| {
+        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Tokens)
+            .batch_size(7)
+            .build(InMemDataset::new(rows.clone()));
+        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Tokens)
+            .batch_size(4)
+            .build(InMemDataset::new(valid.clone()));
+        let strategy: TrainingStrategy<_> = if devices == 1 {
+            ExecutionStrategy::single(cpu()).into()
+        } else {
+            DataParallelStrategy::<AB>::new(cpus(devices)).into()
+        };
+        SupervisedTraining::new(dir, dl_train, dl_valid)
+            .metric_train_numeric(LossMetric::<AB>::new())
+            .metric_valid_numeric(LossMetric::<B>::new())
+            .with_application_logger(None)
+            .with_training_strategy(strategy)
+            .grads_accumulation(2)
+            .num_epochs(2)
+            .launch(Learner::new(
+                model.clone(),
+                burn::optim::SgdConfig::new().init(),
+                0.05,
+            ))
+            .model
+    };
+    let (single_dir, dir) = (temp("single"), temp("tokens"));
+    let single = run(1, single_dir.path());
+    let parallel = run(3, dir.path());
+    assert!(param_diff(&single, &model.valid(), &HashSet::new()) > 1e-3);
+    let diff = param_diff(&single, &parallel, &HashSet::new());
+    assert!(diff < 1e-5, "off by {diff}");
+    let metrics = logged_diff(single_dir.path(), dir.path());
+    assert!(metrics < 1e-5, "metrics off by {metrics}");
 }

@@ -24,6 +24,9 @@ mod ranks;
 mod trainer;
 mod world;
 
+#[cfg(feature = "burn-train")]
+pub(crate) use ranks::Ranks;
+
 pub use exchange::{CollectiveOp, ExchangeStats, GradientTransport};
 pub use trainer::DistributedTrainer;
 pub use world::Mpi;

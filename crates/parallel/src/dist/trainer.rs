@@ -212,6 +212,13 @@ where
         self.ranks.exchange.stats()
     }
 
+    /// The trainer of this rank's devices and the ranks it steps with, apart (for a loop
+    /// that calls them itself: burn-train's strategy).
+    #[cfg(feature = "burn-train")]
+    pub(crate) fn into_parts(self) -> (DataParallelTrainer<B, M, O>, Ranks<'a>) {
+        (self.local, self.ranks)
+    }
+
     /// The MPI job.
     pub fn mpi(&self) -> &Mpi {
         self.ranks.mpi

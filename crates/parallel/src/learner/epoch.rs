@@ -3,8 +3,9 @@
 //! are private to burn-train), with each batch run across the devices.
 
 use super::optimizer::LearnerStep;
+use super::participants::Participants;
 use super::{DataParallelStrategy, StepOutput};
-use crate::train::Alone;
+use crate::train::{Alone, Peers};
 use crate::{DataParallelError, DataParallelTrainer, Part, Replicate, Result, Scatter};
 use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
@@ -67,77 +68,244 @@ where
         dataloader_valid: ValidLoader<Self>,
         starting_epoch: usize,
     ) -> (TrainingModel<Self>, SupervisedTrainingEventProcessor<Self>) {
-        let TrainingComponents {
-            num_epochs,
-            mut checkpointer,
-            grad_accumulation,
-            interrupter,
-            mut early_stopping,
-            event_processor: mut processor,
-            event_store,
-            ..
-        } = components;
         let first = strategy.devices()[0].clone();
         let mut learner = learner;
         learner.fork(&first);
         let fallback = learner.model();
-        let mut trainer = match new_trainer(strategy, learner) {
+        let mut run = Run {
+            strategy,
+            dataloader_train: dataloader_train.to_device(&first),
+            dataloader_valid: dataloader_valid.to_device(&first),
+            components,
+        };
+        let trainer = match new_trainer(strategy, learner) {
             Ok(trainer) => trainer,
             Err(err) => {
-                stop(strategy, &interrupter, err);
-                return (fallback, processor);
+                run.stop(err);
+                return (fallback, run.components.event_processor);
             }
         };
-        let dataloader_train = dataloader_train.to_device(&first);
-        let dataloader_valid = dataloader_valid.to_device(&first);
-        let accumulation = grad_accumulation.unwrap_or(1).max(1);
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = strategy.mpi() {
+            let joined = crate::dist::DistributedTrainer::new(mpi, trainer);
+            let (mut trainer, mut ranks) = match joined {
+                Ok(joined) => joined.into_parts(),
+                Err(err) => {
+                    run.stop(err);
+                    return (fallback, run.components.event_processor);
+                }
+            };
+            // Every rank's learner starts from rank 0's parameters, as its trainer does.
+            let module = trainer.module().clone();
+            trainer.optimizer_mut().synced(&module);
+            return run.epochs(&mut trainer, &mut ranks, starting_epoch);
+        }
+        let mut trainer = trainer;
+        run.epochs(&mut trainer, &mut Alone, starting_epoch)
+    }
+}
 
+/// A run of the strategy's epochs.
+struct Run<'s, LC: LearningComponentsTypes> {
+    strategy: &'s DataParallelStrategy<LC::Backend>,
+    dataloader_train: TrainLoader<LC>,
+    dataloader_valid: ValidLoader<LC>,
+    components: TrainingComponents<LC>,
+}
+
+impl<LC> Run<'_, LC>
+where
+    LC: LearningComponentsTypes,
+    LC::TrainingModel: Replicate<LC::Backend> + Sync,
+    LC::InferenceModel: Replicate<Inner<LC>> + Sync,
+    TrainInput<LC>: Scatter<LC::Backend>,
+    TrainOutput<LC>: StepOutput<LC::Backend>,
+    ValidInput<LC>: Scatter<Inner<LC>>,
+    ValidOutput<LC>: StepOutput<Inner<LC>>,
+    Learner<LC>: Send,
+{
+    /// burn-train's epoch loop (`SingleDeviceTrainingStrategy::fit`): train, validate,
+    /// checkpoint, and stop early or when interrupted; the trained model and the event
+    /// processor at the end.
+    fn epochs<P>(
+        mut self,
+        trainer: &mut LearnerTrainer<LC>,
+        peers: &mut P,
+        starting_epoch: usize,
+    ) -> (TrainingModel<LC>, SupervisedTrainingEventProcessor<LC>)
+    where
+        P: Peers<LC::Backend, TrainingModel<LC>, LearnerStep<LC>> + Participants,
+    {
+        let num_epochs = self.components.num_epochs;
         for epoch in starting_epoch..=num_epochs {
             let progress = Progress::new(epoch, num_epochs);
-            let trained = train_epoch::<LC>(
-                &mut trainer,
-                &*dataloader_train,
-                accumulation,
-                &progress,
-                &mut processor,
-                &interrupter,
-            );
-            if let Err(err) = trained {
-                stop(strategy, &interrupter, err);
+            if let Err(err) = self.train_epoch(trainer, peers, &progress) {
+                self.stop(err);
                 break;
             }
+            let interrupter = &self.components.interrupter;
             if interrupter.should_stop() {
                 let reason = interrupter.get_message();
-                log::info!(
-                    "Training interrupted: {}",
-                    reason.as_deref().unwrap_or("reason unknown")
-                );
+                let reason = reason.as_deref().unwrap_or("reason unknown");
+                log::info!("Training interrupted: {reason}");
                 break;
             }
-            let validated = valid_epoch::<LC>(
-                &trainer,
-                &*dataloader_valid,
-                &progress,
-                &mut processor,
-                &interrupter,
-            );
-            if let Err(err) = validated {
-                stop(strategy, &interrupter, err);
+            if let Err(err) = self.valid_epoch(trainer, peers, &progress) {
+                self.stop(err);
                 break;
             }
+            let leads = peers.leads();
             let module = trainer.module().clone();
             let learner = trainer.optimizer_mut().synced(&module);
-            if let Some(checkpointer) = &mut checkpointer {
-                checkpointer.checkpoint(learner, epoch, &event_store);
+            let components = &mut self.components;
+            if leads && let Some(checkpointer) = &mut components.checkpointer {
+                checkpointer.checkpoint(learner, epoch, &components.event_store);
             }
-            if let Some(early_stopping) = &mut early_stopping
-                && early_stopping.should_stop(epoch, &event_store)
-            {
+            let stop = leads
+                && components
+                    .early_stopping
+                    .as_mut()
+                    .is_some_and(|early| early.should_stop(epoch, &components.event_store));
+            if peers.stop_after_epoch(stop) {
                 break;
             }
         }
         let module = trainer.module().clone();
-        (trainer.optimizer_mut().synced(&module).model(), processor)
+        let model = trainer.optimizer_mut().synced(&module).model();
+        (model, self.components.event_processor)
+    }
+
+    /// Stops the training with `err`, kept for [`DataParallelStrategy::take_error`].
+    fn stop(&mut self, err: DataParallelError) {
+        let message = format!("data-parallel training failed: {err}");
+        log::error!("{message}");
+        self.components.interrupter.stop(Some(&message));
+        self.strategy.keep_error(err);
+    }
+
+    /// One training epoch: burn-train's `SingleDeviceTrainEpoch::run`, each batch split
+    /// across the devices (and ranks).
+    fn train_epoch<P>(
+        &mut self,
+        trainer: &mut LearnerTrainer<LC>,
+        peers: &mut P,
+        global_progress: &Progress,
+    ) -> Result<()>
+    where
+        P: Peers<LC::Backend, TrainingModel<LC>, LearnerStep<LC>> + Participants,
+    {
+        let epoch = global_progress.items_processed;
+        log::info!("Executing training step for epoch {epoch}");
+        let first = trainer.devices()[0].clone();
+        let accumulation = self.components.grad_accumulation.unwrap_or(1).max(1);
+        let weighted = <TrainOutput<LC> as StepOutput<LC::Backend>>::WEIGHTED;
+        let mut iterator = self.dataloader_train.iter();
+        let mut iteration = 0;
+        let mut accumulated = 0;
+        while let Some(batch) = iterator.next() {
+            iteration += 1;
+            trainer.optimizer_mut().learner.lr_step();
+            let progress = iterator.progress();
+            let part = peers.part_of(batch, &first)?;
+            let (_, parts) = trainer.accumulate_steps_with(
+                peers,
+                part,
+                weighted,
+                |model: &TrainingModel<LC>, part| {
+                    let output = TrainStep::step(model, part);
+                    (output.grads, output.item)
+                },
+                |item: &TrainOutput<LC>| read_loss::<LC::Backend, _>(item),
+            )?;
+            accumulated += 1;
+            let lr = trainer.optimizer().learner.lr_current();
+            if accumulated >= accumulation {
+                trainer.apply_with(peers, lr)?;
+                accumulated = 0;
+            }
+            let local = merge::<LC::Backend, _>(parts, &first);
+            let stop = self.components.interrupter.should_stop();
+            let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
+            if let Some(item) = item {
+                self.components
+                    .event_processor
+                    .process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
+                        item,
+                        progress,
+                        global_progress.clone(),
+                        Some(iteration),
+                        Some(lr),
+                    )));
+            }
+            if stop {
+                self.components.interrupter.stop(None);
+                break;
+            }
+        }
+        let dropped = trainer.discard_pending();
+        if dropped > 0 {
+            // burn-train's own epochs drop them too: the same program gives the same
+            // parameters.
+            log::warn!(
+                "epoch {epoch}: the gradients of its last {dropped} batches were dropped, fewer \
+                 than the {accumulation} accumulated for a step (as burn-train does)"
+            );
+        }
+        if peers.leads() {
+            let processor = &mut self.components.event_processor;
+            processor.process_train(LearnerEvent::EndEpoch(epoch));
+        }
+        Ok(())
+    }
+
+    /// One validation epoch: burn-train's `SingleDeviceValidEpoch::run`, each batch split
+    /// across the devices (and ranks), every row counted once.
+    fn valid_epoch<P: Participants>(
+        &mut self,
+        trainer: &LearnerTrainer<LC>,
+        peers: &mut P,
+        global_progress: &Progress,
+    ) -> Result<()> {
+        let epoch = global_progress.items_processed;
+        log::info!("Executing validation step for epoch {epoch}");
+        let first = trainer.devices()[0].clone();
+        let mut parallel = trainer.parallel().sibling(trainer.module().valid())?;
+        let mut iterator = self.dataloader_valid.iter();
+        let mut iteration = 0;
+        while let Some(batch) = iterator.next() {
+            iteration += 1;
+            let progress = iterator.progress();
+            let local = match peers.part_of(batch, &first)? {
+                Some(part) => {
+                    let parts = parallel
+                        .forward_parts(part, |model, part| InferenceStep::step(model, part))?;
+                    merge::<Inner<LC>, _>(parts, &first)
+                }
+                None => None,
+            };
+            let stop = self.components.interrupter.should_stop();
+            let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
+            if let Some(item) = item {
+                self.components
+                    .event_processor
+                    .process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
+                        item,
+                        progress,
+                        global_progress.clone(),
+                        Some(iteration),
+                        None,
+                    )));
+            }
+            if stop {
+                self.components.interrupter.stop(None);
+                break;
+            }
+        }
+        if peers.leads() {
+            let processor = &mut self.components.event_processor;
+            processor.process_valid(LearnerEvent::EndEpoch(epoch));
+        }
+        Ok(())
     }
 }
 
@@ -167,142 +335,19 @@ where
     Ok(trainer)
 }
 
-/// Stops the training with `err`, kept for [`DataParallelStrategy::take_error`].
-fn stop<B: AutodiffBackend>(
-    strategy: &DataParallelStrategy<B>,
-    interrupter: &burn::train::Interrupter,
-    err: DataParallelError,
-) {
-    let message = format!("data-parallel training failed: {err}");
-    log::error!("{message}");
-    interrupter.stop(Some(&message));
-    strategy.keep_error(err);
-}
-
-/// One training epoch: burn-train's `SingleDeviceTrainEpoch::run`, each batch split across
-/// the devices.
-fn train_epoch<LC>(
-    trainer: &mut LearnerTrainer<LC>,
-    dataloader: &dyn burn::data::dataloader::DataLoader<LC::Backend, TrainInput<LC>>,
-    accumulation: usize,
-    global_progress: &Progress,
-    processor: &mut SupervisedTrainingEventProcessor<LC>,
-    interrupter: &burn::train::Interrupter,
-) -> Result<()>
-where
-    LC: LearningComponentsTypes,
-    LC::TrainingModel: Replicate<LC::Backend> + Sync,
-    TrainInput<LC>: Scatter<LC::Backend>,
-    TrainOutput<LC>: StepOutput<LC::Backend>,
-    Learner<LC>: Send,
-{
-    let epoch = global_progress.items_processed;
-    log::info!("Executing training step for epoch {epoch}");
-    let first = trainer.devices()[0].clone();
-    let mut iterator = dataloader.iter();
-    let mut iteration = 0;
-    let mut accumulated = 0;
-    while let Some(batch) = iterator.next() {
-        iteration += 1;
-        trainer.optimizer_mut().learner.lr_step();
-        let progress = iterator.progress();
-        let weighted = <TrainOutput<LC> as StepOutput<LC::Backend>>::WEIGHTED;
-        let (_, parts) = trainer.accumulate_steps_with(
-            &mut Alone,
-            batch,
-            weighted,
-            |model: &TrainingModel<LC>, part| {
-                let output = TrainStep::step(model, part);
-                (output.grads, output.item)
-            },
-            |item: &TrainOutput<LC>| read_loss::<LC::Backend, _>(item),
-        )?;
-        accumulated += 1;
-        let lr = trainer.optimizer().learner.lr_current();
-        if accumulated >= accumulation {
-            trainer.apply_with(&mut Alone, lr)?;
-            accumulated = 0;
-        }
-        let item = merge::<LC::Backend, _>(parts, &first);
-        processor.process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
-            item,
-            progress,
-            global_progress.clone(),
-            Some(iteration),
-            Some(lr),
-        )));
-        if interrupter.should_stop() {
-            break;
-        }
-    }
-    let dropped = trainer.discard_pending();
-    if dropped > 0 {
-        // burn-train's own epochs drop them too: the same program gives the same parameters.
-        log::warn!(
-            "epoch {epoch}: the gradients of its last {dropped} batches were dropped, fewer than \
-             the {accumulation} accumulated for a step (as burn-train does)"
-        );
-    }
-    processor.process_train(LearnerEvent::EndEpoch(epoch));
-    Ok(())
-}
-
-/// One validation epoch: burn-train's `SingleDeviceValidEpoch::run`, each batch split across
-/// the devices.
-fn valid_epoch<LC>(
-    trainer: &LearnerTrainer<LC>,
-    dataloader: &dyn burn::data::dataloader::DataLoader<Inner<LC>, ValidInput<LC>>,
-    global_progress: &Progress,
-    processor: &mut SupervisedTrainingEventProcessor<LC>,
-    interrupter: &burn::train::Interrupter,
-) -> Result<()>
-where
-    LC: LearningComponentsTypes,
-    LC::TrainingModel: Replicate<LC::Backend> + Sync,
-    LC::InferenceModel: Replicate<Inner<LC>> + Sync,
-    ValidInput<LC>: Scatter<Inner<LC>>,
-    ValidOutput<LC>: StepOutput<Inner<LC>>,
-    Learner<LC>: Send,
-{
-    let epoch = global_progress.items_processed;
-    log::info!("Executing validation step for epoch {epoch}");
-    let first = trainer.devices()[0].clone();
-    let mut parallel = trainer.parallel().sibling(trainer.module().valid())?;
-    let mut iterator = dataloader.iter();
-    let mut iteration = 0;
-    while let Some(batch) = iterator.next() {
-        iteration += 1;
-        let progress = iterator.progress();
-        let parts =
-            parallel.forward_parts(batch, |model, part| InferenceStep::step(model, part))?;
-        let item = merge::<Inner<LC>, _>(parts, &first);
-        processor.process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
-            item,
-            progress,
-            global_progress.clone(),
-            Some(iteration),
-            None,
-        )));
-        if interrupter.should_stop() {
-            break;
-        }
-    }
-    processor.process_valid(LearnerEvent::EndEpoch(epoch));
-    Ok(())
-}
-
 /// An output's loss, and the weight it states where it states one.
 fn read_loss<B: burn::tensor::backend::Backend, T: StepOutput<B>>(item: &T) -> (f64, Option<f64>) {
     let loss: f64 = item.loss().into_scalar().elem();
     (loss, T::WEIGHTED.then(|| item.loss_weight()))
 }
 
-/// The parts' outputs merged into the batch's, each weighted by its rows or stated weight.
+/// The parts' outputs merged into the batch's, each weighted by its rows or stated weight,
+/// with the weight of the merged loss; `None` without parts.
 fn merge<B: burn::tensor::backend::Backend, T: StepOutput<B>>(
     parts: Vec<Part<T>>,
     device: &B::Device,
-) -> T {
-    let parts = parts
+) -> Option<(T, f64)> {
+    let parts: Vec<(T, f64)> = parts
         .into_iter()
         .map(|part| {
             let weight = if T::WEIGHTED {
@@ -313,5 +358,9 @@ fn merge<B: burn::tensor::backend::Backend, T: StepOutput<B>>(
             (part.value, weight)
         })
         .collect();
-    T::merge(parts, device)
+    if parts.is_empty() {
+        return None;
+    }
+    let weight = parts.iter().map(|(_, weight)| weight).sum();
+    Some((T::merge(parts, device), weight))
 }

@@ -5,6 +5,9 @@
 mod epoch;
 mod optimizer;
 mod output;
+mod participants;
+#[cfg(feature = "mpi")]
+mod ranks;
 mod strategy;
 
 pub use epoch::ParallelComponents;

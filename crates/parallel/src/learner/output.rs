@@ -3,7 +3,7 @@
 //! that every metric sees what a single-device run shows.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use burn::train::{
     ClassificationOutput, MultiLabelClassificationOutput, RegressionOutput, SequenceOutput,
 };
@@ -76,6 +76,20 @@ pub trait StepOutput<B: Backend>: Sized + Send {
     /// weighted mean of the parts' ([`merged_loss`]); tensors are detached from the autodiff
     /// graph ([`merged_rows`]).
     fn merge(parts: Vec<(Self, f64)>, device: &B::Device) -> Self;
+
+    /// The output's tensors as data, in a fixed order, to send it to rank 0 when training
+    /// across MPI ranks (where rank 0 alone feeds the metrics). `None`, the default, for a type
+    /// that cannot travel: training across ranks then stops with
+    /// [`DataParallelError::OutputCannotTravel`](crate::DataParallelError::OutputCannotTravel).
+    fn into_data(self) -> Option<Vec<TensorData>> {
+        None
+    }
+
+    /// The output back from [`into_data`](Self::into_data)'s tensors, on `device`.
+    fn from_data(data: Vec<TensorData>, device: &B::Device) -> Option<Self> {
+        let _ = (data, device);
+        None
+    }
 }
 
 /// The weighted mean of the parts' losses (`(loss, weight)` each), on `device`, detached; 0 if
@@ -171,6 +185,18 @@ macro_rules! rows_output {
                     $($field: merged_rows($field, device),)*
                 }
             }
+
+            fn into_data(self) -> Option<Vec<TensorData>> {
+                Some(vec![self.loss.into_data() $(, self.$field.into_data())*])
+            }
+
+            fn from_data(data: Vec<TensorData>, device: &B::Device) -> Option<Self> {
+                let mut data = data.into_iter();
+                Some(Self {
+                    loss: Tensor::from_data(data.next()?, device),
+                    $($field: Tensor::from_data(data.next()?, device),)*
+                })
+            }
         }
     };
 }
@@ -207,5 +233,25 @@ impl<B: Backend> StepOutput<B> for SequenceOutput<B> {
             predictions: predicted.then(|| merged_rows(predictions, device)),
             targets: merged_rows(targets, device),
         }
+    }
+
+    fn into_data(self) -> Option<Vec<TensorData>> {
+        let mut data = vec![
+            self.loss.into_data(),
+            self.logits.into_data(),
+            self.targets.into_data(),
+        ];
+        data.extend(self.predictions.map(Tensor::into_data));
+        Some(data)
+    }
+
+    fn from_data(data: Vec<TensorData>, device: &B::Device) -> Option<Self> {
+        let mut data = data.into_iter();
+        Some(Self {
+            loss: Tensor::from_data(data.next()?, device),
+            logits: Tensor::from_data(data.next()?, device),
+            targets: Tensor::from_data(data.next()?, device),
+            predictions: data.next().map(|d| Tensor::from_data(d, device)),
+        })
     }
 }

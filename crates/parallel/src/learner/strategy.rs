@@ -65,6 +65,8 @@ pub struct DataParallelStrategy<B: AutodiffBackend> {
     seed: Option<u64>,
     threads_per_replica: Option<usize>,
     error: Mutex<Option<DataParallelError>>,
+    #[cfg(feature = "mpi")]
+    mpi: Option<Arc<crate::dist::Mpi>>,
 }
 
 impl<B: AutodiffBackend> DataParallelStrategy<B> {
@@ -77,6 +79,8 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
             seed: None,
             threads_per_replica: None,
             error: Mutex::new(None),
+            #[cfg(feature = "mpi")]
+            mpi: None,
         }
     }
 
@@ -101,6 +105,30 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
     pub fn with_threads_per_replica(mut self, threads: usize) -> Self {
         self.threads_per_replica = Some(threads);
         self
+    }
+
+    /// Trains across the ranks of `mpi` (feature `mpi`): every rank runs the same program
+    /// (its loaders give every rank every batch, in the same order), runs its equal share
+    /// of each batch's rows on its own devices, and every rank takes the step one process
+    /// takes on the whole batch (the gradients summed by one all-reduce per optimizer step,
+    /// see [`DistributedTrainer`](crate::dist::DistributedTrainer)). Rank 0's parameters are
+    /// given to every rank at the start. Rank 0 alone feeds the metrics (with every rank's
+    /// outputs, which travel through [`StepOutput::into_data`](crate::StepOutput::into_data)),
+    /// renders, writes checkpoints and decides early stopping and interruption, which every
+    /// rank then obeys after the same batch. Validation is split across the ranks too, every
+    /// row counted once.
+    ///
+    /// A resumed run (`SupervisedTraining::checkpoint`) loads the checkpoint on every rank:
+    /// give every rank the same directory (one machine, or a shared file system).
+    #[cfg(feature = "mpi")]
+    pub fn with_mpi(mut self, mpi: Arc<crate::dist::Mpi>) -> Self {
+        self.mpi = Some(mpi);
+        self
+    }
+
+    #[cfg(feature = "mpi")]
+    pub(super) fn mpi(&self) -> Option<&crate::dist::Mpi> {
+        self.mpi.as_deref()
     }
 
     /// The devices, in replica order.

@@ -50,7 +50,8 @@ where
     M: AutodiffModule<B> + Replicate<B> + Sync,
     O: Optimizer<M, B>,
 {
-    /// One micro-batch of steps that compute their own gradients, with `peers` taking part:
+    /// One micro-batch of steps that compute their own gradients, with `peers` taking part
+    /// (`batch` is this process's part of it, `None` where it has no row):
     /// `step` runs on every replica's part (in turns), `read` reads each output's loss and,
     /// where `weighted`, the weight its loss is a mean over. The micro-batch's mean gradient
     /// over every replica and rank is added to those pending since the last
@@ -59,7 +60,7 @@ where
     pub(crate) fn accumulate_steps_with<I, T, F, R>(
         &mut self,
         peers: &mut impl Peers<B, M, O>,
-        batch: I,
+        batch: Option<I>,
         weighted: bool,
         step: F,
         read: R,
@@ -76,7 +77,10 @@ where
         } else {
             Denominator::StepRows
         };
-        let local = batch.rows(dim).map(|rows| rows.unwrap_or(0));
+        let local = batch
+            .as_ref()
+            .map_or(Ok(Some(0)), |batch| batch.rows(dim))
+            .map(|rows| rows.unwrap_or(0));
         let settings = MicroBatch {
             loss: denominator as u64,
             seed: self.seed.map_or(0, |seed| derive(seed, &[]) | 1),
@@ -90,10 +94,11 @@ where
         let buffers = self.parallel.buffers().clone();
         let before = buffers.snapshot(self.parallel.module());
         let started = Instant::now();
-        let local = if rows.local > 0 {
-            self.run_steps(batch, weighted, micro_batch, step, read)
-        } else {
-            Ok((Vec::new(), Vec::new()))
+        let local = match batch {
+            Some(batch) if rows.local > 0 => {
+                self.run_steps(batch, weighted, micro_batch, step, read)
+            }
+            _ => Ok((Vec::new(), Vec::new())),
         };
         let busy = started.elapsed();
         let (sums, local) = match local {

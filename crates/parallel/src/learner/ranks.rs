@@ -1,0 +1,209 @@
+//! The MPI ranks of a burn-train run: each runs its equal share of every batch's rows, sends
+//! its merged output to rank 0 (which alone feeds the metrics, renders, writes checkpoints and
+//! decides early stopping), and every rank learns rank 0's decision to stop after each batch.
+
+use super::StepOutput;
+use super::participants::Participants;
+use crate::dist::Ranks;
+use crate::{DataParallelError, Result, Scatter};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, TensorData};
+
+/// What rank 0 broadcasts after each batch.
+const GO_ON: u64 = 0;
+const STOP: u64 = 1;
+const FAILED: u64 = 2;
+
+impl Participants for Ranks<'_> {
+    fn part_of<B: Backend, I: Scatter<B>>(
+        &self,
+        batch: I,
+        device: &B::Device,
+    ) -> Result<Option<I>> {
+        let (rank, size) = (self.mpi.rank(), self.mpi.size());
+        crate::train::part_of(batch, 0, rank, size, std::slice::from_ref(device))
+    }
+
+    fn leads(&self) -> bool {
+        self.mpi.rank() == 0
+    }
+
+    fn end_batch<B: Backend, T: StepOutput<B>>(
+        &self,
+        local: Option<(T, f64)>,
+        device: &B::Device,
+        stop: bool,
+        step: usize,
+    ) -> Result<(Option<T>, bool)> {
+        let mpi = self.mpi;
+        let sent = match local {
+            None => Ok(Vec::new()),
+            Some((output, weight)) => output
+                .into_data()
+                .map(|data| encode(weight, &data))
+                .ok_or(mpi.rank()),
+        };
+        let all = mpi.gather_bytes_to_0(sent.as_ref().map_or_else(|_| vec![0xff], Clone::clone));
+        let mut verdict = [if stop { STOP } else { GO_ON }];
+        let merged = if mpi.rank() == 0 {
+            let merged = merge::<B, T>(all, device);
+            if merged.is_err() {
+                verdict[0] = FAILED;
+            }
+            Some(merged)
+        } else {
+            None
+        };
+        mpi.broadcast_u64_from_0(&mut verdict);
+        if let Some(merged) = merged {
+            return merged.map(|merged| (merged, verdict[0] == STOP));
+        }
+        match (verdict[0], sent) {
+            (FAILED, Err(rank)) => Err(DataParallelError::OutputCannotTravel {
+                rank,
+                output: std::any::type_name::<T>(),
+            }),
+            (FAILED, Ok(_)) => Err(DataParallelError::PeerFailed {
+                rank: 0,
+                step,
+                reason: "rank 0 could not merge the ranks' step outputs".into(),
+            }),
+            (verdict, _) => Ok((None, verdict == STOP)),
+        }
+    }
+
+    fn stop_after_epoch(&self, stop: bool) -> bool {
+        let mut verdict = [u64::from(stop)];
+        self.mpi.broadcast_u64_from_0(&mut verdict);
+        verdict[0] != 0
+    }
+}
+
+/// Every rank's output merged, on rank 0; an error naming the first rank that sent none it
+/// could.
+fn merge<B: Backend, T: StepOutput<B>>(all: Vec<Vec<u8>>, device: &B::Device) -> Result<Option<T>> {
+    let mut parts = Vec::new();
+    for (rank, bytes) in all.into_iter().enumerate() {
+        if bytes.is_empty() {
+            continue;
+        }
+        let cannot = DataParallelError::OutputCannotTravel {
+            rank,
+            output: std::any::type_name::<T>(),
+        };
+        let (weight, data) = decode(&bytes).ok_or(cannot)?;
+        let output = T::from_data(data, device).ok_or(DataParallelError::OutputCannotTravel {
+            rank,
+            output: std::any::type_name::<T>(),
+        })?;
+        parts.push((output, weight));
+    }
+    Ok((!parts.is_empty()).then(|| T::merge(parts, device)))
+}
+
+/// `weight`, then each tensor as its kind (0 float as f32, 1 int as i64, 2 bool as u8), rank,
+/// dims and values, little-endian.
+fn encode(weight: f64, data: &[TensorData]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let word = |out: &mut Vec<u8>, value: u64| out.extend_from_slice(&value.to_le_bytes());
+    word(&mut out, weight.to_bits());
+    word(&mut out, data.len() as u64);
+    for tensor in data {
+        let dims: Vec<usize> = tensor.shape.iter().copied().collect();
+        let (kind, values): (u64, Vec<u8>) = if tensor.dtype.is_float() {
+            let values = tensor
+                .clone()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
+            (0, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        } else if matches!(tensor.dtype, DType::Bool(_)) {
+            let values = tensor.clone().to_vec::<bool>().unwrap_or_default();
+            (2, values.into_iter().map(u8::from).collect())
+        } else {
+            let values = tensor
+                .clone()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap_or_default();
+            (1, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        };
+        word(&mut out, kind);
+        word(&mut out, dims.len() as u64);
+        for dim in dims {
+            word(&mut out, dim as u64);
+        }
+        word(&mut out, values.len() as u64);
+        out.extend_from_slice(&values);
+    }
+    out
+}
+
+/// What [`encode`] wrote; `None` if it is not that.
+fn decode(bytes: &[u8]) -> Option<(f64, Vec<TensorData>)> {
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let slice = bytes.get(at..at + n)?;
+        at += n;
+        Some(slice)
+    };
+    fn word<'a>(take: &mut dyn FnMut(usize) -> Option<&'a [u8]>) -> Option<u64> {
+        Some(u64::from_le_bytes(take(8)?.try_into().ok()?))
+    }
+    let weight = f64::from_bits(word(&mut take)?);
+    let count = word(&mut take)? as usize;
+    let mut data = Vec::with_capacity(count);
+    for _ in 0..count {
+        let kind = word(&mut take)?;
+        let rank = word(&mut take)? as usize;
+        let mut dims = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            dims.push(word(&mut take)? as usize);
+        }
+        let len = word(&mut take)? as usize;
+        let values = take(len)?;
+        data.push(match kind {
+            0 => TensorData::new(
+                values
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect::<Vec<f32>>(),
+                dims,
+            ),
+            1 => TensorData::new(
+                values
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect::<Vec<i64>>(),
+                dims,
+            ),
+            2 => TensorData::new(values.iter().map(|&v| v != 0).collect::<Vec<bool>>(), dims),
+            _ => return None,
+        });
+    }
+    Some((weight, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_of_every_kind_make_the_round_trip() {
+        let data = vec![
+            TensorData::new(vec![1.5f32, -2.0, 3.25, 0.0], [2, 2]),
+            TensorData::new(vec![3i64, -7], [2]),
+            TensorData::new(vec![true, false, true], [3, 1]),
+        ];
+        let (weight, back) = decode(&encode(7.5, &data)).unwrap();
+        assert_eq!(weight, 7.5);
+        assert_eq!(back.len(), 3);
+        for (a, b) in data.iter().zip(&back) {
+            assert_eq!(a.shape, b.shape);
+        }
+        back[0].assert_eq(&data[0], true);
+        back[1].assert_eq(&data[1], true);
+        back[2].assert_eq(&data[2], true);
+        assert!(decode(&encode(1.0, &data)[..20]).is_none());
+    }
+}
