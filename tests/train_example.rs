@@ -501,3 +501,53 @@ fn a_checkpoint_of_one_model_kind_is_refused_by_another() {
         "{stderr}"
     );
 }
+
+/// A learning-rate schedule (warm-up, then cosine) is in every checkpoint: a resumed run
+/// continues it exactly, and each epoch's report says the rate it ended at.
+#[test]
+fn a_scheduled_run_resumes_on_the_same_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), 3);
+    let schedule = [
+        "--config",
+        &config,
+        "--devices",
+        "2",
+        "--schedule",
+        "cosine",
+        "--warmup-steps",
+        "3",
+        "--min-lr",
+        "0.0001",
+        "--schedule-steps",
+        "35",
+    ];
+    let straight = dir.path().join("straight");
+    let (ok, _, stderr) = train(&straight, &schedule);
+    assert!(ok, "{stderr}");
+    let resumed = dir.path().join("resumed");
+    let (ok, _, stderr) = train(&resumed, &[&schedule[..], &["--epochs", "1"]].concat());
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = train(&resumed, &[&schedule[..], &["--resume"]].concat());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Resuming from"), "{stdout}");
+
+    let (a, b) = (report(&straight), report(&resumed));
+    let (a, b) = (
+        a["epochs"].as_array().unwrap(),
+        b["epochs"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), 3);
+    assert_eq!(b.len(), 3);
+    let lrs: Vec<f64> = a.iter().map(|e| e["lr"].as_f64().unwrap()).collect();
+    // 12 steps an epoch: the rate falls along the cosine (after the warm-up) to its floor at
+    // step 36 (Burn's cosine gives its start at the first step, its floor 35 steps later).
+    assert!(lrs[0] > lrs[1] && lrs[1] > lrs[2], "{lrs:?}");
+    assert!((lrs[2] - 0.0001).abs() < 1e-9, "{lrs:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["lr"], y["lr"], "{x} vs {y}");
+        let loss = (x["train_loss"].as_f64().unwrap() - y["train_loss"].as_f64().unwrap()).abs();
+        assert!(loss <= 1e-6, "{x} vs {y}");
+        assert_eq!(x["test_accuracy"], y["test_accuracy"]);
+    }
+}

@@ -12,6 +12,8 @@ use crate::report::EpochReport;
 use anyhow::Context;
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::lr_scheduler::composed::ComposedLrScheduler;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,8 @@ const CHECKSUMS: &str = "checksums.json";
 const MODEL: &str = "model.mpk";
 const OPTIMIZER: &str = "optimizer.mpk";
 const STATE: &str = "state.json";
+/// The learning-rate scheduler's state (absent from checkpoints written before schedules).
+const SCHEDULER: &str = "scheduler.mpk";
 
 /// What a checkpoint records besides the weights and the optimizer state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,6 +42,10 @@ pub struct State {
     /// depend on it, and the optimizer state is whole (gathered on rank 0 when sharded).
     #[serde(default = "one")]
     pub world_size: usize,
+    /// The optimizer steps the learning-rate schedule lasts, as the run's first start counted
+    /// them: a resumed run follows the same schedule whatever its epochs.
+    #[serde(default)]
+    pub schedule_steps: Option<usize>,
 }
 
 fn one() -> usize {
@@ -57,6 +65,20 @@ pub struct Loaded<M, O> {
     pub optimizer: O,
     pub state: State,
     pub dir: PathBuf,
+    /// The scheduler's state, checked against its checksum but not yet read (`None` in a
+    /// checkpoint written before schedules).
+    pub scheduler: Option<Vec<u8>>,
+}
+
+/// `scheduler` with the state a checkpoint saved (`bytes`).
+pub fn load_scheduler<B: AutodiffBackend>(
+    scheduler: ComposedLrScheduler,
+    bytes: Vec<u8>,
+    device: &B::Device,
+) -> anyhow::Result<ComposedLrScheduler> {
+    let record = Recorder::<B>::load(&recorder(), bytes, device)
+        .context("cannot load the learning-rate scheduler's state")?;
+    Ok(scheduler.load_record::<B>(record))
 }
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
@@ -98,6 +120,7 @@ pub fn save<B, M, O>(
     out: &Path,
     model: &M,
     optimizer: O::Record,
+    scheduler: &ComposedLrScheduler,
     state: &State,
 ) -> anyhow::Result<PathBuf>
 where
@@ -118,6 +141,11 @@ where
             OPTIMIZER,
             Recorder::<B>::record(&recorder(), optimizer, ())
                 .context("cannot serialize the optimizer state")?,
+        ),
+        (
+            SCHEDULER,
+            Recorder::<B>::record(&recorder(), scheduler.to_record::<B>(), ())
+                .context("cannot serialize the learning-rate scheduler's state")?,
         ),
         (STATE, serde_json::to_vec_pretty(state)?),
     ];
@@ -220,7 +248,8 @@ fn read_checked(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     )
     .with_context(|| format!("{} is not a list of checksums", sums_path.display()))?;
     let mut files = BTreeMap::new();
-    for file in [MODEL, OPTIMIZER, STATE] {
+    let scheduler = sums.contains_key(SCHEDULER).then_some(SCHEDULER);
+    for file in [MODEL, OPTIMIZER, STATE].into_iter().chain(scheduler) {
         let path = dir.join(file);
         let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let expected = sums
@@ -304,5 +333,6 @@ where
         optimizer: optimizer.load_record(record),
         state,
         dir,
+        scheduler: files.remove(SCHEDULER),
     })
 }

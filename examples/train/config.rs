@@ -2,6 +2,11 @@
 
 use anyhow::Context;
 use burn::config::Config;
+use burn::optim::lr_scheduler::composed::{
+    ComposedLrScheduler, ComposedLrSchedulerConfig, SchedulerReduction,
+};
+use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
 use dp_dataset::{ImageConfig, SequenceConfig, SyntheticConfig};
 use dp_model::{CnnConfig, MlpConfig, TextClassifierConfig};
 use serde::{Deserialize, Serialize};
@@ -18,6 +23,68 @@ pub enum ModelKind {
     Cnn,
     /// A transformer encoder on token sequences (`sequences`, `transformer`).
     Transformer,
+}
+
+/// How the learning rate moves over the optimizer steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// `lr` at every step.
+    Constant,
+    /// From `lr` down to `min_lr` in a straight line over `steps`, then `min_lr`.
+    Linear,
+    /// From `lr` down to `min_lr` along a half cosine over `steps`, then again from `lr`
+    /// (Burn's cosine annealing restarts: SGDR).
+    Cosine,
+}
+
+/// The learning-rate schedule: `lr` times a factor that Burn's schedulers
+/// (`burn::optim::lr_scheduler`), composed, give at each optimizer step.
+#[derive(Config, Debug, PartialEq)]
+pub struct ScheduleConfig {
+    /// The shape after the warm-up.
+    #[config(default = "ScheduleKind::Constant")]
+    pub kind: ScheduleKind,
+    /// Steps over which the rate rises in a straight line from `lr / (warmup_steps + 1)` to
+    /// the schedule's (0: no warm-up).
+    #[config(default = 0)]
+    pub warmup_steps: usize,
+    /// Where `linear` and `cosine` end.
+    #[config(default = 0.0)]
+    pub min_lr: f64,
+    /// Optimizer steps `linear` and `cosine` last; by default the whole run as its first start
+    /// counts it (epochs x steps per epoch), kept by its checkpoints so that a resumed run
+    /// follows the same schedule, whatever its epochs.
+    #[config(default = "None")]
+    pub steps: Option<usize>,
+}
+
+impl ScheduleConfig {
+    /// Burn's scheduler of the factor the learning rate is multiplied by at each step (1 at
+    /// the start, `min_lr / lr` at the end of a decay), for a decay lasting `steps` optimizer
+    /// steps; a constant schedule composes no scheduler (a factor of 1).
+    pub fn scheduler(&self, lr: f64, steps: usize) -> anyhow::Result<ComposedLrScheduler> {
+        let steps = steps.max(1);
+        let floor = self.min_lr / lr;
+        let mut composed =
+            ComposedLrSchedulerConfig::new().with_reduction(SchedulerReduction::Prod);
+        composed = match self.kind {
+            ScheduleKind::Constant => composed,
+            ScheduleKind::Linear => {
+                composed.linear(LinearLrSchedulerConfig::new(1.0, floor, steps))
+            }
+            ScheduleKind::Cosine => composed
+                .cosine(CosineAnnealingLrSchedulerConfig::new(1.0, steps).with_min_lr(floor)),
+        };
+        if self.warmup_steps > 0 {
+            // From 1/(w+1) up to 1.
+            let start = 1.0 / (self.warmup_steps + 1) as f64;
+            composed = composed.linear(LinearLrSchedulerConfig::new(start, 1.0, self.warmup_steps));
+        }
+        composed
+            .init()
+            .map_err(|why| anyhow::anyhow!("schedule: {why}"))
+    }
 }
 
 /// Sizes of the transformer encoder (the vocabulary, length and classes come from the data).
@@ -70,9 +137,12 @@ pub struct TrainConfig {
     /// Micro-batches each global batch is cut into; one optimizer step per global batch.
     #[config(default = 1)]
     pub accumulate: usize,
-    /// Adam's learning rate.
+    /// Adam's learning rate (where the schedule starts).
     #[config(default = 0.005)]
     pub lr: f64,
+    /// How the learning rate moves over the steps.
+    #[config(default = "ScheduleConfig::new()")]
+    pub schedule: ScheduleConfig,
     /// Seed of the weights and of the shuffling.
     #[config(default = 42)]
     pub seed: u64,
@@ -144,6 +214,16 @@ impl TrainConfig {
             self.lr.is_finite() && self.lr > 0.0,
             "lr (the learning rate) must be a positive number"
         );
+        let schedule = &self.schedule;
+        anyhow::ensure!(
+            schedule.min_lr.is_finite() && schedule.min_lr >= 0.0 && schedule.min_lr <= self.lr,
+            "schedule.min_lr must be between 0 and lr"
+        );
+        anyhow::ensure!(
+            schedule.steps != Some(0),
+            "schedule.steps must be at least 1 (or left out: the whole run)"
+        );
+
         let positive = |key: &str, values: &[usize]| -> anyhow::Result<()> {
             match values.iter().position(|&v| v == 0) {
                 Some(i) => anyhow::bail!("{key}[{i}] is 0: every layer needs at least 1 unit"),

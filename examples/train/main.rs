@@ -29,11 +29,12 @@ use burn::data::dataset::{Dataset, InMemDataset};
 use burn::module::AutodiffModule;
 use burn::optim::AdamConfig;
 use burn::optim::Optimizer;
+use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, Int, Tensor, TensorData, TensorKind};
 use burn_data_parallel::{DataParallelTrainer, Replicate, Scatter, SplitPolicy, Trainer};
 use clap::Parser;
-use config::{ModelKind, TrainConfig};
+use config::{ModelKind, ScheduleKind, TrainConfig};
 use dp_dataset::{
     ShardedSampler, SyntheticClassification, SyntheticImages, SyntheticSequences, batch_of,
     image_batch, sequence_batch,
@@ -65,6 +66,19 @@ struct Args {
     /// Adam's learning rate [default: 0.005].
     #[arg(long)]
     lr: Option<f64>,
+    /// How the learning rate moves over the optimizer steps (Burn's schedulers) [default:
+    /// constant]; its state is in every checkpoint.
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Steps of linear warm-up up to the schedule's rate [default: 0].
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Where `linear` and `cosine` schedules end [default: 0].
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Optimizer steps `linear` and `cosine` last [default: the whole run].
+    #[arg(long)]
+    schedule_steps: Option<usize>,
     /// Seed of the weights and the shuffling [default: 42].
     #[arg(long)]
     seed: Option<u64>,
@@ -137,6 +151,18 @@ fn try_main() -> anyhow::Result<()> {
     }
     if let Some(seed) = args.seed {
         config.seed = seed;
+    }
+    if let Some(kind) = args.schedule {
+        config.schedule.kind = kind;
+    }
+    if let Some(steps) = args.warmup_steps {
+        config.schedule.warmup_steps = steps;
+    }
+    if let Some(min_lr) = args.min_lr {
+        config.schedule.min_lr = min_lr;
+    }
+    if args.schedule_steps.is_some() {
+        config.schedule.steps = args.schedule_steps;
     }
     if let Some(accumulate) = args.accumulate {
         config.accumulate = accumulate as usize;
@@ -306,7 +332,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
 
         B::seed(&device, config.seed);
         let optimizer = AdamConfig::new().init::<B, M>();
-        let (model, optimizer, steps, history) = if args.resume {
+        let (model, optimizer, steps, history, schedule) = if args.resume {
             let loaded = checkpoint::load::<B, _, _>(
                 out,
                 &config,
@@ -328,7 +354,14 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 }
             ));
             let state = loaded.state;
-            (loaded.model, loaded.optimizer, state.steps, state.history)
+            let schedule = (state.schedule_steps, loaded.scheduler);
+            (
+                loaded.model,
+                loaded.optimizer,
+                state.steps,
+                state.history,
+                schedule,
+            )
         } else {
             if let Some(existing) = checkpoint::latest(out)? {
                 anyhow::bail!(
@@ -340,7 +373,14 @@ impl<B: AutodiffBackend> Run<'_, B> {
             }
             // `fork` creates the lazily initialised weights once, before any replica copies
             // them.
-            (init(&device).fork(&device), optimizer, 0, Vec::new())
+            let schedule = (None, None);
+            (
+                init(&device).fork(&device),
+                optimizer,
+                0,
+                Vec::new(),
+                schedule,
+            )
         };
 
         let train_rows = train_set.1.dims()[0];
@@ -369,6 +409,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             devices,
             config,
             history,
+            schedule,
             train_set,
             test_set,
         };
@@ -387,6 +428,8 @@ where
     devices: Vec<B::Device>,
     config: TrainConfig,
     history: Vec<EpochReport>,
+    /// The schedule's length and state, from the checkpoint a run resumes.
+    schedule: (Option<usize>, Option<Vec<u8>>),
     train_set: Labelled<B, D, K>,
     test_set: Labelled<B::InnerBackend, D, K>,
 }
@@ -413,6 +456,7 @@ where
             devices,
             config,
             mut history,
+            schedule,
             train_set,
             test_set,
         } = self;
@@ -424,6 +468,24 @@ where
         let mut sampler = ShardedSampler::new(train_rows, trainer.world_size(), trainer.rank())?
             .with_seed(config.seed);
         let first_epoch = history.len();
+        // The schedule lasts what the config says, else what the run's first start counted.
+        let per_epoch = sampler.global_batches(config.batch_size).len();
+        let (saved_steps, saved_scheduler) = schedule;
+        let schedule_steps = config
+            .schedule
+            .steps
+            .or(saved_steps)
+            .unwrap_or(config.epochs * per_epoch);
+        let mut scheduler = config.schedule.scheduler(config.lr, schedule_steps)?;
+        match saved_scheduler {
+            Some(bytes) => scheduler = checkpoint::load_scheduler::<B>(scheduler, bytes, &device)?,
+            // A checkpoint from before schedules ran at a constant rate: the steps replayed
+            // give the schedule's rate at this step.
+            None => (0..trainer.steps()).for_each(|_| {
+                scheduler.step();
+            }),
+        }
+        let mut lr = config.lr;
         let mut trained_rows = 0usize;
         let mut trained_seconds = 0.0;
         for epoch in first_epoch..config.epochs {
@@ -468,7 +530,8 @@ where
                     rows += stats.rows;
                     last_split = stats.replicas.iter().map(|r| r.rows).collect();
                 }
-                trainer.apply(config.lr).with_context(stopped)?;
+                lr = config.lr * scheduler.step();
+                trainer.apply(lr).with_context(stopped)?;
                 progress.inc(1);
                 progress.set_message(format!(
                     "loss {:.4} | {:.0} samples/s{}",
@@ -494,6 +557,7 @@ where
                 samples_per_second: rows as f64 / seconds,
                 seconds,
                 evaluation_seconds,
+                lr: Some(lr),
                 shares: trainer.split_policy().shares(),
                 rank_shares: trainer.rank_split().and_then(|policy| policy.shares()),
                 settings: Some(serde_json::to_value(&config)?),
@@ -527,9 +591,16 @@ where
                         steps: trainer.steps(),
                         history: history.clone(),
                         world_size: trainer.world_size(),
+                        schedule_steps: Some(schedule_steps),
                     };
-                    checkpoint::save::<B, M, O>(out, trainer.module(), optimizer, &state)
-                        .map(|_| ())
+                    checkpoint::save::<B, M, O>(
+                        out,
+                        trainer.module(),
+                        optimizer,
+                        &scheduler,
+                        &state,
+                    )
+                    .map(|_| ())
                 }
                 None => Ok(()),
             };

@@ -31,6 +31,9 @@ pub struct EpochReport {
     /// `--balance-ranks`.
     #[serde(default)]
     pub rank_shares: Option<Vec<f64>>,
+    /// The learning rate of the epoch's last optimizer step (from the schedule).
+    #[serde(default)]
+    pub lr: Option<f64>,
     /// The settings this epoch ran with (a resume may change those it was allowed to).
     #[serde(default)]
     pub settings: Option<serde_json::Value>,

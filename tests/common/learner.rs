@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses some of these
 //! Running `examples/learner.rs` and comparing its runs: parameters and burn-train's logged
 //! metric values.
 
