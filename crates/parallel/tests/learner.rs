@@ -29,6 +29,14 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// One test at a time: Burn's random generator is one per process, and a seeded run repeats
+/// only when nothing else draws from it meanwhile (models are initialized from it too).
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A zoo model as a burn-train program sees it.
 macro_rules! program {
     ($name:ident, $model:ident, $input:ty) => {
@@ -264,6 +272,7 @@ fn mlp() -> MlpNet<AB> {
 
 #[test]
 fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices() {
+    let _generator = exclusive();
     // 45 rows in batches of 8: a last batch of 5; with accumulation, an odd batch out.
     let (rows, valid) = (dataset(45, &[6], 1), dataset(19, &[6], 2));
     for accumulation in [None, Some(2)] {
@@ -319,6 +328,7 @@ fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices() {
 /// each device a full batch of its own slice of the dataset).
 #[test]
 fn burn_trains_own_multi_device_strategy_ends_elsewhere() {
+    let _generator = exclusive();
     let (rows, valid) = (dataset(48, &[6], 1), dataset(16, &[6], 2));
     let setup = Setup {
         epochs: 2,
@@ -365,6 +375,7 @@ fn cnn() -> CnnNet<AB> {
 /// the last-bit differences of gradients near zero into 1e-4 over a few steps.
 #[test]
 fn a_cnn_with_batch_norm_trains_as_the_trainer_on_the_same_parts() {
+    let _generator = exclusive();
     let epochs = 2;
     let (rows, valid) = (dataset(21, &[1, 6, 6], 3), dataset(9, &[1, 6, 6], 4));
     let model = cnn();
@@ -417,6 +428,7 @@ fn a_cnn_with_batch_norm_trains_as_the_trainer_on_the_same_parts() {
 /// ends where the uninterrupted one ends, which ends where one device ends.
 #[test]
 fn a_run_resumed_from_a_checkpoint_continues_exactly() {
+    let _generator = exclusive();
     let (rows, valid) = (dataset(27, &[6], 5), dataset(8, &[6], 6));
     let model = mlp();
     let setup = |epochs, checkpoint| Setup {
@@ -475,6 +487,7 @@ fn a_run_resumed_from_a_checkpoint_continues_exactly() {
 
 #[test]
 fn early_stopping_stops_the_run_after_the_epoch_it_says() {
+    let _generator = exclusive();
     let (rows, valid) = (dataset(16, &[6], 7), dataset(8, &[6], 8));
     let model = mlp();
     let setup = Setup {
@@ -564,6 +577,7 @@ impl<Bk: Backend> Batcher<Bk, Row, (Tensor<Bk, 2>, Tensor<Bk, 2>)> for Pairs {
 /// ends, so no gradient was lost.
 #[test]
 fn four_replicas_over_150_fused_steps_never_lose_a_gradient_and_a_nan_stops_the_run() {
+    let _generator = exclusive();
     let rows = dataset(150 * 12, &[16], 9);
     let init = |seed: usize| {
         let values: Vec<f32> = (0..256)
@@ -757,6 +771,7 @@ fn token_rows(count: usize, seed: u64) -> Vec<Row> {
 
 #[test]
 fn a_transformer_with_a_token_mean_loss_trains_as_on_one_device() {
+    let _generator = exclusive();
     let (rows, valid) = (token_rows(23, 10), token_rows(11, 11));
     let model = TextNet {
         model: common::zoo::transformer(),
@@ -795,4 +810,109 @@ fn a_transformer_with_a_token_mean_loss_trains_as_on_one_device() {
     assert!(diff < 1e-5, "off by {diff}");
     let metrics = logged_diff(single_dir.path(), dir.path());
     assert!(metrics < 1e-5, "metrics off by {metrics}");
+}
+
+fn dropout_mlp() -> MlpNet<AB> {
+    MlpNet {
+        model: common::zoo::mlp_with_dropout(),
+    }
+}
+
+/// With `with_seed`, a program with dropout repeats on several devices; another seed draws
+/// other masks.
+#[test]
+fn a_seeded_run_with_dropout_repeats() {
+    let _generator = exclusive();
+    let (rows, valid) = (dataset(30, &[6], 12), dataset(8, &[6], 13));
+    let model = dropout_mlp();
+    let run = |seed: u64| {
+        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([6]))
+            .batch_size(8)
+            .build(InMemDataset::new(rows.clone()));
+        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([6]))
+            .batch_size(8)
+            .build(InMemDataset::new(valid.clone()));
+        let dir = temp("seeded");
+        SupervisedTraining::new(dir.path(), dl_train, dl_valid)
+            .with_application_logger(None)
+            .with_training_strategy(
+                DataParallelStrategy::<AB>::new(cpus(3))
+                    .with_seed(seed)
+                    .into(),
+            )
+            .num_epochs(2)
+            .launch(Learner::new(
+                common::zoo::copy(&model),
+                AdamConfig::new().init(),
+                0.01,
+            ))
+            .model
+    };
+    let (first, again, other) = (run(7), run(7), run(8));
+    let repeat = param_diff(&first, &again, &HashSet::new());
+    assert!(repeat < 1e-6, "the same seed differs by {repeat}");
+    let apart = param_diff(&first, &other, &HashSet::new());
+    assert!(apart > 1e-4, "another seed gives the same run ({apart})");
+}
+
+/// A logger that stops the run through burn-train's interrupter as soon as it sees a training
+/// item: what Ctrl-C in burn-train's dashboard does.
+struct StopOnFirstItem(
+    burn::train::Interrupter,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
+
+impl burn::train::logger::MetricLogger for StopOnFirstItem {
+    fn log(
+        &mut self,
+        _: burn::train::metric::store::MetricsUpdate,
+        _: usize,
+        _: &burn::train::metric::store::Split,
+    ) {
+        self.0.stop(Some("stopped by the test"));
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn read_numeric(
+        &mut self,
+        _: &str,
+        _: usize,
+        _: &burn::train::metric::store::Split,
+    ) -> Result<Vec<burn::train::metric::NumericEntry>, String> {
+        Ok(Vec::new())
+    }
+
+    fn log_metric_definition(&mut self, _: burn::train::metric::MetricDefinition) {}
+
+    fn log_epoch_summary(&mut self, _: burn::train::metric::store::EpochSummary) {}
+}
+
+#[test]
+fn the_interrupter_stops_the_run() {
+    let _generator = exclusive();
+    let (rows, valid) = (dataset(64, &[6], 14), dataset(8, &[6], 15));
+    let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([6]))
+        .batch_size(8)
+        .build(InMemDataset::new(rows));
+    let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([6]))
+        .batch_size(8)
+        .build(InMemDataset::new(valid));
+    let dir = temp("interrupted");
+    let training = SupervisedTraining::new(dir.path(), dl_train, dl_valid)
+        .metrics((LossMetric::new(),))
+        .with_application_logger(None)
+        .num_epochs(500);
+    let interrupter = training.interrupter();
+    let strategy = Arc::new(DataParallelStrategy::<AB>::new(cpus(2)));
+    let logged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    training
+        .with_metric_logger(StopOnFirstItem(interrupter.clone(), logged.clone()))
+        .with_training_strategy(TrainingStrategy::Custom(strategy.clone()))
+        .launch(Learner::new(mlp(), AdamConfig::new().init(), 0.01));
+    assert!(interrupter.should_stop());
+    assert!(strategy.take_error().is_none());
+    // 500 epochs of 8 batches, 4000 items: the interrupted run ends in its first epochs (the
+    // metrics are processed on their own thread, a few items behind).
+    let logged = logged.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..100).contains(&logged), "{logged} items logged");
 }
