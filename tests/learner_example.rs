@@ -3,6 +3,7 @@
 //! `SingleDevice`, and resumed from its checkpoint.
 #![cfg(feature = "burn-train")]
 
+#[allow(dead_code)] // this binary uses the learner helpers only
 mod common;
 
 use common::learner::{learner_with, metric_diff, parameter_diff};

@@ -1,5 +1,5 @@
-//! W3 with burn-train 0.21's own multi-device training, for comparison (feature
-//! `burn-train`, so that users do not compile burn-train).
+//! W3 as a burn-train program, on burn-train 0.21's own multi-device training and on this
+//! library's `DataParallelStrategy` (feature `burn-train`).
 //!
 //! burn-train cuts the dataset into one contiguous slice per device and runs full batches of
 //! each slice, so its global batch is `devices x batch_size`: the per-device batch size is set
@@ -9,10 +9,20 @@
 use crate::spec::{Measurement, Spec};
 use burn::tensor::backend::AutodiffBackend;
 
+/// Which strategy runs the burn-train program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// burn-train's `ExecutionStrategy::MultiDevice` (per-device batches of `256 / devices`).
+    Multi,
+    /// `DataParallelStrategy` (global batches of 256, split across the devices).
+    Strategy,
+}
+
 #[cfg(not(feature = "burn-train"))]
 pub fn measure<B: AutodiffBackend>(
     _spec: &Spec,
     _devices: Vec<B::Device>,
+    _run: Run,
 ) -> anyhow::Result<Measurement> {
     anyhow::bail!("burn-train is not compiled in: build with `--features burn-train`")
 }
@@ -108,12 +118,32 @@ mod with_burn_train {
             .collect()
     }
 
+    /// The batch can be split across devices: the tuple of its tensors can.
+    impl<B: Backend> burn_data_parallel::Scatter<B> for Batch<B> {
+        fn rows(&self, dim: usize) -> burn_data_parallel::Result<Option<usize>> {
+            (self.x.clone(), self.y.clone()).rows(dim)
+        }
+
+        fn scatter(self, dim: usize, sizes: &[usize], devices: &[B::Device]) -> Vec<Self> {
+            (self.x, self.y)
+                .scatter(dim, sizes, devices)
+                .into_iter()
+                .map(|(x, y)| Batch { x, y })
+                .collect()
+        }
+    }
+
     pub fn measure<B: AutodiffBackend>(
         spec: &Spec,
         devices: Vec<B::Device>,
+        run: Run,
     ) -> anyhow::Result<Measurement> {
         let device = devices[0].clone();
-        let per_device = W3_BATCH / devices.len();
+        // burn-train's multi-device strategy gives each device full batches of its own.
+        let per_device = match run {
+            Run::Multi => W3_BATCH / devices.len(),
+            Run::Strategy => W3_BATCH,
+        };
         // Enough steps to last about `spec.seconds` at a few thousand samples per second, in
         // one epoch (burn-train's start-up is included, as a user would pay it).
         let steps = ((spec.seconds * 20.0) as usize).max(10);
@@ -130,13 +160,15 @@ mod with_burn_train {
         }
         .fork(&device);
         let dir = std::env::temp_dir().join(format!("dp-burn-train-{}", std::process::id()));
-        let strategy = if devices.len() == 1 {
-            ExecutionStrategy::single(device.clone())
-        } else {
-            ExecutionStrategy::multi(devices.clone(), MultiDeviceOptim::OptimMainDevice)
+        let strategy = match run {
+            Run::Strategy => burn_data_parallel::DataParallelStrategy::new(devices.clone()).into(),
+            Run::Multi if devices.len() == 1 => ExecutionStrategy::single(device.clone()).into(),
+            Run::Multi => {
+                ExecutionStrategy::multi(devices.clone(), MultiDeviceOptim::OptimMainDevice).into()
+            }
         };
         let training = SupervisedTraining::new(&dir, dl_train, dl_valid)
-            .with_training_strategy(strategy.into())
+            .with_training_strategy(strategy)
             .num_epochs(1);
         let learner = Learner::new(model, SgdConfig::new().init::<B, Classifier<B>>(), W3_LR);
         let start = Instant::now();

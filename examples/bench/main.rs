@@ -186,6 +186,7 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             }
             if workload == Workload::W3 && args.burn_train {
                 specs.push(spec(workload, Runner::BurnTrain, devices, one));
+                specs.push(spec(workload, Runner::BurnTrainStrategy, devices, one));
             }
             // One replica's share alone bounds the scaling only where each replica has a core.
             if workload == Workload::W3 && devices > 1 && devices <= cpus && !cuda {

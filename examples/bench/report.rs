@@ -381,6 +381,21 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 data_parallel_like(m),
                 Some(m),
             ));
+            out.extend(ratio(
+                w,
+                format!(
+                    "burn-train on DataParallelStrategy x{} / burn-train multi x{} (samples/s)",
+                    m.spec.devices, m.spec.devices
+                ),
+                find(
+                    ms,
+                    w,
+                    Runner::BurnTrainStrategy,
+                    m.spec.devices,
+                    m.spec.threads,
+                ),
+                Some(m),
+            ));
         }
     }
     out

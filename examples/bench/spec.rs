@@ -36,6 +36,9 @@ pub enum Runner {
     Seeded,
     /// burn-train 0.21's own multi-device training (W3 only, feature `burn-train`).
     BurnTrain,
+    /// W3 only: the same burn-train program on this library's `DataParallelStrategy`
+    /// (feature `burn-train`): the replicas' fused steps take turns.
+    BurnTrainStrategy,
     /// W3 only: `devices` MPI ranks of one CPU device each, under `mpirun` (feature `mpi`).
     MpiRanks,
     /// W3 only: as `MpiRanks`, fine-tuning: every layer but the last frozen, so that only the
@@ -117,6 +120,7 @@ impl Spec {
             | Runner::ForwardBackward
             | Runner::Seeded
             | Runner::BurnTrain
+            | Runner::BurnTrainStrategy
             | Runner::EqualReplicas => threads * self.devices,
             Runner::Plain
             | Runner::Ceiling
@@ -170,6 +174,9 @@ impl Spec {
             ),
             Runner::Seeded => format!("DataParallel x{}, seeded (`with_seed`)", self.devices),
             Runner::BurnTrain => format!("burn-train multi x{}", self.devices),
+            Runner::BurnTrainStrategy => {
+                format!("burn-train on DataParallelStrategy x{}", self.devices)
+            }
             Runner::MpiRanks => format!("MPI, {} rank(s) of 1 device", self.devices),
             Runner::MpiRanksFineTune => format!(
                 "MPI, {} rank(s) of 1 device, all but the last layer frozen",
@@ -199,6 +206,7 @@ impl Spec {
                     | Runner::ForwardBackward
                     | Runner::Seeded
                     | Runner::BurnTrain
+                    | Runner::BurnTrainStrategy
                     | Runner::EqualReplicas
                         if self.devices > 1 =>
                     {

@@ -58,7 +58,20 @@ pub fn measure<B: AutodiffBackend>(
         Workload::W1 => (30, w1::<B::InnerBackend>(spec, devices)?),
         Workload::W2 => (W2_BATCH, w2::<B::InnerBackend>(spec, devices)?),
         Workload::W3 => match spec.runner {
-            Runner::BurnTrain => return crate::burn_train::measure::<B>(spec, devices),
+            Runner::BurnTrain => {
+                return crate::burn_train::measure::<B>(
+                    spec,
+                    devices,
+                    crate::burn_train::Run::Multi,
+                );
+            }
+            Runner::BurnTrainStrategy => {
+                return crate::burn_train::measure::<B>(
+                    spec,
+                    devices,
+                    crate::burn_train::Run::Strategy,
+                );
+            }
             _ => (W3_BATCH, w3::<B>(spec, devices)?),
         },
         Workload::W4 => {

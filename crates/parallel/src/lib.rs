@@ -52,6 +52,11 @@
 //! The same loop runs across processes and machines with `dist::DistributedTrainer` (feature
 //! `mpi`), which implements [`Trainer`] too.
 //!
+//! A burn-train program keeps its `SupervisedTraining` (metrics, checkpointer, scheduler,
+//! early stopping) and changes its training strategy to `DataParallelStrategy` (feature
+//! `burn-train`): every batch of its loader split across the devices (and MPI ranks), exactly
+//! as one device runs it.
+//!
 //! Where each piece lives:
 //! - [`split`](crate::SplitPolicy): how many rows each device gets ([`Chunk`], [`Balanced`],
 //!   and [`Adaptive`], which learns each device's speed from its [`ReplicaTiming`]s and gives
@@ -78,6 +83,10 @@
 //!   optimizer step however many micro-batches (over MPI, or NCCL for CUDA ranks with feature
 //!   `cuda` too), or a reduce-scatter and an all-gather with the optimizer state sharded
 //!   (ZeRO stage 1);
+//! - `DataParallelStrategy` (feature `burn-train`, module `learner`): burn-train's epoch loop
+//!   on a trainer whose optimizer is burn-train's `Learner`, fused `TrainStep` steps run in
+//!   turns (the crate's `train::stepped`), outputs merged for the metrics (`StepOutput`
+//!   where the feature is on), and, across ranks, rank 0 feeding the metrics;
 //! - devices: `cuda_availability` / `cuda_devices` (feature `cuda`) count GPUs without the
 //!   panic Burn gives where there is no CUDA driver or NVRTC, and say why there are none.
 //!

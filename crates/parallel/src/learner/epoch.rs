@@ -68,16 +68,21 @@ where
         dataloader_valid: ValidLoader<Self>,
         starting_epoch: usize,
     ) -> (TrainingModel<Self>, SupervisedTrainingEventProcessor<Self>) {
-        let first = strategy.devices()[0].clone();
         let mut learner = learner;
-        learner.fork(&first);
-        let fallback = learner.model();
         let mut run = Run {
             strategy,
-            dataloader_train: dataloader_train.to_device(&first),
-            dataloader_valid: dataloader_valid.to_device(&first),
+            dataloader_train,
+            dataloader_valid,
             components,
         };
+        let Some(first) = strategy.devices().first().cloned() else {
+            run.stop(DataParallelError::NoDevices);
+            return (learner.model(), run.components.event_processor);
+        };
+        learner.fork(&first);
+        let fallback = learner.model();
+        run.dataloader_train = run.dataloader_train.to_device(&first);
+        run.dataloader_valid = run.dataloader_valid.to_device(&first);
         let trainer = match new_trainer(strategy, learner) {
             Ok(trainer) => trainer,
             Err(err) => {
@@ -223,7 +228,7 @@ where
                 trainer.apply_with(peers, lr)?;
                 accumulated = 0;
             }
-            let local = merge::<LC::Backend, _>(parts, &first);
+            let local = Ok(merge::<LC::Backend, _>(parts, &first));
             let stop = self.components.interrupter.should_stop();
             let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
             if let Some(item) = item {
@@ -275,14 +280,14 @@ where
         while let Some(batch) = iterator.next() {
             iteration += 1;
             let progress = iterator.progress();
-            let local = match peers.part_of(batch, &first)? {
-                Some(part) => {
-                    let parts = parallel
-                        .forward_parts(part, |model, part| InferenceStep::step(model, part))?;
-                    merge::<Inner<LC>, _>(parts, &first)
-                }
-                None => None,
-            };
+            // A failure here is this rank's alone: it goes through `end_batch`, so that no
+            // rank is left waiting for it.
+            let local = peers.part_of(batch, &first).and_then(|part| match part {
+                Some(part) => parallel
+                    .forward_parts(part, |model, part| InferenceStep::step(model, part))
+                    .map(|parts| merge::<Inner<LC>, _>(parts, &first)),
+                None => Ok(None),
+            });
             let stop = self.components.interrupter.should_stop();
             let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
             if let Some(item) = item {

@@ -18,7 +18,7 @@ use burn::train::{
 ///
 /// ```
 /// use burn::tensor::backend::Backend;
-/// use burn::tensor::Tensor;
+/// use burn::tensor::{ElementConversion, Tensor};
 /// use burn_data_parallel::StepOutput;
 ///
 /// /// A regression over the rows a mask keeps, its loss a mean over those rows.
@@ -36,7 +36,7 @@ use burn::train::{
 ///     }
 ///
 ///     fn loss_weight(&self) -> f64 {
-///         self.mask.clone().sum().into_scalar().into()
+///         self.mask.clone().sum().into_scalar().elem()
 ///     }
 ///
 ///     fn merge(parts: Vec<(Self, f64)>, device: &B::Device) -> Self {

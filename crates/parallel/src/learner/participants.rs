@@ -18,13 +18,14 @@ pub(crate) trait Participants {
     /// (rank 0).
     fn leads(&self) -> bool;
 
-    /// Ends a batch: this process's merged output (with the weight of its loss) goes to the
-    /// leader, which gets every process's merged (`None` elsewhere, or where no process had
-    /// rows); and every process learns whether the leader stops the run (`stop` is the
-    /// leader's verdict; the others' is not read). A failure anywhere is an error everywhere.
+    /// Ends a batch: this process's merged output (with the weight of its loss), or why it
+    /// has none, goes to the leader, which gets every process's merged (`None` elsewhere, or
+    /// where no process had rows); and every process learns whether the leader stops the run
+    /// (`stop` is the leader's verdict; the others' is not read). A failure anywhere is an
+    /// error everywhere, and no process is left waiting.
     fn end_batch<B: Backend, T: StepOutput<B>>(
         &self,
-        local: Option<(T, f64)>,
+        local: Result<Option<(T, f64)>>,
         device: &B::Device,
         stop: bool,
         step: usize,
@@ -45,12 +46,12 @@ impl Participants for Alone {
 
     fn end_batch<B: Backend, T: StepOutput<B>>(
         &self,
-        local: Option<(T, f64)>,
+        local: Result<Option<(T, f64)>>,
         _: &B::Device,
         stop: bool,
         _: usize,
     ) -> Result<(Option<T>, bool)> {
-        Ok((local.map(|(output, _)| output), stop))
+        Ok((local?.map(|(output, _)| output), stop))
     }
 
     fn stop_after_epoch(&self, stop: bool) -> bool {

@@ -13,6 +13,8 @@ use burn::tensor::{DType, TensorData};
 const GO_ON: u64 = 0;
 const STOP: u64 = 1;
 const FAILED: u64 = 2;
+/// Sent in place of its output by a rank whose batch failed (no encoded output is one byte).
+const FAILED_MARK: u8 = 0xff;
 
 impl Participants for Ranks<'_> {
     fn part_of<B: Backend, I: Scatter<B>>(
@@ -30,45 +32,42 @@ impl Participants for Ranks<'_> {
 
     fn end_batch<B: Backend, T: StepOutput<B>>(
         &self,
-        local: Option<(T, f64)>,
+        local: Result<Option<(T, f64)>>,
         device: &B::Device,
         stop: bool,
         step: usize,
     ) -> Result<(Option<T>, bool)> {
         let mpi = self.mpi;
-        let sent = match local {
+        let output = std::any::type_name::<T>();
+        let cannot = |rank| DataParallelError::OutputCannotTravel { rank, output };
+        // What this rank sends: its output's bytes, nothing (no rows), or a failure marker.
+        let sent = local.and_then(|local| match local {
             None => Ok(Vec::new()),
             Some((output, weight)) => output
                 .into_data()
                 .map(|data| encode(weight, &data))
-                .ok_or(mpi.rank()),
-        };
-        let all = mpi.gather_bytes_to_0(sent.as_ref().map_or_else(|_| vec![0xff], Clone::clone));
+                .ok_or_else(|| cannot(mpi.rank())),
+        });
+        let bytes = sent
+            .as_ref()
+            .map_or_else(|_| vec![FAILED_MARK], Clone::clone);
+        let all = mpi.gather_bytes_to_0(bytes);
         let mut verdict = [if stop { STOP } else { GO_ON }];
-        let merged = if mpi.rank() == 0 {
-            let merged = merge::<B, T>(all, device);
-            if merged.is_err() {
-                verdict[0] = FAILED;
-            }
-            Some(merged)
-        } else {
-            None
-        };
-        mpi.broadcast_u64_from_0(&mut verdict);
-        if let Some(merged) = merged {
-            return merged.map(|merged| (merged, verdict[0] == STOP));
+        let merged = (mpi.rank() == 0).then(|| merge::<B, T>(all, device, step));
+        if matches!(merged, Some(Err(_))) {
+            verdict[0] = FAILED;
         }
-        match (verdict[0], sent) {
-            (FAILED, Err(rank)) => Err(DataParallelError::OutputCannotTravel {
-                rank,
-                output: std::any::type_name::<T>(),
-            }),
-            (FAILED, Ok(_)) => Err(DataParallelError::PeerFailed {
+        mpi.broadcast_u64_from_0(&mut verdict);
+        // A rank that failed reports its own error; the others learn of the failure.
+        sent?;
+        match (merged, verdict[0]) {
+            (Some(merged), verdict) => Ok((merged?, verdict == STOP)),
+            (None, FAILED) => Err(DataParallelError::PeerFailed {
                 rank: 0,
                 step,
-                reason: "rank 0 could not merge the ranks' step outputs".into(),
+                reason: "a rank could not send its step outputs to rank 0".into(),
             }),
-            (verdict, _) => Ok((None, verdict == STOP)),
+            (None, verdict) => Ok((None, verdict == STOP)),
         }
     }
 
@@ -79,24 +78,30 @@ impl Participants for Ranks<'_> {
     }
 }
 
-/// Every rank's output merged, on rank 0; an error naming the first rank that sent none it
-/// could.
-fn merge<B: Backend, T: StepOutput<B>>(all: Vec<Vec<u8>>, device: &B::Device) -> Result<Option<T>> {
+/// Every rank's output merged, on rank 0; an error naming the first rank that failed or sent
+/// none it could read.
+fn merge<B: Backend, T: StepOutput<B>>(
+    all: Vec<Vec<u8>>,
+    device: &B::Device,
+    step: usize,
+) -> Result<Option<T>> {
+    let output = std::any::type_name::<T>();
     let mut parts = Vec::new();
     for (rank, bytes) in all.into_iter().enumerate() {
         if bytes.is_empty() {
             continue;
         }
-        let cannot = DataParallelError::OutputCannotTravel {
-            rank,
-            output: std::any::type_name::<T>(),
-        };
+        if bytes == [FAILED_MARK] {
+            return Err(DataParallelError::PeerFailed {
+                rank,
+                step,
+                reason: "its batch failed (see its own error)".into(),
+            });
+        }
+        let cannot = DataParallelError::OutputCannotTravel { rank, output };
         let (weight, data) = decode(&bytes).ok_or(cannot)?;
-        let output = T::from_data(data, device).ok_or(DataParallelError::OutputCannotTravel {
-            rank,
-            output: std::any::type_name::<T>(),
-        })?;
-        parts.push((output, weight));
+        let cannot = DataParallelError::OutputCannotTravel { rank, output };
+        parts.push((T::from_data(data, device).ok_or(cannot)?, weight));
     }
     Ok((!parts.is_empty()).then(|| T::merge(parts, device)))
 }

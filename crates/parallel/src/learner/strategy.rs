@@ -12,15 +12,97 @@ use std::sync::{Arc, Mutex};
 /// A burn-train training strategy that runs every batch of the training loader split across
 /// `devices`, exactly as one device would run it, and validation split the same way.
 ///
-/// Add it to a `SupervisedTraining` in one line; the rest of the program (dataset, batcher,
-/// `TrainStep` / `InferenceStep`, metrics, checkpointer, early stopping, learning-rate
-/// scheduler, gradient accumulation) stays as it is:
+/// Add it to a `SupervisedTraining` in one line,
+/// `.with_training_strategy(DataParallelStrategy::new(devices).into())`; the rest of the
+/// program (dataset, batcher, `TrainStep` / `InferenceStep`, metrics, checkpointer, early
+/// stopping, learning-rate scheduler, gradient accumulation) stays as it is.
 ///
-/// ```ignore
-/// let training = SupervisedTraining::new(dir, dl_train, dl_valid)
+/// An ordinary burn-train program, its batches split across 3 devices:
+///
+/// ```
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::data::dataloader::{DataLoaderBuilder, batcher::Batcher};
+/// use burn::data::dataset::InMemDataset;
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig, loss::CrossEntropyLossConfig};
+/// use burn::optim::AdamConfig;
+/// use burn::tensor::backend::{AutodiffBackend, Backend};
+/// use burn::tensor::{Int, Tensor, TensorData};
+/// use burn::train::metric::{AccuracyMetric, LossMetric};
+/// use burn::train::{
+///     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+/// };
+/// use burn_data_parallel::DataParallelStrategy;
+///
+/// type B = Autodiff<NdArray>;
+///
+/// #[derive(Module, Debug)]
+/// struct Model<B: Backend> {
+///     linear: Linear<B>,
+/// }
+///
+/// impl<B: Backend> Model<B> {
+///     fn classify(&self, (x, y): (Tensor<B, 2>, Tensor<B, 1, Int>)) -> ClassificationOutput<B> {
+///         let logits = self.linear.forward(x);
+///         let loss = CrossEntropyLossConfig::new()
+///             .init(&logits.device())
+///             .forward(logits.clone(), y.clone());
+///         ClassificationOutput::new(loss, logits, y)
+///     }
+/// }
+///
+/// impl<B: AutodiffBackend> TrainStep for Model<B> {
+///     type Input = (Tensor<B, 2>, Tensor<B, 1, Int>);
+///     type Output = ClassificationOutput<B>;
+///     fn step(&self, batch: Self::Input) -> TrainOutput<ClassificationOutput<B>> {
+///         let item = self.classify(batch);
+///         TrainOutput::new(self, item.loss.backward(), item)
+///     }
+/// }
+///
+/// impl<B: Backend> InferenceStep for Model<B> {
+///     type Input = (Tensor<B, 2>, Tensor<B, 1, Int>);
+///     type Output = ClassificationOutput<B>;
+///     fn step(&self, batch: Self::Input) -> ClassificationOutput<B> {
+///         self.classify(batch)
+///     }
+/// }
+///
+/// /// A tuple of tensors splits across devices as it is: a batch type of your own implements
+/// /// `Scatter` by delegating to the tuple of its tensors.
+/// #[derive(Clone)]
+/// struct Rows;
+///
+/// impl<B: Backend> Batcher<B, (f32, i64), (Tensor<B, 2>, Tensor<B, 1, Int>)> for Rows {
+///     fn batch(&self, items: Vec<(f32, i64)>, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+///         let n = items.len();
+///         let x: Vec<f32> = items.iter().map(|(x, _)| *x).collect();
+///         let y: Vec<i64> = items.iter().map(|(_, y)| *y).collect();
+///         let x = Tensor::from_data(TensorData::new(x, [n, 1]), device);
+///         (x, Tensor::from_data(TensorData::new(y, [n]), device))
+///     }
+/// }
+///
+/// let device = Default::default();
+/// let items: Vec<(f32, i64)> = (0..40).map(|i| (i as f32 / 40.0, i64::from(i % 2 == 0))).collect();
+/// let train = DataLoaderBuilder::<B, _, _>::new(Rows)
+///     .batch_size(8)
+///     .build(InMemDataset::new(items.clone()));
+/// let valid = DataLoaderBuilder::<NdArray, _, _>::new(Rows)
+///     .batch_size(8)
+///     .build(InMemDataset::new(items));
+/// let model = Model { linear: LinearConfig::new(1, 2).init::<B>(&device) };
+/// let dir = std::env::temp_dir().join(format!("dp-learner-doc-{}", std::process::id()));
+///
+/// let result = SupervisedTraining::new(&dir, train, valid)
 ///     .metrics((AccuracyMetric::new(), LossMetric::new()))
-///     .with_training_strategy(DataParallelStrategy::new(devices).into())
-///     .num_epochs(10);
+///     .with_application_logger(None)
+///     // The one line: each batch of 8 rows split 3, 3 and 2 across three devices.
+///     .with_training_strategy(DataParallelStrategy::new(vec![device; 3]).into())
+///     .num_epochs(2)
+///     .launch(Learner::new(model, AdamConfig::new().init(), 1e-2));
+/// let trained: Model<NdArray> = result.model;
+/// # let _ = std::fs::remove_dir_all(&dir);
 /// ```
 ///
 /// What it does, per batch of the training loader:
