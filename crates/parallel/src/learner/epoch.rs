@@ -284,7 +284,7 @@ where
             // rank is left waiting for it.
             let local = peers.part_of(batch, &first).and_then(|part| match part {
                 Some(part) => parallel
-                    .forward_parts(part, |model, part| InferenceStep::step(model, part))
+                    .forward_parts(part, InferenceStep::step)
                     .map(|parts| merge::<Inner<LC>, _>(parts, &first)),
                 None => Ok(None),
             });

@@ -148,7 +148,7 @@ pub struct DataParallelStrategy<B: AutodiffBackend> {
     threads_per_replica: Option<usize>,
     error: Mutex<Option<DataParallelError>>,
     #[cfg(feature = "mpi")]
-    mpi: Option<Arc<crate::dist::Mpi>>,
+    mpi: Option<std::rc::Rc<crate::dist::Mpi>>,
 }
 
 impl<B: AutodiffBackend> DataParallelStrategy<B> {
@@ -202,8 +202,11 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
     ///
     /// A resumed run (`SupervisedTraining::checkpoint`) loads the checkpoint on every rank:
     /// give every rank the same directory (one machine, or a shared file system).
+    ///
+    /// The MPI job stays on the thread that started it (an `Rc`), and so does a strategy that
+    /// holds it: launch the training on that thread.
     #[cfg(feature = "mpi")]
-    pub fn with_mpi(mut self, mpi: Arc<crate::dist::Mpi>) -> Self {
+    pub fn with_mpi(mut self, mpi: std::rc::Rc<crate::dist::Mpi>) -> Self {
         self.mpi = Some(mpi);
         self
     }
@@ -264,6 +267,9 @@ impl<LC: ParallelComponents> SupervisedLearningStrategy<LC> for DataParallelStra
 impl<LC: ParallelComponents + 'static> From<DataParallelStrategy<LC::Backend>>
     for TrainingStrategy<LC>
 {
+    // burn-train shares a strategy through an `Arc` but runs it on the launching thread; one
+    // holding the MPI job (feature `mpi`) is neither `Send` nor `Sync`.
+    #[allow(clippy::arc_with_non_send_sync)]
     fn from(strategy: DataParallelStrategy<LC::Backend>) -> Self {
         TrainingStrategy::Custom(Arc::new(strategy))
     }
