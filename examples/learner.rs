@@ -42,7 +42,7 @@ use burn::train::{
 use burn_data_parallel::{DataParallelStrategy, Result as DpResult, Scatter};
 use clap::{Parser, ValueEnum};
 use dp_dataset::{ImageConfig, ImageItem, SyntheticImages};
-use dp_model::{Mlp, MlpConfig};
+use dp_model::{Classifier, Cnn, CnnConfig, Mlp, MlpConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -52,6 +52,9 @@ struct Args {
     /// Devices (CPU devices without a GPU; default: every GPU, or 2 CPU devices).
     #[arg(long)]
     devices: Option<usize>,
+    /// The model.
+    #[arg(long, value_enum, default_value_t = ModelKind::Mlp)]
+    model: ModelKind,
     /// Which training strategy runs the program.
     #[arg(long, value_enum, default_value_t = Strategy::DataParallel)]
     strategy: Strategy,
@@ -111,10 +114,20 @@ enum OptimizerKind {
     Sgd,
 }
 
-/// The model: an MLP over the flattened pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ModelKind {
+    /// An MLP over the flattened pixels.
+    Mlp,
+    /// A CNN with batch normalization (each replica normalizes its part with the part's
+    /// statistics: compare it with another split of the same parts, not with one device).
+    Cnn,
+}
+
+/// The model: an MLP over the flattened pixels, or a CNN over the images.
 #[derive(Module, Debug)]
 pub struct ImageClassifier<B: Backend> {
-    mlp: Mlp<B>,
+    mlp: Option<Mlp<B>>,
+    cnn: Option<Cnn<B>>,
 }
 
 /// A batch of images, as the batcher makes it.
@@ -157,7 +170,15 @@ impl<B: Backend> Batcher<B, ImageItem, ImageBatch<B>> for ImageBatcher {
 
 impl<B: Backend> ImageClassifier<B> {
     fn forward_classification(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
-        let logits = self.mlp.forward(batch.pixels);
+        let logits = match (&self.mlp, &self.cnn) {
+            (Some(mlp), _) => mlp.forward(batch.pixels),
+            (None, Some(cnn)) => {
+                let [rows, width] = batch.pixels.dims();
+                let side = (width as f64).sqrt() as usize;
+                cnn.logits(batch.pixels.reshape([rows, 1, side, side]))
+            }
+            (None, None) => unreachable!("an ImageClassifier has one of its models"),
+        };
         let loss = CrossEntropyLossConfig::new()
             .init(&logits.device())
             .forward(logits.clone(), batch.targets.clone());
@@ -233,8 +254,15 @@ fn train<B: AutodiffBackend>(
     let device = devices[0].clone();
     B::seed(&device, args.seed);
     // The model's parameters are made on the first device before any copy is taken.
-    let model = ImageClassifier {
-        mlp: MlpConfig::new(width, vec![64], images.classes).init::<B>(&device),
+    let model = match args.model {
+        ModelKind::Mlp => ImageClassifier {
+            mlp: Some(MlpConfig::new(width, vec![64], images.classes).init::<B>(&device)),
+            cnn: None,
+        },
+        ModelKind::Cnn => ImageClassifier {
+            mlp: None,
+            cnn: Some(CnnConfig::new(images.channels, images.classes).init::<B>(&device)),
+        },
     }
     .fork(&device);
 

@@ -1066,4 +1066,45 @@ fn the_learner_example_on_2_ranks_trains_as_burn_trains_single_device() {
             "{devices} devices per rank: metrics off by {metrics}"
         );
     }
+
+    // The CNN with batch norm on 2 ranks of 1 device equals one process of 2 devices cutting
+    // the same parts (batches of 32 and a last of 12: halves either way), running statistics
+    // included, which the ranks average after every batch.
+    let cnn = [&program[..], &["--model", "cnn"]].concat();
+    let local_dir = tempfile::tempdir().unwrap();
+    let local = learner_with(
+        &[],
+        local_dir.path(),
+        &[&cnn[..], &["--devices", "2"]].concat(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let args = [&cnn[..], &["--mpi", "--devices", "1"]].concat();
+    let ranks = learner_with(&mpirun, dir.path(), &args);
+    let diff = parameter_diff(&local, &ranks);
+    assert!(diff < 1e-5, "CNN on 2 ranks: parameters off by {diff}");
+    let metrics = metric_diff(&local_dir.path().join("run"), &dir.path().join("run"));
+    assert!(metrics < 1e-5, "CNN on 2 ranks: metrics off by {metrics}");
+
+    // Early stopping, decided by rank 0 from the validation loss (which a learning rate of 1
+    // makes worse after the first epoch), ends every rank after the same epoch.
+    let diverging = [
+        "--lr",
+        "1",
+        "--epochs",
+        "6",
+        "--patience",
+        "1",
+        "--train-size",
+        "300",
+    ];
+    let epochs = |dir: &std::path::Path| std::fs::read_dir(dir.join("run/train")).unwrap().count();
+    let single_dir = tempfile::tempdir().unwrap();
+    let args = [&diverging[..], &["--strategy", "single"]].concat();
+    learner_with(&[], single_dir.path(), &args);
+    let dir = tempfile::tempdir().unwrap();
+    let args = [&diverging[..], &["--mpi", "--devices", "1"]].concat();
+    learner_with(&mpirun, dir.path(), &args);
+    let stopped = epochs(single_dir.path());
+    assert!(stopped < 6, "the single-device run did not stop early");
+    assert_eq!(epochs(dir.path()), stopped);
 }

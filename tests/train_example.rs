@@ -550,4 +550,21 @@ fn a_scheduled_run_resumes_on_the_same_schedule() {
         assert!(loss <= 1e-6, "{x} vs {y}");
         assert_eq!(x["test_accuracy"], y["test_accuracy"]);
     }
+
+    // A schedule changed on resume (allowed by name) is replayed, not loaded into a scheduler
+    // of another shape: constant for an epoch, then cosine from where it would be.
+    let changed = dir.path().join("changed");
+    let constant = ["--config", &config, "--devices", "2", "--epochs", "1"];
+    let (ok, _, stderr) = train(&changed, &constant);
+    assert!(ok, "{stderr}");
+    let cosine = [&schedule[..], &["--resume", "--allow-change", "schedule"]].concat();
+    let (ok, _, stderr) = train(&changed, &cosine);
+    assert!(ok, "{stderr}");
+    let epochs = report(&changed)["epochs"].as_array().unwrap().clone();
+    let lrs: Vec<f64> = epochs.iter().map(|e| e["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs[0], 0.01, "{lrs:?}");
+    assert_eq!(
+        &lrs[1..],
+        &[a[1]["lr"].as_f64().unwrap(), a[2]["lr"].as_f64().unwrap()]
+    );
 }

@@ -45,16 +45,19 @@ pub struct ScheduleConfig {
     /// The shape after the warm-up.
     #[config(default = "ScheduleKind::Constant")]
     pub kind: ScheduleKind,
-    /// Steps over which the rate rises in a straight line from `lr / (warmup_steps + 1)` to
-    /// the schedule's (0: no warm-up).
+    /// Steps over which a factor rising in a straight line from `1 / (warmup_steps + 1)` to 1
+    /// multiplies the schedule's rate (0: no warm-up). Both start at the first step: the decay
+    /// does not wait for the warm-up to end.
     #[config(default = 0)]
     pub warmup_steps: usize,
     /// Where `linear` and `cosine` end.
     #[config(default = 0.0)]
     pub min_lr: f64,
-    /// Optimizer steps `linear` and `cosine` last; by default the whole run as its first start
-    /// counts it (epochs x steps per epoch), kept by its checkpoints so that a resumed run
-    /// follows the same schedule, whatever its epochs.
+    /// Optimizer steps `linear` and `cosine` take to go from `lr` to `min_lr`, which they reach
+    /// at step `steps + 1` (Burn's schedulers give their start at the first step); by default
+    /// the whole run as its first start counts it (epochs x steps per epoch, less one: its
+    /// last step is at `min_lr`), kept by its checkpoints so that a resumed run follows the
+    /// same schedule, whatever its epochs.
     #[config(default = "None")]
     pub steps: Option<usize>,
 }

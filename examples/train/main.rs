@@ -354,7 +354,10 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 }
             ));
             let state = loaded.state;
-            let schedule = (state.schedule_steps, loaded.scheduler);
+            // The saved scheduler state fits only the schedule it was saved with: a schedule
+            // changed with --allow-change is replayed up to this step instead.
+            let same = state.config.schedule == config.schedule;
+            let schedule = (state.schedule_steps, loaded.scheduler.filter(|_| same));
             (
                 loaded.model,
                 loaded.optimizer,
@@ -471,16 +474,18 @@ where
         // The schedule lasts what the config says, else what the run's first start counted.
         let per_epoch = sampler.global_batches(config.batch_size).len();
         let (saved_steps, saved_scheduler) = schedule;
+        // Burn's schedulers reach their end a step after `steps`: the run's last step is the
+        // schedule's end.
         let schedule_steps = config
             .schedule
             .steps
             .or(saved_steps)
-            .unwrap_or(config.epochs * per_epoch);
+            .unwrap_or((config.epochs * per_epoch).saturating_sub(1).max(1));
         let mut scheduler = config.schedule.scheduler(config.lr, schedule_steps)?;
         match saved_scheduler {
             Some(bytes) => scheduler = checkpoint::load_scheduler::<B>(scheduler, bytes, &device)?,
-            // A checkpoint from before schedules ran at a constant rate: the steps replayed
-            // give the schedule's rate at this step.
+            // A checkpoint from before schedules (which ran at a constant rate), or one of
+            // another schedule: the steps replayed give this schedule's rate at this step.
             None => (0..trainer.steps()).for_each(|_| {
                 scheduler.step();
             }),

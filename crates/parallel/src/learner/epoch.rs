@@ -83,15 +83,28 @@ where
         let fallback = learner.model();
         run.dataloader_train = run.dataloader_train.to_device(&first);
         run.dataloader_valid = run.dataloader_valid.to_device(&first);
-        let trainer = match new_trainer(strategy, learner) {
-            Ok(trainer) => trainer,
-            Err(err) => {
-                run.stop(err);
-                return (fallback, run.components.event_processor);
-            }
-        };
+        let trainer = new_trainer(strategy, learner);
         #[cfg(feature = "mpi")]
         if let Some(mpi) = strategy.mpi() {
+            // Every rank learns whether every rank has its trainer before joining them: one
+            // that failed alone must not leave the others waiting.
+            let ready = mpi.all_gather(&[u64::from(trainer.is_ok())]);
+            let failed = ready.iter().position(|&ok| ok == 0);
+            let trainer = match (trainer, failed) {
+                (Ok(trainer), None) => trainer,
+                (Err(err), _) => {
+                    run.stop(err);
+                    return (fallback, run.components.event_processor);
+                }
+                (Ok(_), Some(rank)) => {
+                    run.stop(DataParallelError::PeerFailed {
+                        rank,
+                        step: 0,
+                        reason: "it could not set up its devices".into(),
+                    });
+                    return (fallback, run.components.event_processor);
+                }
+            };
             let joined = crate::dist::DistributedTrainer::new(mpi, trainer);
             let (mut trainer, mut ranks) = match joined {
                 Ok(joined) => joined.into_parts(),
@@ -105,7 +118,13 @@ where
             trainer.optimizer_mut().synced(&module);
             return run.epochs(&mut trainer, &mut ranks, starting_epoch);
         }
-        let mut trainer = trainer;
+        let mut trainer = match trainer {
+            Ok(trainer) => trainer,
+            Err(err) => {
+                run.stop(err);
+                return (fallback, run.components.event_processor);
+            }
+        };
         run.epochs(&mut trainer, &mut Alone, starting_epoch)
     }
 }
@@ -148,8 +167,11 @@ where
                 self.stop(err);
                 break;
             }
+            // Rank 0's interrupter decides for every rank (it may have been stopped since the
+            // last batch: a failed checkpoint write, the dashboard).
             let interrupter = &self.components.interrupter;
-            if interrupter.should_stop() {
+            if peers.stop_after_epoch(interrupter.should_stop()) {
+                interrupter.stop(None);
                 let reason = interrupter.get_message();
                 let reason = reason.as_deref().unwrap_or("reason unknown");
                 log::info!("Training interrupted: {reason}");
@@ -204,6 +226,11 @@ where
         let first = trainer.devices()[0].clone();
         let accumulation = self.components.grad_accumulation.unwrap_or(1).max(1);
         let weighted = <TrainOutput<LC> as StepOutput<LC::Backend>>::WEIGHTED;
+        // Each epoch's draws come from the seed and the epoch, counted from its first step: a
+        // run resumed at an epoch draws what the uninterrupted run drew in it.
+        if let Some(seed) = self.strategy.seed() {
+            trainer.reseed_from_here(crate::seed::derive(seed, &[epoch as u64]));
+        }
         let mut iterator = self.dataloader_train.iter();
         let mut iteration = 0;
         let mut accumulated = 0;
@@ -222,15 +249,17 @@ where
                 },
                 |item: &TrainOutput<LC>| read_loss::<LC::Backend, _>(item),
             )?;
+            // The outputs reach rank 0 before the step is taken: a batch whose outputs cannot
+            // travel is refused whole.
+            let local = Ok(merge::<LC::Backend, _>(parts, &first));
+            let stop = self.components.interrupter.should_stop();
+            let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
             accumulated += 1;
             let lr = trainer.optimizer().learner.lr_current();
             if accumulated >= accumulation {
                 trainer.apply_with(peers, lr)?;
                 accumulated = 0;
             }
-            let local = Ok(merge::<LC::Backend, _>(parts, &first));
-            let stop = self.components.interrupter.should_stop();
-            let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
             if let Some(item) = item {
                 self.components
                     .event_processor
@@ -274,7 +303,13 @@ where
         let epoch = global_progress.items_processed;
         log::info!("Executing validation step for epoch {epoch}");
         let first = trainer.devices()[0].clone();
-        let mut parallel = trainer.parallel().sibling(trainer.module().valid())?;
+        // A failure to make the replicas goes through the first `end_batch`, as any failure of
+        // this rank's alone.
+        let (mut parallel, mut failed) = match trainer.parallel().sibling(trainer.module().valid())
+        {
+            Ok(parallel) => (Some(parallel), None),
+            Err(err) => (None, Some(err)),
+        };
         let mut iterator = self.dataloader_valid.iter();
         let mut iteration = 0;
         while let Some(batch) = iterator.next() {
@@ -282,12 +317,18 @@ where
             let progress = iterator.progress();
             // A failure here is this rank's alone: it goes through `end_batch`, so that no
             // rank is left waiting for it.
-            let local = peers.part_of(batch, &first).and_then(|part| match part {
-                Some(part) => parallel
-                    .forward_parts(part, InferenceStep::step)
-                    .map(|parts| merge::<Inner<LC>, _>(parts, &first)),
-                None => Ok(None),
-            });
+            let local = match (failed.take(), &mut parallel) {
+                (Some(err), _) => Err(err),
+                (None, None) => Err(DataParallelError::NoDevices),
+                (None, Some(parallel)) => {
+                    peers.part_of(batch, &first).and_then(|part| match part {
+                        Some(part) => parallel
+                            .forward_parts(part, InferenceStep::step)
+                            .map(|parts| merge::<Inner<LC>, _>(parts, &first)),
+                        None => Ok(None),
+                    })
+                }
+            };
             let stop = self.components.interrupter.should_stop();
             let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
             if let Some(item) = item {

@@ -65,9 +65,13 @@ pub trait StepOutput<B: Backend>: Sized + Send {
     /// [`loss_weight`](Self::loss_weight)).
     fn loss(&self) -> Tensor<B, 1>;
 
-    /// What the loss is a mean over, where [`WEIGHTED`](Self::WEIGHTED) says it states it.
+    /// What the loss is a mean over, where [`WEIGHTED`](Self::WEIGHTED) says it states it. A
+    /// part of weight 0 (all padding) adds nothing to the step or to the merged loss. The
+    /// default, for types that are not [`WEIGHTED`](Self::WEIGHTED), is not a weight: a
+    /// weighted type that keeps it is refused
+    /// ([`DataParallelError::InvalidLossWeight`](crate::DataParallelError::InvalidLossWeight)).
     fn loss_weight(&self) -> f64 {
-        0.0
+        f64::NAN
     }
 
     /// The output of the whole batch, on `device`, from the parts in replica order (row `i`
@@ -92,13 +96,17 @@ pub trait StepOutput<B: Backend>: Sized + Send {
     }
 }
 
-/// The weighted mean of the parts' losses (`(loss, weight)` each), on `device`, detached; 0 if
-/// the weights add up to 0.
+/// The weighted mean of the parts' losses (`(loss, weight)` each), on `device`, detached; parts
+/// of weight 0 are left out, and the result is 0 if every part's weight is 0.
 pub fn merged_loss<B: Backend>(
     parts: impl IntoIterator<Item = (Tensor<B, 1>, f64)>,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    let parts: Vec<(Tensor<B, 1>, f64)> = parts.into_iter().collect();
+    // A part of weight 0 is left out: its loss is 0/0 where it is a mean over nothing.
+    let parts: Vec<(Tensor<B, 1>, f64)> = parts
+        .into_iter()
+        .filter(|(_, weight)| *weight > 0.0)
+        .collect();
     let total: f64 = parts.iter().map(|(_, weight)| weight).sum();
     parts
         .into_iter()
@@ -205,6 +213,9 @@ rows_output!(ClassificationOutput { output, targets });
 rows_output!(MultiLabelClassificationOutput { output, targets });
 rows_output!(RegressionOutput { output, targets });
 
+/// Its loss is taken as a mean over its rows (sequences). A loss averaged over tokens, whose
+/// parts hold different numbers of real tokens, needs an output type of your own with
+/// [`WEIGHTED`](StepOutput::WEIGHTED) and the tokens as [`loss_weight`](StepOutput::loss_weight).
 impl<B: Backend> StepOutput<B> for SequenceOutput<B> {
     fn loss(&self) -> Tensor<B, 1> {
         self.loss.clone()

@@ -45,7 +45,7 @@ impl Participants for Ranks<'_> {
             None => Ok(Vec::new()),
             Some((output, weight)) => output
                 .into_data()
-                .map(|data| encode(weight, &data))
+                .and_then(|data| encode(weight, &data))
                 .ok_or_else(|| cannot(mpi.rank())),
         });
         let bytes = sent
@@ -107,8 +107,8 @@ fn merge<B: Backend, T: StepOutput<B>>(
 }
 
 /// `weight`, then each tensor as its kind (0 float as f32, 1 int as i64, 2 bool as u8), rank,
-/// dims and values, little-endian.
-fn encode(weight: f64, data: &[TensorData]) -> Vec<u8> {
+/// dims and values, little-endian; `None` where a tensor's values cannot be read as such.
+fn encode(weight: f64, data: &[TensorData]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let word = |out: &mut Vec<u8>, value: u64| out.extend_from_slice(&value.to_le_bytes());
     word(&mut out, weight.to_bits());
@@ -116,21 +116,12 @@ fn encode(weight: f64, data: &[TensorData]) -> Vec<u8> {
     for tensor in data {
         let dims: Vec<usize> = tensor.shape.iter().copied().collect();
         let (kind, values): (u64, Vec<u8>) = if tensor.dtype.is_float() {
-            let values = tensor
-                .clone()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
+            let values = tensor.clone().convert::<f32>().to_vec::<f32>().ok()?;
             (0, values.iter().flat_map(|v| v.to_le_bytes()).collect())
         } else if matches!(tensor.dtype, DType::Bool(_)) {
-            let values = tensor.clone().to_vec::<bool>().unwrap_or_default();
-            (2, values.into_iter().map(u8::from).collect())
+            (2, bools(tensor)?)
         } else {
-            let values = tensor
-                .clone()
-                .convert::<i64>()
-                .to_vec::<i64>()
-                .unwrap_or_default();
+            let values = tensor.clone().convert::<i64>().to_vec::<i64>().ok()?;
             (1, values.iter().flat_map(|v| v.to_le_bytes()).collect())
         };
         word(&mut out, kind);
@@ -141,14 +132,27 @@ fn encode(weight: f64, data: &[TensorData]) -> Vec<u8> {
         word(&mut out, values.len() as u64);
         out.extend_from_slice(&values);
     }
-    out
+    Some(out)
+}
+
+/// A bool tensor's values as 0 and 1, however the backend stores them (`bool`, or bytes and
+/// words on the GPU backends).
+fn bools(tensor: &TensorData) -> Option<Vec<u8>> {
+    if let Ok(values) = tensor.clone().to_vec::<bool>() {
+        return Some(values.into_iter().map(u8::from).collect());
+    }
+    if let Ok(values) = tensor.clone().to_vec::<u8>() {
+        return Some(values.into_iter().map(|v| u8::from(v != 0)).collect());
+    }
+    let values = tensor.clone().to_vec::<u32>().ok()?;
+    Some(values.into_iter().map(|v| u8::from(v != 0)).collect())
 }
 
 /// What [`encode`] wrote; `None` if it is not that.
 fn decode(bytes: &[u8]) -> Option<(f64, Vec<TensorData>)> {
-    let mut at = 0;
+    let mut at: usize = 0;
     let mut take = |n: usize| {
-        let slice = bytes.get(at..at + n)?;
+        let slice = bytes.get(at..at.checked_add(n)?)?;
         at += n;
         Some(slice)
     };
@@ -156,34 +160,44 @@ fn decode(bytes: &[u8]) -> Option<(f64, Vec<TensorData>)> {
         Some(u64::from_le_bytes(take(8)?.try_into().ok()?))
     }
     let weight = f64::from_bits(word(&mut take)?);
-    let count = word(&mut take)? as usize;
-    let mut data = Vec::with_capacity(count);
+    let count = usize::try_from(word(&mut take)?).ok()?;
+    let mut data = Vec::new();
     for _ in 0..count {
         let kind = word(&mut take)?;
-        let rank = word(&mut take)? as usize;
-        let mut dims = Vec::with_capacity(rank);
+        let rank = usize::try_from(word(&mut take)?).ok()?;
+        let mut dims = Vec::new();
         for _ in 0..rank {
-            dims.push(word(&mut take)? as usize);
+            dims.push(usize::try_from(word(&mut take)?).ok()?);
         }
-        let len = word(&mut take)? as usize;
+        let len = usize::try_from(word(&mut take)?).ok()?;
         let values = take(len)?;
+        let elements = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+        let width = match kind {
+            0 => 4,
+            1 => 8,
+            2 => 1,
+            _ => return None,
+        };
+        // Checked here: `TensorData::new` panics on a length that does not fit the shape.
+        if elements.checked_mul(width)? != len {
+            return None;
+        }
         data.push(match kind {
             0 => TensorData::new(
                 values
                     .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect::<Vec<f32>>(),
                 dims,
             ),
             1 => TensorData::new(
                 values
                     .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                     .collect::<Vec<i64>>(),
                 dims,
             ),
-            2 => TensorData::new(values.iter().map(|&v| v != 0).collect::<Vec<bool>>(), dims),
-            _ => return None,
+            _ => TensorData::new(values.iter().map(|&v| v != 0).collect::<Vec<bool>>(), dims),
         });
     }
     Some((weight, data))
@@ -200,7 +214,8 @@ mod tests {
             TensorData::new(vec![3i64, -7], [2]),
             TensorData::new(vec![true, false, true], [3, 1]),
         ];
-        let (weight, back) = decode(&encode(7.5, &data)).unwrap();
+        let bytes = encode(7.5, &data).unwrap();
+        let (weight, back) = decode(&bytes).unwrap();
         assert_eq!(weight, 7.5);
         assert_eq!(back.len(), 3);
         for (a, b) in data.iter().zip(&back) {
@@ -209,6 +224,11 @@ mod tests {
         back[0].assert_eq(&data[0], true);
         back[1].assert_eq(&data[1], true);
         back[2].assert_eq(&data[2], true);
-        assert!(decode(&encode(1.0, &data)[..20]).is_none());
+        // Cut short, or a length that does not fit its shape: refused, not a panic.
+        assert!(decode(&bytes[..20]).is_none());
+        let mut lying = bytes.clone();
+        let dims_at = 8 * 4; // weight, count, kind, rank
+        lying[dims_at..dims_at + 8].copy_from_slice(&3u64.to_le_bytes());
+        assert!(decode(&lying).is_none());
     }
 }

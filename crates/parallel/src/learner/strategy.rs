@@ -10,7 +10,8 @@ use burn::train::{
 use std::sync::{Arc, Mutex};
 
 /// A burn-train training strategy that runs every batch of the training loader split across
-/// `devices`, exactly as one device would run it, and validation split the same way.
+/// `devices` and takes the step one device takes on it (batch norm aside, which normalizes
+/// each part with its own statistics), and validation split the same way.
 ///
 /// Add it to a `SupervisedTraining` in one line,
 /// `.with_training_strategy(DataParallelStrategy::new(devices).into())`; the rest of the
@@ -175,8 +176,10 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
     }
 
     /// Makes the run repeatable, dropout included: each replica's step draws from a seed
-    /// derived from `seed` and its position (see
-    /// [`DataParallelTrainer::with_seed`](crate::DataParallelTrainer::with_seed)).
+    /// derived from `seed`, the epoch and its position in the epoch (see
+    /// [`DataParallelTrainer::with_seed`](crate::DataParallelTrainer::with_seed)), so a run
+    /// resumed at an epoch draws what the uninterrupted run drew. Not the draws of another
+    /// number of devices or ranks, nor those of one device without this strategy.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self

@@ -127,7 +127,10 @@ impl GradientSum {
     /// The sum, leaving the accumulator empty; an error (the accumulator emptied all the same)
     /// where the losses stated weights that add up to zero, leaving nothing to divide by.
     pub(crate) fn take(&mut self, step: usize) -> Result<GradientsParams> {
-        let weightless = self.denominator == Some(Denominator::Weights) && self.weighted_for <= 0.0;
+        let weightless = matches!(
+            self.denominator,
+            Some(Denominator::Weights | Denominator::StepWeights)
+        ) && self.weighted_for <= 0.0;
         self.parts = 0;
         self.micro_batches = 0;
         self.weighted_for = 0.0;

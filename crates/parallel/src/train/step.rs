@@ -2,7 +2,7 @@
 
 use super::Trainer;
 use super::loss::{Denominator, LossReduction, TrainLoss};
-use super::peers::{Accumulated, Alone, Contribution, MicroBatch, Peers};
+use super::peers::{Accumulated, Alone, Contribution, MicroBatch, Outcome, Peers};
 use super::reduce::GradientSum;
 use crate::parallel_apply::{Rendezvous, ReplicaTiming};
 use crate::replicas::Link;
@@ -102,6 +102,9 @@ pub struct DataParallelTrainer<B: AutodiffBackend, M, O> {
     pub(super) seed: Option<u64>,
     /// This process's rank, which seeds its replicas' draws apart from other ranks'.
     pub(super) rank: usize,
+    /// The step the seed was given at: steps of their own (`stepped`) are seeded by their
+    /// position from there.
+    pub(super) seed_base: usize,
 }
 
 impl<B, M, O> DataParallelTrainer<B, M, O>
@@ -121,6 +124,7 @@ where
             steps: 0,
             seed: None,
             rank: 0,
+            seed_base: 0,
         })
     }
 
@@ -240,6 +244,15 @@ where
         &mut self.optimizer
     }
 
+    /// Seeds the steps that run their own backward pass (`stepped`) from here on: their draws
+    /// come from `seed` and their position counted from this step, whatever steps came before
+    /// (a run resumed at an epoch draws what the uninterrupted run drew in it).
+    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    pub(crate) fn reseed_from_here(&mut self, seed: u64) {
+        self.seed = Some(seed);
+        self.seed_base = self.steps;
+    }
+
     /// Drops the gradients accumulated since the last [`apply`](Self::apply), returning how
     /// many micro-batches they came from.
     #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
@@ -344,19 +357,17 @@ where
             Denominator::Rows => self.pending.weighted_for() + rows.total as f64,
             _ => 1.0,
         };
-        let buffers = self.parallel.buffers().clone();
-        let before = buffers.snapshot(self.parallel.module());
-        let started = Instant::now();
-        let local = if rows.local > 0 {
-            self.forward_backward(batch, loss, denominator, rows_so_far, micro_batch)
-        } else {
-            Ok((Vec::new(), Vec::new()))
-        };
-        let busy = started.elapsed();
-        // This process's loss and weight, summed as the whole step's are: every process learns
-        // whether any failed before anyone goes on.
-        let (sums, local) = match local {
-            Ok((replicas, grads)) => {
+        let (outcome, local) = self.share_micro_batch(
+            peers,
+            |this| {
+                if rows.local > 0 {
+                    this.forward_backward(batch, loss, denominator, rows_so_far, micro_batch)
+                } else {
+                    Ok((Vec::new(), Vec::new()))
+                }
+            },
+            // This process's loss and weight, summed as the whole step's are.
+            |(replicas, _)| {
                 let loss: f64 = replicas
                     .iter()
                     .map(|(timing, loss, _)| match denominator {
@@ -368,31 +379,9 @@ where
                     Denominator::Weights => replicas.iter().filter_map(|r| r.2).sum(),
                     _ => rows.local as f64,
                 };
-                (Ok((loss, weight)), Some((replicas, grads)))
-            }
-            Err(err) => (Err(err), None),
-        };
-        let shared = if peers.combines_buffers() {
-            buffers.read(self.parallel.module())
-        } else {
-            Vec::new()
-        };
-        let contribution = Contribution {
-            sums,
-            busy,
-            buffers: shared,
-        };
-        let outcome = match peers.outcome(self.steps, contribution) {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                // Nothing of a refused batch is kept: the statistics go back too.
-                buffers.restore(self.parallel.module(), before);
-                return Err(err);
-            }
-        };
-        if let Some(values) = &outcome.buffers {
-            buffers.write(self.parallel.module(), values);
-        }
+                (loss, weight)
+            },
+        )?;
         let (replicas, grads) = local.unwrap_or_default();
 
         let start = Instant::now();
@@ -420,6 +409,50 @@ where
             replicas: replicas.into_iter().map(|(timing, ..)| timing).collect(),
             reduce: start.elapsed(),
         })
+    }
+
+    /// Runs this process's part of a micro-batch (`run`, timed) and shares what it gave with
+    /// `peers`: its loss and weight (`sums` of what `run` returned) or its failure, and its
+    /// running statistics where they are combined. Every process learns whether any failed
+    /// before anyone goes on; a refused micro-batch leaves the statistics as they were. Returns
+    /// the micro-batch over every process, and what `run` returned.
+    pub(super) fn share_micro_batch<T, P: Peers<B, M, O>>(
+        &mut self,
+        peers: &mut P,
+        run: impl FnOnce(&mut Self) -> Result<T>,
+        sums: impl FnOnce(&T) -> (f64, f64),
+    ) -> Result<(Outcome, Option<T>)> {
+        let buffers = self.parallel.buffers().clone();
+        let before = buffers.snapshot(self.parallel.module());
+        let started = Instant::now();
+        let local = run(self);
+        let busy = started.elapsed();
+        let (sums, local) = match local {
+            Ok(local) => (Ok(sums(&local)), Some(local)),
+            Err(err) => (Err(err), None),
+        };
+        let shared = if peers.combines_buffers() {
+            buffers.read(self.parallel.module())
+        } else {
+            Vec::new()
+        };
+        let contribution = Contribution {
+            sums,
+            busy,
+            buffers: shared,
+        };
+        let outcome = match peers.outcome(self.steps, contribution) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                // Nothing of a refused batch is kept: the statistics go back too.
+                buffers.restore(self.parallel.module(), before);
+                return Err(err);
+            }
+        };
+        if let Some(values) = &outcome.buffers {
+            buffers.write(self.parallel.module(), values);
+        }
+        Ok((outcome, local))
     }
 
     /// Forward and backward on every replica's part of `batch`, each row weighing

@@ -16,7 +16,7 @@
 //! another (see `BENCHMARKS.md`). Each replica reads its loss after its turn.
 
 use super::loss::Denominator;
-use super::peers::{Contribution, MicroBatch, Peers};
+use super::peers::{MicroBatch, Peers};
 use super::reduce::scaled;
 use super::{BatchStats, DataParallelTrainer};
 use crate::parallel_apply::ReplicaTiming;
@@ -91,44 +91,20 @@ where
             return Err(DataParallelError::EmptyInput { dim });
         }
         self.pending.check_kind(self.steps, denominator)?;
-        let buffers = self.parallel.buffers().clone();
-        let before = buffers.snapshot(self.parallel.module());
-        let started = Instant::now();
-        let local = match batch {
-            Some(batch) if rows.local > 0 => {
-                self.run_steps(batch, weighted, micro_batch, step, read)
-            }
-            _ => Ok((Vec::new(), Vec::new())),
-        };
-        let busy = started.elapsed();
-        let (sums, local) = match local {
-            Ok(local) => {
-                let weight: f64 = local.0.iter().map(|(_, _, weight)| weight).sum();
-                let loss: f64 = local.0.iter().map(|(_, loss, weight)| loss * weight).sum();
-                (Ok((loss, weight)), Some(local))
-            }
-            Err(err) => (Err(err), None),
-        };
-        let shared = if peers.combines_buffers() {
-            buffers.read(self.parallel.module())
-        } else {
-            Vec::new()
-        };
-        let contribution = Contribution {
-            sums,
-            busy,
-            buffers: shared,
-        };
-        let outcome = match peers.outcome(self.steps, contribution) {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                buffers.restore(self.parallel.module(), before);
-                return Err(err);
-            }
-        };
-        if let Some(values) = &outcome.buffers {
-            buffers.write(self.parallel.module(), values);
-        }
+        let (outcome, local) = self.share_micro_batch(
+            peers,
+            |this| match batch {
+                Some(batch) if rows.local > 0 => {
+                    this.run_steps(batch, weighted, micro_batch, step, read)
+                }
+                _ => Ok((Vec::new(), Vec::new())),
+            },
+            |(parts, _)| {
+                let weight: f64 = parts.iter().map(|(_, _, weight)| weight).sum();
+                let loss: f64 = parts.iter().map(|(_, loss, weight)| loss * weight).sum();
+                (loss, weight)
+            },
+        )?;
         let (parts, grads) = local.unwrap_or_default();
         let start = Instant::now();
         let first = self.parallel.devices()[0].clone();
@@ -185,7 +161,8 @@ where
         let dim = self.parallel.dim();
         let turns = Turns::default();
         let seed = self.seed.map(|seed| {
-            let position = [self.rank as u64, self.steps as u64, micro_batch as u64];
+            let step = self.steps.saturating_sub(self.seed_base);
+            let position = [self.rank as u64, step as u64, micro_batch as u64];
             derive(seed, &position)
         });
         let devices = self.parallel.devices().to_vec();
@@ -207,6 +184,17 @@ where
                     Some(weight) if weighted => weight,
                     _ => rows as f64,
                 };
+                // A part of weight 0 (all padding) is a mean over nothing: it adds nothing, as
+                // its rows add nothing on one device.
+                if weighted && weight == 0.0 {
+                    return Ok(Stepped {
+                        rows,
+                        loss: 0.0,
+                        weight,
+                        grads: Some(GradientsParams::new()),
+                        output,
+                    });
+                }
                 // Divided by every rank's rows or weights once they are known. A weight that is
                 // not a count is refused below.
                 let grads = (loss.is_finite() && weight.is_finite() && weight >= 0.0)
