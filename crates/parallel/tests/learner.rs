@@ -919,3 +919,42 @@ fn the_interrupter_stops_the_run() {
     let logged = logged.load(std::sync::atomic::Ordering::Relaxed);
     assert!((1..100).contains(&logged), "{logged} items logged");
 }
+
+/// A seeded run with dropout resumed from its checkpoint draws what the uninterrupted run
+/// drew: its masks come from the seed, the epoch and the position in the epoch.
+#[test]
+fn a_seeded_run_with_dropout_resumes_exactly() {
+    let _generator = exclusive();
+    let (rows, valid) = (dataset(30, &[6], 16), dataset(8, &[6], 17));
+    let model = dropout_mlp();
+    let run = |dir: &Path, epochs: usize, resume: Option<usize>| {
+        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([6]))
+            .batch_size(8)
+            .build(InMemDataset::new(rows.clone()));
+        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([6]))
+            .batch_size(8)
+            .build(InMemDataset::new(valid.clone()));
+        let mut training = SupervisedTraining::new(dir, dl_train, dl_valid)
+            .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
+            .with_application_logger(None)
+            .with_training_strategy(DataParallelStrategy::<AB>::new(cpus(2)).with_seed(5).into())
+            .num_epochs(epochs);
+        if let Some(epoch) = resume {
+            training = training.checkpoint(epoch);
+        }
+        training
+            .launch(Learner::new(
+                common::zoo::copy(&model),
+                AdamConfig::new().init(),
+                0.01,
+            ))
+            .model
+    };
+    let (whole_dir, resumed_dir) = (temp("whole"), temp("resumed"));
+    let whole = run(whole_dir.path(), 3, None);
+    let first = run(resumed_dir.path(), 1, None);
+    assert!(param_diff(&first, &whole, &HashSet::new()) > 1e-4);
+    let resumed = run(resumed_dir.path(), 3, Some(1));
+    let diff = param_diff(&whole, &resumed, &HashSet::new());
+    assert!(diff < 1e-6, "the resumed run is off by {diff}");
+}
