@@ -16,8 +16,8 @@
 set -euo pipefail
 archive=${1:-gpu-bin.tar.gz}
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
-bins=(data_parallelism check bench)
-cargo build --release --features cuda --bin data_parallelism --bin check --bin bench
+bins=(data_parallelism check bench learner)
+cargo build --release --features cuda --bin data_parallelism --bin check --bin bench --bin learner
 if [ "${GPU_BUILD_MPI:-0}" = 1 ]; then
   cargo build --release --features cuda,mpi --bin dist_check
   bins+=(dist_check)

@@ -2,15 +2,17 @@
 # The CUDA checks, for a machine with an NVIDIA GPU and no Rust toolchain.
 #
 # Build here (any machine with the toolchain; no GPU or CUDA toolkit needed):
-#   scripts/gpu-build.sh                      # gpu-bin.tar.gz: data_parallelism, check, bench
+#   scripts/gpu-build.sh                      # gpu-bin.tar.gz: data_parallelism, check, bench, learner
 #   GPU_BUILD_MPI=1 scripts/gpu-build.sh      # with dist_check, for the NCCL checks on a
 #                                             # machine that has Open MPI (`mpirun`) and libnccl
 # Run there (BIN is that archive, or a folder holding the binaries):
 #   scripts/gpu-check.sh gpu-bin.tar.gz gpu-results
 #
 # It runs the tutorial example on the GPUs, the forward-equivalence and training-step checks on
-# CUDA (the first GPU listed four times, so that several replicas share it, then every GPU), and
-# the W3, W4 (unequal replicas, three splits), W2 and W1 benchmarks (one run each, so that a
+# CUDA (the first GPU listed four times, so that several replicas share it, then every GPU), the
+# burn-train program (`learner`, SGD) on burn-train's SingleDevice and on DataParallelStrategy
+# (its summaries' parameters are to be compared), and the W3 (with burn-train's MultiDevice and
+# DataParallelStrategy beside), W4 (unequal replicas, three splits), W2 and W1 benchmarks (one run each, so that a
 # run cut short loses only its own figures), and writes everything to the results folder,
 # summary.txt first. If the binaries fall back to the CPU (no usable driver, NVRTC or GPU), the
 # first step fails with the reason and the script stops there instead of spending the GPU's
@@ -145,6 +147,16 @@ if [ "$gpus" -gt 1 ]; then
   step check-all-gpus         240 "$bin/check" --devices "$gpus"
 else
   note "SKIP check-all-gpus: fewer than two GPUs"
+fi
+# The burn-train program: parameters in learner-*.json, to compare with the single-device run's.
+learner_args=(--optimizer sgd --epochs 2 --train-size 600)
+step learner-single-gpu0      120 env CUDA_VISIBLE_DEVICES=0 "$bin/learner" --strategy single \
+                                  "${learner_args[@]}" --dir "$scratch/learner-single" --summary "$out/learner-single.json"
+step learner-4-replicas-gpu0  120 env CUDA_VISIBLE_DEVICES=0 "$bin/learner" --devices 4 \
+                                  "${learner_args[@]}" --dir "$scratch/learner-4" --summary "$out/learner-4-replicas.json"
+if [ "$gpus" -gt 1 ]; then
+  step learner-all-gpus       120 "$bin/learner" --devices "$gpus" \
+                                  "${learner_args[@]}" --dir "$scratch/learner-all" --summary "$out/learner-all-gpus.json"
 fi
 for w in w3 w4 w2 w1; do
   step "bench-$w"             240 "$bin/bench" --workloads "$w" --devices "1,2,4" --seconds "$seconds" \

@@ -134,8 +134,8 @@ use std::sync::{Arc, Mutex};
 /// recording (tracel-ai/burn#5573), which the library's own trainers avoid by letting every
 /// forward pass end before any backward pass starts. A fused step cannot be split like that,
 /// so the replicas' steps run one at a time, in replica order. On a GPU a step only queues
-/// its kernels, and the devices still compute at the same time; on the CPU the replicas'
-/// steps do not overlap. `BENCHMARKS.md` has the measured cost.
+/// its kernels, so the devices should still compute at the same time (not measured yet); on
+/// the CPU the replicas' steps do not overlap. `BENCHMARKS.md` has the measured cost.
 ///
 /// **Errors.** burn-train's strategies cannot return an error. A failed batch (a non-finite
 /// loss, a panicking replica, a device that cannot be reached) stops the training through the

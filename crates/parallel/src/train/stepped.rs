@@ -12,8 +12,9 @@
 //! how [`DataParallelTrainer`] keeps a `backward()` from meeting another thread's graph
 //! recording (tracel-ai/burn#5573, Burn 0.21). Here the replicas' steps take turns instead, in
 //! replica order: no two of them ever run at once. On a GPU a step queues its kernels and
-//! returns, so the devices still compute at the same time; on the CPU the steps run one after
-//! another (see `BENCHMARKS.md`). Each replica reads its loss after its turn.
+//! returns, so the devices should still compute at the same time (not measured yet); on the
+//! CPU the steps run one after another (see `BENCHMARKS.md`). Each replica reads its loss
+//! after its turn.
 
 use super::loss::Denominator;
 use super::peers::{MicroBatch, Peers};
