@@ -914,10 +914,11 @@ fn the_interrupter_stops_the_run() {
         .launch(Learner::new(mlp(), AdamConfig::new().init(), 0.01));
     assert!(interrupter.should_stop());
     assert!(strategy.take_error().is_none());
-    // 500 epochs of 8 batches, 4000 items: the interrupted run ends in its first epochs (the
-    // metrics are processed on their own thread, a few items behind).
+    // 500 epochs of 8 batches, 4000 items: the interrupted run ends long before (the metrics
+    // are processed on their own thread, some items behind the training, so the bound is
+    // loose).
     let logged = logged.load(std::sync::atomic::Ordering::Relaxed);
-    assert!((1..100).contains(&logged), "{logged} items logged");
+    assert!((1..2000).contains(&logged), "{logged} items logged");
 }
 
 /// A seeded run with dropout resumed from its checkpoint draws what the uninterrupted run
