@@ -772,6 +772,42 @@ fn token_rows(count: usize, seed: u64) -> Vec<Row> {
         .collect()
 }
 
+/// Trains `model` with a token-mean loss on `rows` (validated on `valid`) in batches of
+/// `batch`, two accumulated per SGD step, on one device with burn-train's `SingleDevice` or
+/// on `devices` with the strategy, in `dir`.
+fn train_text(
+    model: &TextNet<AB>,
+    (rows, valid): (&[Row], &[Row]),
+    batch: usize,
+    devices: usize,
+    dir: &Path,
+) -> TextNet<B> {
+    let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Tokens)
+        .batch_size(batch)
+        .build(InMemDataset::new(rows.to_vec()));
+    let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Tokens)
+        .batch_size(4)
+        .build(InMemDataset::new(valid.to_vec()));
+    let strategy: TrainingStrategy<_> = if devices == 1 {
+        ExecutionStrategy::single(cpu()).into()
+    } else {
+        DataParallelStrategy::<AB>::new(cpus(devices)).into()
+    };
+    SupervisedTraining::new(dir, dl_train, dl_valid)
+        .metric_train_numeric(LossMetric::<AB>::new())
+        .metric_valid_numeric(LossMetric::<B>::new())
+        .with_application_logger(None)
+        .with_training_strategy(strategy)
+        .grads_accumulation(2)
+        .num_epochs(2)
+        .launch(Learner::new(
+            model.clone(),
+            burn::optim::SgdConfig::new().init(),
+            0.05,
+        ))
+        .model
+}
+
 #[test]
 fn a_transformer_with_a_token_mean_loss_trains_as_on_one_device() {
     let _generator = exclusive();
@@ -779,35 +815,36 @@ fn a_transformer_with_a_token_mean_loss_trains_as_on_one_device() {
     let model = TextNet {
         model: common::zoo::transformer(),
     };
-    let run = |devices: usize, dir: &Path| {
-        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Tokens)
-            .batch_size(7)
-            .build(InMemDataset::new(rows.clone()));
-        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Tokens)
-            .batch_size(4)
-            .build(InMemDataset::new(valid.clone()));
-        let strategy: TrainingStrategy<_> = if devices == 1 {
-            ExecutionStrategy::single(cpu()).into()
-        } else {
-            DataParallelStrategy::<AB>::new(cpus(devices)).into()
-        };
-        SupervisedTraining::new(dir, dl_train, dl_valid)
-            .metric_train_numeric(LossMetric::<AB>::new())
-            .metric_valid_numeric(LossMetric::<B>::new())
-            .with_application_logger(None)
-            .with_training_strategy(strategy)
-            .grads_accumulation(2)
-            .num_epochs(2)
-            .launch(Learner::new(
-                model.clone(),
-                burn::optim::SgdConfig::new().init(),
-                0.05,
-            ))
-            .model
-    };
     let (single_dir, dir) = (temp("single"), temp("tokens"));
-    let single = run(1, single_dir.path());
-    let parallel = run(3, dir.path());
+    let single = train_text(&model, (&rows, &valid), 7, 1, single_dir.path());
+    let parallel = train_text(&model, (&rows, &valid), 7, 3, dir.path());
+    assert!(param_diff(&single, &model.valid(), &HashSet::new()) > 1e-3);
+    let diff = param_diff(&single, &parallel, &HashSet::new());
+    assert!(diff < 1e-5, "off by {diff}");
+    let metrics = logged_diff(single_dir.path(), dir.path());
+    assert!(metrics < 1e-5, "metrics off by {metrics}");
+}
+
+/// Batches of 2 rows on 3 devices (one device idle), a last batch of 1, and an encoder frozen
+/// for fine-tuning: the head trains as on one device, the encoder is never changed.
+#[test]
+fn fewer_rows_than_devices_and_frozen_parameters_train_as_on_one_device() {
+    let _generator = exclusive();
+    let (rows, valid) = (token_rows(9, 18), token_rows(5, 19));
+    let model = TextNet {
+        model: common::zoo::frozen_transformer(),
+    };
+    let (single_dir, dir) = (temp("single"), temp("frozen"));
+    let single = train_text(&model, (&rows, &valid), 2, 1, single_dir.path());
+    let parallel = train_text(&model, (&rows, &valid), 2, 3, dir.path());
+    let encoder = common::zoo::ids(&model.model.encoder);
+    assert!(!encoder.is_empty());
+    let frozen_moved = param_diff(
+        &parallel.model.encoder,
+        &model.valid().model.encoder,
+        &HashSet::new(),
+    );
+    assert_eq!(frozen_moved, 0.0, "the frozen encoder changed");
     assert!(param_diff(&single, &model.valid(), &HashSet::new()) > 1e-3);
     let diff = param_diff(&single, &parallel, &HashSet::new());
     assert!(diff < 1e-5, "off by {diff}");

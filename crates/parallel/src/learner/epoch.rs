@@ -10,7 +10,7 @@ use crate::{DataParallelError, DataParallelTrainer, Part, Replicate, Result, Sca
 use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::{
     EventProcessorTraining, InferenceStep, Learner, LearnerEvent, LearningComponentsTypes,
     SupervisedTrainingEventProcessor, TrainLoader, TrainStep, TrainingComponents, TrainingItem,
@@ -251,7 +251,7 @@ where
             )?;
             // The outputs reach rank 0 before the step is taken: a batch whose outputs cannot
             // travel is refused whole.
-            let local = Ok(merge::<LC::Backend, _>(parts, &first));
+            let local = Ok(merged(parts, &first));
             let stop = self.components.interrupter.should_stop();
             let (item, stop) = peers.end_batch(local, &first, stop, trainer.steps())?;
             accumulated += 1;
@@ -324,7 +324,7 @@ where
                     peers.part_of(batch, &first).and_then(|part| match part {
                         Some(part) => parallel
                             .forward_parts(part, InferenceStep::step)
-                            .map(|parts| merge::<Inner<LC>, _>(parts, &first)),
+                            .map(|parts| merged(weighed(parts), &first)),
                         None => Ok(None),
                     })
                 }
@@ -375,25 +375,19 @@ where
     if let Some(threads) = strategy.threads_per_replica() {
         trainer = trainer.with_threads_per_replica(threads);
     }
-    if let Some(seed) = strategy.seed() {
-        trainer = trainer.with_seed(seed);
-    }
+    // A seed is given at the start of every epoch (`train_epoch`).
     Ok(trainer)
 }
 
 /// An output's loss, and the weight it states where it states one.
-fn read_loss<B: burn::tensor::backend::Backend, T: StepOutput<B>>(item: &T) -> (f64, Option<f64>) {
+fn read_loss<B: Backend, T: StepOutput<B>>(item: &T) -> (f64, Option<f64>) {
     let loss: f64 = item.loss().into_scalar().elem();
     (loss, T::WEIGHTED.then(|| item.loss_weight()))
 }
 
-/// The parts' outputs merged into the batch's, each weighted by its rows or stated weight,
-/// with the weight of the merged loss; `None` without parts.
-fn merge<B: burn::tensor::backend::Backend, T: StepOutput<B>>(
-    parts: Vec<Part<T>>,
-    device: &B::Device,
-) -> Option<(T, f64)> {
-    let parts: Vec<(T, f64)> = parts
+/// Each part with the weight its loss is a mean over: its rows, or the weight it states.
+fn weighed<B: Backend, T: StepOutput<B>>(parts: Vec<Part<T>>) -> Vec<(Part<T>, f64)> {
+    parts
         .into_iter()
         .map(|part| {
             let weight = if T::WEIGHTED {
@@ -401,12 +395,21 @@ fn merge<B: burn::tensor::backend::Backend, T: StepOutput<B>>(
             } else {
                 part.rows as f64
             };
-            (part.value, weight)
+            (part, weight)
         })
-        .collect();
+        .collect()
+}
+
+/// The parts' outputs merged into the batch's, with the weight of the merged loss; `None`
+/// without parts.
+fn merged<B: Backend, T: StepOutput<B>>(
+    parts: Vec<(Part<T>, f64)>,
+    device: &B::Device,
+) -> Option<(T, f64)> {
     if parts.is_empty() {
         return None;
     }
     let weight = parts.iter().map(|(_, weight)| weight).sum();
+    let parts = parts.into_iter().map(|(part, w)| (part.value, w)).collect();
     Some((T::merge(parts, device), weight))
 }

@@ -2,7 +2,7 @@
 
 use super::Trainer;
 use super::loss::{Denominator, LossReduction, TrainLoss};
-use super::peers::{Accumulated, Alone, Contribution, MicroBatch, Outcome, Peers};
+use super::peers::{Accumulated, Alone, Contribution, MicroBatch, Outcome, Peers, Rows};
 use super::reduce::GradientSum;
 use crate::parallel_apply::{Rendezvous, ReplicaTiming};
 use crate::replicas::Link;
@@ -102,8 +102,8 @@ pub struct DataParallelTrainer<B: AutodiffBackend, M, O> {
     pub(super) seed: Option<u64>,
     /// This process's rank, which seeds its replicas' draws apart from other ranks'.
     pub(super) rank: usize,
-    /// The step the seed was given at: steps of their own (`stepped`) are seeded by their
-    /// position from there.
+    /// The step the seed was given at: replicas are seeded by their position from there (0
+    /// unless `reseed_from_here` moved it).
     pub(super) seed_base: usize,
 }
 
@@ -342,16 +342,7 @@ where
         let dim = self.parallel.dim();
         let denominator = Denominator::of::<B, L>(self.reduction);
         let local = batch.rows(dim).map(|rows| rows.unwrap_or(0));
-        let settings = MicroBatch {
-            loss: denominator as u64,
-            seed: self.seed.map_or(0, |seed| derive(seed, &[]) | 1),
-        };
-        let micro_batch = self.pending.micro_batches();
-        let rows = peers.rows(self.steps, micro_batch, local, settings)?;
-        if rows.total == 0 {
-            return Err(DataParallelError::EmptyInput { dim });
-        }
-        self.pending.check_kind(self.steps, denominator)?;
+        let (rows, micro_batch) = self.agree_micro_batch(peers, local, denominator)?;
         // Rows so far, for a mean over rows weighted before each backward pass.
         let rows_so_far = match denominator {
             Denominator::Rows => self.pending.weighted_for() + rows.total as f64,
@@ -408,6 +399,40 @@ where
             weight,
             replicas: replicas.into_iter().map(|(timing, ..)| timing).collect(),
             reduce: start.elapsed(),
+        })
+    }
+
+    /// The micro-batch every process is about to run, agreed with `peers` from this process's
+    /// rows (`local`) and its settings: every process's rows, and the micro-batch's index in
+    /// the step. An error on every process where any cannot read its batch, where the settings
+    /// differ, where no process has a row, or where the kind of loss is not the step's so far.
+    pub(super) fn agree_micro_batch<P: Peers<B, M, O>>(
+        &mut self,
+        peers: &mut P,
+        local: Result<usize>,
+        denominator: Denominator,
+    ) -> Result<(Rows, usize)> {
+        let settings = MicroBatch {
+            loss: denominator as u64,
+            seed: self.seed.map_or(0, |seed| derive(seed, &[]) | 1),
+        };
+        let micro_batch = self.pending.micro_batches();
+        let rows = peers.rows(self.steps, micro_batch, local, settings)?;
+        if rows.total == 0 {
+            let dim = self.parallel.dim();
+            return Err(DataParallelError::EmptyInput { dim });
+        }
+        self.pending.check_kind(self.steps, denominator)?;
+        Ok((rows, micro_batch))
+    }
+
+    /// The seed of micro-batch `micro_batch`'s replicas in a seeded run: from the seed and the
+    /// position (rank, steps since the seed was given, micro-batch); each replica derives its
+    /// own from it.
+    pub(super) fn micro_batch_seed(&self, micro_batch: usize) -> Option<u64> {
+        self.seed.map(|seed| {
+            let step = self.steps.saturating_sub(self.seed_base);
+            derive(seed, &[self.rank as u64, step as u64, micro_batch as u64])
         })
     }
 
@@ -474,10 +499,7 @@ where
         let dim = self.parallel.dim();
         let forwards_done = Rendezvous::default();
         let turns = Turns::default();
-        let seed = self.seed.map(|seed| {
-            let position = [self.rank as u64, self.steps as u64, micro_batch as u64];
-            derive(seed, &position)
-        });
+        let seed = self.micro_batch_seed(micro_batch);
         let devices = self.parallel.devices().to_vec();
         let (results, timings) = self.parallel.run(
             batch,

@@ -17,7 +17,7 @@
 //! after its turn.
 
 use super::loss::Denominator;
-use super::peers::{MicroBatch, Peers};
+use super::peers::Peers;
 use super::reduce::scaled;
 use super::{BatchStats, DataParallelTrainer};
 use crate::parallel_apply::ReplicaTiming;
@@ -32,13 +32,15 @@ use std::time::Instant;
 
 /// What a replica's step gave, once its turn is over.
 struct Stepped<T> {
-    rows: usize,
     loss: f64,
     weight: f64,
     /// Multiplied by the part's rows or weight; `None` where the loss is not finite.
     grads: Option<GradientsParams>,
     output: T,
 }
+
+/// A replica's output, with the weight its loss is a mean over.
+pub(crate) type Weighed<T> = (Part<T>, f64);
 
 /// How a step's output is read: its loss over the part, and the weight that loss is a mean
 /// over where it states one.
@@ -57,7 +59,8 @@ where
     /// where `weighted`, the weight its loss is a mean over. The micro-batch's mean gradient
     /// over every replica and rank is added to those pending since the last
     /// [`apply`](Self::apply). Returns the micro-batch's loss (over every rank) and this
-    /// process's outputs, in replica order.
+    /// process's outputs, in replica order, each with the weight its loss is a mean over (its
+    /// rows, or the weight it stated).
     pub(crate) fn accumulate_steps_with<I, T, F, R>(
         &mut self,
         peers: &mut impl Peers<B, M, O>,
@@ -65,7 +68,7 @@ where
         weighted: bool,
         step: F,
         read: R,
-    ) -> Result<(BatchStats, Vec<Part<T>>)>
+    ) -> Result<(BatchStats, Vec<Weighed<T>>)>
     where
         I: Scatter<B>,
         T: Send,
@@ -82,16 +85,7 @@ where
             .as_ref()
             .map_or(Ok(Some(0)), |batch| batch.rows(dim))
             .map(|rows| rows.unwrap_or(0));
-        let settings = MicroBatch {
-            loss: denominator as u64,
-            seed: self.seed.map_or(0, |seed| derive(seed, &[]) | 1),
-        };
-        let micro_batch = self.pending.micro_batches();
-        let rows = peers.rows(self.steps, micro_batch, local, settings)?;
-        if rows.total == 0 {
-            return Err(DataParallelError::EmptyInput { dim });
-        }
-        self.pending.check_kind(self.steps, denominator)?;
+        let (rows, micro_batch) = self.agree_micro_batch(peers, local, denominator)?;
         let (outcome, local) = self.share_micro_batch(
             peers,
             |this| match batch {
@@ -133,10 +127,13 @@ where
         };
         let outputs = parts
             .into_iter()
-            .map(|((timing, output), ..)| Part {
-                replica: timing.replica,
-                rows: timing.rows,
-                value: output,
+            .map(|((timing, output), _, weight)| {
+                let part = Part {
+                    replica: timing.replica,
+                    rows: timing.rows,
+                    value: output,
+                };
+                (part, weight)
             })
             .collect();
         Ok((stats, outputs))
@@ -161,11 +158,7 @@ where
     {
         let dim = self.parallel.dim();
         let turns = Turns::default();
-        let seed = self.seed.map(|seed| {
-            let step = self.steps.saturating_sub(self.seed_base);
-            let position = [self.rank as u64, step as u64, micro_batch as u64];
-            derive(seed, &position)
-        });
+        let seed = self.micro_batch_seed(micro_batch);
         let devices = self.parallel.devices().to_vec();
         let (results, timings) = self.parallel.run(
             batch,
@@ -189,7 +182,6 @@ where
                 // its rows add nothing on one device.
                 if weighted && weight == 0.0 {
                     return Ok(Stepped {
-                        rows,
                         loss: 0.0,
                         weight,
                         grads: Some(GradientsParams::new()),
@@ -201,7 +193,6 @@ where
                 let grads = (loss.is_finite() && weight.is_finite() && weight >= 0.0)
                     .then(|| scaled::<B, M>(replica, grads, weight));
                 Ok::<_, Infallible>(Stepped {
-                    rows,
                     loss,
                     weight,
                     grads,
@@ -227,7 +218,6 @@ where
                     loss: result.loss,
                 });
             };
-            debug_assert_eq!(result.rows, timing.rows);
             grads.push(g);
             parts.push(((timing, result.output), result.loss, result.weight));
         }
