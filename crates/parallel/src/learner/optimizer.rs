@@ -2,9 +2,11 @@
 //! the gradients is `Learner::optimizer_step`, so the learner's optimizer and scheduler state
 //! is the real one (burn-train checkpoints it) and the learner's model is the trained one.
 //!
-//! The learner steps its own model, so it is first given the trainer's module, whose buffers
-//! (running statistics) the trainer has combined: the trainer's copy of a module does not
-//! share them with the learner's.
+//! The learner steps its own model, so before each step it is given the trainer's module,
+//! parameters and the running statistics the trainer has combined (a record moved, no tensor
+//! data copied). Burn 0.21 shares a module's running statistics between its clones, which
+//! would keep the two in step without it (the tests pass either way); the learner does not
+//! depend on that.
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
