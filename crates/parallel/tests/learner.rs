@@ -126,6 +126,8 @@ enum Run {
     Parallel(usize),
     /// burn-train's own `ExecutionStrategy::MultiDevice`.
     BurnMulti(usize),
+    /// The strategy with an `Adaptive` split, whose parts follow the replicas' timings.
+    Adaptive(usize),
 }
 
 /// Stops after `epochs` epochs (a deterministic early stop).
@@ -185,10 +187,14 @@ where
         .with_min_lr(0.001)
         .init()
         .unwrap();
-    let strategy = Arc::new(DataParallelStrategy::<AB>::new(cpus(match run {
+    let strategy = DataParallelStrategy::<AB>::new(cpus(match run {
         Run::Single => 1,
-        Run::Parallel(n) | Run::BurnMulti(n) => n,
-    })));
+        Run::Parallel(n) | Run::BurnMulti(n) | Run::Adaptive(n) => n,
+    }));
+    let strategy = Arc::new(match run {
+        Run::Adaptive(_) => strategy.with_split_policy(burn_data_parallel::Adaptive::new()),
+        _ => strategy,
+    });
     let mut training = SupervisedTraining::new(dir, dl_train, dl_valid)
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
@@ -196,7 +202,7 @@ where
         .num_epochs(setup.epochs);
     training = match run {
         Run::Single => training.with_training_strategy(ExecutionStrategy::single(cpu()).into()),
-        Run::Parallel(_) => {
+        Run::Parallel(_) | Run::Adaptive(_) => {
             training.with_training_strategy(TrainingStrategy::Custom(strategy.clone()))
         }
         Run::BurnMulti(n) => training.with_training_strategy(
@@ -274,7 +280,7 @@ fn mlp() -> MlpNet<AB> {
 }
 
 #[test]
-fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices() {
+fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices_whatever_the_split() {
     let _generator = exclusive();
     // 45 rows in batches of 8: a last batch of 5; with accumulation, an odd batch out.
     let (rows, valid) = (dataset(45, &[6], 1), dataset(19, &[6], 2));
@@ -299,14 +305,18 @@ fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices() {
         );
         let moved = param_diff(&single, &model.valid(), &HashSet::new());
         assert!(moved > 1e-3, "training moved nothing ({moved})");
-        for devices in [2, 3] {
+        for (devices, run) in [
+            (2, Run::Parallel(2)),
+            (3, Run::Parallel(3)),
+            (3, Run::Adaptive(3)),
+        ] {
             let dir = temp("parallel");
             let (parallel, error) = train(
                 model.clone(),
                 [6],
                 rows.clone(),
                 valid.clone(),
-                Run::Parallel(devices),
+                run,
                 &setup,
                 dir.path(),
             );
