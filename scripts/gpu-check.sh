@@ -12,7 +12,8 @@
 # CUDA (the first GPU listed four times, so that several replicas share it, then every GPU), the
 # burn-train program (`learner`, SGD) on burn-train's SingleDevice and on DataParallelStrategy
 # (its summaries' parameters are to be compared), and the W3 (with burn-train's MultiDevice and
-# DataParallelStrategy beside), W4 (unequal replicas, three splits), W2 and W1 benchmarks (one run each, so that a
+# DataParallelStrategy beside), W4 (unequal replicas, three splits), W5 (the CNN from an image
+# folder on disk against the same images in memory, prefetch on and off), W2 and W1 benchmarks (one run each, so that a
 # run cut short loses only its own figures), and writes everything to the results folder,
 # summary.txt first. If the binaries fall back to the CPU (no usable driver, NVRTC or GPU), the
 # first step fails with the reason and the script stops there instead of spending the GPU's
@@ -158,7 +159,7 @@ if [ "$gpus" -gt 1 ]; then
   step learner-all-gpus       120 "$bin/learner" --devices "$gpus" \
                                   "${learner_args[@]}" --dir "$scratch/learner-all" --summary "$out/learner-all-gpus.json"
 fi
-for w in w3 w4 w2 w1; do
+for w in w3 w4 w5 w2 w1; do
   step "bench-$w"             240 "$bin/bench" --workloads "$w" --devices "1,2,4" --seconds "$seconds" \
                                   --json "$out/bench-$w.json" --markdown "$out/bench-$w.md"
 done

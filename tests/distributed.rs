@@ -1108,3 +1108,62 @@ fn the_learner_example_on_2_ranks_trains_as_burn_trains_single_device() {
     assert!(stopped < 6, "the single-device run did not stop early");
     assert_eq!(epochs(dir.path()), stopped);
 }
+
+/// `train --data`: an image folder read from disk by each rank (its part of every
+/// micro-batch only, prepared ahead on loader threads) trains as one process with 2 devices
+/// reading the same batches when asked.
+#[test]
+fn ranks_reading_an_image_folder_ahead_train_like_one_process_reading_it_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let [train_dir, test_dir] = common::files::image_folders(dir.path(), 1, 150, 40);
+    let config = dir.path().join("cnn.json");
+    std::fs::write(
+        &config,
+        r#"{"model": "cnn", "widths": [4, 4], "batch_size": 48, "epochs": 2, "lr": 0.01,
+            "accumulate": 3}"#,
+    )
+    .unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (one, many) = (dir.path().join("one"), dir.path().join("many"));
+    let data = [
+        "--config".to_owned(),
+        path(&config),
+        "--data".to_owned(),
+        path(&train_dir),
+        "--test-data".to_owned(),
+        path(&test_dir),
+    ];
+    let data: Vec<&str> = data.iter().map(String::as_str).collect();
+    let (one_out, many_out) = (path(&one), path(&many));
+    train(
+        0,
+        &[
+            &data[..],
+            &["--out", &one_out, "--devices", "2", "--prefetch", "0"],
+        ]
+        .concat(),
+    );
+    train(
+        2,
+        &[
+            &data[..],
+            &[
+                "--out",
+                &many_out,
+                "--devices",
+                "1",
+                "--prefetch",
+                "3",
+                "--loader-threads",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(epochs_of(&one).len(), 2);
+    assert_same_epochs(
+        &epochs_of(&many),
+        &epochs_of(&one),
+        "a CNN from an image folder on 2 ranks, 3 micro-batches per step",
+    );
+}

@@ -3,29 +3,10 @@
 
 mod common;
 
-use common::tiny_config;
+use common::{report, tiny_config, train};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-
-fn train(out: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_train"))
-        .arg("--out")
-        .arg(out)
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("the train binary starts");
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
-
-fn report(out: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap()
-}
 
 fn latest(out: &Path) -> String {
     std::fs::read_to_string(out.join("latest")).unwrap()

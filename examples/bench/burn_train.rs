@@ -187,6 +187,7 @@ mod with_burn_train {
             exchange_seconds: None,
             compute_seconds: None,
             replica_rows: None,
+            load_seconds: None,
         })
     }
 }

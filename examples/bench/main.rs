@@ -1,6 +1,8 @@
 //! The benchmark report: W1 (the tutorial's per-call cost), W2 (MLP inference) and W3 (MLP
-//! training step) over 1, 2 and 4 devices, beside the plain model, and W4 (W3 on two replicas
-//! of unequal speed, split three ways), printed as Markdown and saved as JSON.
+//! training step) over 1, 2 and 4 devices, beside the plain model, W4 (W3 on two replicas
+//! of unequal speed, split three ways), and, when asked (`--workloads w5`), W5 (a CNN trained
+//! from an image folder on disk against the same images in memory, prefetch on and off),
+//! printed as Markdown and saved as JSON.
 //!
 //! ```text
 //! cargo run --release --bin bench                                  # CPU, about two minutes
@@ -23,6 +25,7 @@ mod report;
 mod spec;
 #[path = "../common/split.rs"]
 mod split;
+mod w5;
 mod workloads;
 
 use anyhow::Context;
@@ -43,7 +46,8 @@ struct Args {
     /// Device counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     devices: Vec<usize>,
-    /// Workloads to measure.
+    /// Workloads to measure, among w1 to w5 (w5 writes 2048 small PNGs to the temporary
+    /// folder, and removes them).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
     workloads: Vec<String>,
     /// Also run W3 with burn-train's multi-device training (needs `--features burn-train`).
@@ -147,8 +151,17 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             "w2" => Workload::W2,
             "w3" => Workload::W3,
             "w4" => Workload::W4,
-            other => anyhow::bail!("unknown workload {other} (w1, w2, w3, w4)"),
+            "w5" => Workload::W5,
+            other => anyhow::bail!("unknown workload {other} (w1, w2, w3, w4, w5)"),
         };
+        if workload == Workload::W5 {
+            // In memory and from disk, each read ahead or when asked, on 2 devices.
+            for prefetch in [0, 2] {
+                specs.push(spec(workload, Runner::Preloaded { prefetch }, 2, one));
+                specs.push(spec(workload, Runner::FromDisk { prefetch }, 2, one));
+            }
+            continue;
+        }
         if workload == Workload::W4 {
             // Each replica alone, then both under each split, all in this run.
             specs.push(spec(workload, Runner::ReplicaAlone(0), 1, one));

@@ -123,6 +123,7 @@ where
             ),
             compute_seconds: Some(compute / iterations as f64),
             replica_rows: None,
+            load_seconds: None,
         };
         println!("RESULT {}", serde_json::to_string(&measurement)?);
     }

@@ -85,7 +85,13 @@ impl Report {
                 self.features.join(", ")
             },
         ));
-        for workload in [Workload::W1, Workload::W2, Workload::W3, Workload::W4] {
+        for workload in [
+            Workload::W1,
+            Workload::W2,
+            Workload::W3,
+            Workload::W4,
+            Workload::W5,
+        ] {
             let rows: Vec<&Measurement> = self
                 .measurements
                 .iter()
@@ -97,9 +103,9 @@ impl Report {
             let (unit, per) = match workload {
                 Workload::W1 => ("µs per call", 1e6),
                 Workload::W2 => ("ms per batch of 1024", 1e3),
-                Workload::W3 | Workload::W4 => ("ms per step (median)", 1e3),
+                Workload::W3 | Workload::W4 | Workload::W5 => ("ms per step (median)", 1e3),
             };
-            let rate = if matches!(workload, Workload::W3 | Workload::W4) {
+            let rate = if matches!(workload, Workload::W3 | Workload::W4 | Workload::W5) {
                 "samples/s"
             } else {
                 "rows/s"
@@ -127,6 +133,12 @@ impl Report {
                 let exchanged = match &m.replica_rows {
                     Some(rows) if rows.len() > 1 => format!("{exchanged} (rows {rows:?})"),
                     _ => exchanged,
+                };
+                let exchanged = match m.load_seconds {
+                    Some(load) => {
+                        format!("{exchanged}; loading a batch alone {:.1} ms", load * 1e3)
+                    }
+                    None => exchanged,
                 };
                 md.push_str(&format!(
                     "| {}{exchanged} | {:.2} | {:.0} | {} |\n",
@@ -160,6 +172,9 @@ fn title(workload: Workload) -> &'static str {
         Workload::W3 => "W3: training step, same MLP, global batch 256, cross-entropy, SGD 0.05",
         Workload::W4 => {
             "W4: W3 on 2 replicas of unequal speed (replica 1 computes every row twice)"
+        }
+        Workload::W5 => {
+            "W5: CNN with batch norm, 2048 28x28 PNGs, batch 64 on 2 devices: from disk or memory"
         }
     }
 }
@@ -228,6 +243,7 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
         }
     }
     out.extend(unequal_devices(ms));
+    out.extend(images_from_disk(ms));
     for w in [Workload::W2, Workload::W3] {
         out.extend(ratio(
             w,
@@ -399,6 +415,49 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
         }
     }
     out
+}
+
+/// W5: the images read from disk against the same images in memory, each with and without
+/// prefetch; and what prefetch gains on disk.
+fn images_from_disk(ms: &[Measurement]) -> Vec<Ratio> {
+    let w = Workload::W5;
+    let find = |runner: Runner| {
+        ms.iter()
+            .find(|m| m.spec.workload == w && m.spec.runner == runner)
+    };
+    let pair = |what: &str, a: Option<&Measurement>, b: Option<&Measurement>| {
+        let (a, b) = (a?, b?);
+        Some(Ratio {
+            workload: w,
+            what: what.to_owned(),
+            numerator: a.spec.label(),
+            denominator: b.spec.label(),
+            value: a.rows_per_second / b.rows_per_second,
+        })
+    };
+    let disk = |prefetch| find(Runner::FromDisk { prefetch });
+    let memory = |prefetch| find(Runner::Preloaded { prefetch });
+    [
+        pair(
+            "from disk, prefetch 2 / preloaded, prefetch 2 (target: at least 0.9)",
+            disk(2),
+            memory(2),
+        ),
+        pair(
+            "from disk, prefetch 2 / preloaded, no prefetch",
+            disk(2),
+            memory(0),
+        ),
+        pair(
+            "from disk, no prefetch / preloaded, no prefetch",
+            disk(0),
+            memory(0),
+        ),
+        pair("from disk: prefetch 2 / no prefetch", disk(2), disk(0)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// W4: each split against the ideal (the two replicas' throughputs alone, added) and against

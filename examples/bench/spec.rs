@@ -18,6 +18,10 @@ pub enum Workload {
     /// (the second loss times 0, which leaves the gradient alone), so that each of its rows
     /// costs twice a row of replica 0.
     W4,
+    /// The CNN (widths 16, 32, batch norm) trained from 2048 28x28 grayscale PNGs, global
+    /// batch 64 on 2 devices, SGD 0.05: read from an image folder (decoded every time) or
+    /// preloaded in memory.
+    W5,
 }
 
 /// Who runs the workload.
@@ -60,6 +64,11 @@ pub enum Runner {
     /// W4 only: 2 replicas both at replica 0's speed (W3's DataParallel x2): what running two
     /// replicas at once costs on this machine, whatever the split.
     EqualReplicas,
+    /// W5 only: the images decoded once, held in memory; `prefetch` batches prepared ahead.
+    Preloaded { prefetch: usize },
+    /// W5 only: the images read from the folder and decoded for every batch; `prefetch`
+    /// batches prepared ahead.
+    FromDisk { prefetch: usize },
 }
 
 /// One measurement to make.
@@ -108,6 +117,10 @@ pub struct Measurement {
     /// W4 rows: each replica's rows in the last timed step.
     #[serde(default)]
     pub replica_rows: Option<Vec<usize>>,
+    /// W5 rows: median seconds to read and batch one step's rows on the caller's thread,
+    /// measured apart from training.
+    #[serde(default)]
+    pub load_seconds: Option<f64>,
 }
 
 impl Spec {
@@ -121,7 +134,9 @@ impl Spec {
             | Runner::Seeded
             | Runner::BurnTrain
             | Runner::BurnTrainStrategy
-            | Runner::EqualReplicas => threads * self.devices,
+            | Runner::EqualReplicas
+            | Runner::Preloaded { .. }
+            | Runner::FromDisk { .. } => threads * self.devices,
             Runner::Plain
             | Runner::Ceiling
             | Runner::ReplicaAlone(_)
@@ -193,6 +208,16 @@ impl Spec {
                 self.devices
             ),
             Runner::ReplicaAlone(i) => format!("replica {i} alone (every row computed twice)"),
+            Runner::Preloaded { prefetch } => format!(
+                "DataParallel x{}, images preloaded in memory, {}",
+                self.devices,
+                prefetched(prefetch)
+            ),
+            Runner::FromDisk { prefetch } => format!(
+                "DataParallel x{}, image folder decoded every batch, {}",
+                self.devices,
+                prefetched(prefetch)
+            ),
             Runner::Ceiling => format!(
                 "ceiling for x{}: one share of {} rows alone, forward+backward",
                 self.devices,
@@ -208,6 +233,8 @@ impl Spec {
                     | Runner::BurnTrain
                     | Runner::BurnTrainStrategy
                     | Runner::EqualReplicas
+                    | Runner::Preloaded { .. }
+                    | Runner::FromDisk { .. }
                         if self.devices > 1 =>
                     {
                         " per replica"
@@ -219,5 +246,16 @@ impl Spec {
             None => "default threads".to_owned(),
         };
         format!("{runner}, {threads}")
+    }
+}
+
+/// "prefetch 2 (1 loader thread)", or "read when asked".
+fn prefetched(prefetch: usize) -> String {
+    match prefetch {
+        0 => "read when asked (no prefetch)".to_owned(),
+        n => format!(
+            "prefetch {n} ({} loader thread)",
+            crate::w5::W5_LOADER_THREADS
+        ),
     }
 }

@@ -19,7 +19,11 @@ pub fn mlp_config() -> MlpConfig {
 }
 
 /// Times `iteration` for `seconds` after a warm-up; returns the per-iteration durations.
-fn time<B: Backend>(seconds: f64, devices: &[B::Device], mut iteration: impl FnMut()) -> Vec<f64> {
+pub fn time<B: Backend>(
+    seconds: f64,
+    devices: &[B::Device],
+    mut iteration: impl FnMut(),
+) -> Vec<f64> {
     let sync = || {
         for device in devices {
             let _ = B::sync(device);
@@ -54,6 +58,7 @@ pub fn measure<B: AutodiffBackend>(
     let device = devices[0].clone();
     B::seed(&device, 1);
     let mut replica_rows = None;
+    let mut load_seconds = None;
     let (rows, samples) = match spec.workload {
         Workload::W1 => (30, w1::<B::InnerBackend>(spec, devices)?),
         Workload::W2 => (W2_BATCH, w2::<B::InnerBackend>(spec, devices)?),
@@ -79,6 +84,11 @@ pub fn measure<B: AutodiffBackend>(
             replica_rows = Some(rows);
             (W3_BATCH, samples)
         }
+        Workload::W5 => {
+            let (samples, load) = crate::w5::w5::<B>(spec, devices)?;
+            load_seconds = Some(load);
+            (crate::w5::W5_BATCH, samples)
+        }
     };
     let (iterations, median_seconds) = median(samples);
     Ok(Measurement {
@@ -92,6 +102,7 @@ pub fn measure<B: AutodiffBackend>(
         exchange_seconds: None,
         compute_seconds: None,
         replica_rows,
+        load_seconds,
     })
 }
 

@@ -1,7 +1,11 @@
-//! Data-parallel training of an MLP, a CNN or a transformer on synthetic data, over N devices.
+//! Data-parallel training of an MLP, a CNN or a transformer on synthetic data or files, over N
+//! devices.
 //!
 //! ```text
 //! cargo run --release --bin train -- --devices 2
+//! cargo run --release --bin train -- --data train.csv --test-data test.csv    # CSV rows, MLP
+//! cargo run --release --bin train -- --model cnn --data images/train --test-data images/test
+//! cargo run --release --bin train -- --model cnn --data mnist/     # MNIST's IDX files
 //! cargo run --release --bin train -- --devices 2 --model cnn --out runs/cnn
 //! cargo run --release --bin train -- --resume --epochs 8     # continue a run
 //! cargo run --release --bin train -- --accumulate 4            # 4 micro-batches per step
@@ -17,6 +21,7 @@ mod allocator;
 mod backend;
 mod checkpoint;
 mod config;
+mod data;
 #[path = "../common/exit.rs"]
 mod exit;
 mod ranks;
@@ -25,27 +30,26 @@ mod report;
 mod split;
 
 use anyhow::Context;
-use burn::data::dataset::{Dataset, InMemDataset};
+use burn::data::dataloader::batcher::Batcher;
 use burn::module::AutodiffModule;
 use burn::optim::AdamConfig;
 use burn::optim::Optimizer;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{BasicOps, Int, Tensor, TensorData, TensorKind};
+use burn::tensor::{BasicOps, Tensor, TensorKind};
 use burn_data_parallel::{DataParallelTrainer, Replicate, Scatter, SplitPolicy, Trainer};
 use clap::Parser;
 use config::{ModelKind, ScheduleKind, TrainConfig};
-use dp_dataset::{
-    ShardedSampler, SyntheticClassification, SyntheticImages, SyntheticSequences, batch_of,
-    image_batch, sequence_batch,
-};
+use data::{Data, Labelled, Loaded, Source};
+use dp_dataset::ShardedLoader;
 use dp_model::Classifier;
 use report::{EpochReport, RunReport};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Trains a classifier on synthetic data with data parallelism: an MLP on Gaussian clusters, a
-/// CNN with batch normalization on noisy shifted patterns, or a transformer on token sequences.
+/// Trains a classifier with data parallelism: an MLP on Gaussian clusters, a CNN with batch
+/// normalization on noisy shifted patterns, or a transformer on token sequences; or the MLP on
+/// CSV rows and the CNN on an image folder or MNIST's files (--data).
 /// Each global batch is split across the devices, gradients are combined weighted by rows, and
 /// one Adam step is taken. Checkpoints each epoch; writes a JSON report at the end.
 #[derive(Debug, Parser)]
@@ -125,6 +129,21 @@ struct Args {
     /// speed (machines of unequal speed) instead of in equal parts.
     #[arg(long)]
     balance_ranks: bool,
+    /// Train on files instead of synthetic data: CSV rows (features, then an integer label)
+    /// for the MLP; for the CNN, an image folder (one subfolder of PNG or JPEG images per
+    /// class) or a folder holding MNIST's four IDX files (its t10k pair held out).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The held-out set of --data: a CSV file, or an image folder with the same classes.
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Batches prepared ahead on loader threads while the devices compute (0: each batch is
+    /// read when its step needs it). The numbers are the same either way.
+    #[arg(long, default_value_t = 2)]
+    prefetch: usize,
+    /// Loader threads preparing batches ahead (reading and decoding files) [default: 1].
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    loader_threads: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -167,6 +186,7 @@ fn try_main() -> anyhow::Result<()> {
     if let Some(accumulate) = args.accumulate {
         config.accumulate = accumulate as usize;
     }
+    let source = Source::open(&mut config, args.data.as_deref(), args.test_data.as_deref())?;
     config.validate()?;
     let devices = args.devices.map(|n| n as usize);
     // Before MPI starts its threads.
@@ -178,6 +198,7 @@ fn try_main() -> anyhow::Result<()> {
             args,
             config,
             ranks,
+            source,
         },
     )
 }
@@ -186,11 +207,19 @@ struct Training {
     args: Args,
     config: TrainConfig,
     ranks: ranks::Ranks,
+    source: Source,
 }
 
 impl backend::Job for Training {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
-        train::<B>(&self.args, self.config, &self.ranks, devices, label)
+        train::<B>(
+            &self.args,
+            self.config,
+            self.source,
+            &self.ranks,
+            devices,
+            label,
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -210,6 +239,7 @@ impl backend::Job for Training {
 fn train<B: AutodiffBackend>(
     args: &Args,
     config: TrainConfig,
+    source: Source,
     ranks: &ranks::Ranks,
     devices: Vec<B::Device>,
     label: &str,
@@ -217,76 +247,65 @@ fn train<B: AutodiffBackend>(
     // Ranks started with other settings would train apart or wait on each other: refused
     // before anything is read or written.
     ranks.ensure_same(
-        "configuration (config file, its overrides, --resume, --allow-change or --balance-ranks)",
+        "configuration (config file, its overrides, --data, --test-data, --resume, \
+         --allow-change or --balance-ranks)",
         format!(
-            "{config}\n{}\n{}\n{:?}",
-            args.resume, args.balance_ranks, args.allow_change
+            "{config}\n{:?}\n{:?}\n{}\n{}\n{:?}",
+            args.data, args.test_data, args.resume, args.balance_ranks, args.allow_change
         )
         .as_bytes(),
     )?;
-    let device = devices[0].clone();
     let run = Run {
         args,
         ranks,
         label,
         devices,
     };
-    match config.model {
-        ModelKind::Mlp => {
-            let data = SyntheticClassification::new(&config.data);
-            let stack = |set: &InMemDataset<_>, d: &B::Device| {
-                let all: Vec<usize> = (0..set.len()).collect();
-                let batch = batch_of::<B>(set, &all, d);
-                (batch.inputs, batch.targets)
-            };
-            let test: Vec<usize> = (0..data.test.len()).collect();
-            let test_batch = batch_of::<B::InnerBackend>(&data.test, &test, &device);
+    match source {
+        Source::Rows(data) => {
             let mlp = config.mlp();
             let what = format!(
                 "an MLP {} -> {:?} -> {}",
                 mlp.input_size, mlp.hidden_sizes, mlp.num_classes
             );
+            run.go(config, &what, |d| mlp.init::<B>(d), data)
+        }
+        Source::Images(data) => {
+            let cnn = config.cnn();
             run.go(
-                config,
-                &what,
-                |d| mlp.init::<B>(d),
-                stack(&data.train, &device),
-                (test_batch.inputs, test_batch.targets),
+                config.clone(),
+                &cnn_text(&config),
+                |d| cnn.init::<B>(d),
+                data,
             )
         }
-        ModelKind::Cnn => {
-            let data = SyntheticImages::new(&config.images);
-            let items = |set: &InMemDataset<_>| set.iter().collect::<Vec<_>>();
-            let train = image_batch::<B>(&items(&data.train), &config.images, &device);
-            let test = image_batch::<B::InnerBackend>(&items(&data.test), &config.images, &device);
+        Source::ImageFiles(data) => {
             let cnn = config.cnn();
-            let i = &config.images;
-            let what = format!(
-                "a CNN {:?} with batch norm on {}x{}x{} images",
-                cnn.widths, i.channels, i.size, i.size
-            );
-            run.go(config.clone(), &what, |d| cnn.init::<B>(d), train, test)
+            run.go(
+                config.clone(),
+                &cnn_text(&config),
+                |d| cnn.init::<B>(d),
+                data,
+            )
         }
-        ModelKind::Transformer => {
-            let data = SyntheticSequences::new(&config.sequences);
-            let items = |set: &InMemDataset<_>| set.iter().collect::<Vec<_>>();
-            let train = sequence_batch::<B>(&items(&data.train), &device);
-            let test = sequence_batch::<B::InnerBackend>(&items(&data.test), &device);
+        Source::Sequences(data) => {
             let transformer = config.transformer();
             let what = format!(
                 "a transformer encoder ({} layers, d_model {}, {} heads) on sequences of up to {} \
                  tokens",
                 transformer.layers, transformer.d_model, transformer.heads, transformer.max_len
             );
-            run.go(
-                config.clone(),
-                &what,
-                |d| transformer.init::<B>(d),
-                train,
-                test,
-            )
+            run.go(config.clone(), &what, |d| transformer.init::<B>(d), data)
         }
     }
+}
+
+fn cnn_text(config: &TrainConfig) -> String {
+    let i = &config.images;
+    format!(
+        "a CNN {:?} with batch norm on {}-channel images",
+        config.widths, i.channels
+    )
 }
 
 /// A run's settings that do not depend on the model.
@@ -298,25 +317,30 @@ struct Run<'a, B: Backend> {
 }
 
 impl<B: AutodiffBackend> Run<'_, B> {
-    /// Trains the model `init` makes on `train_set` (all rows stacked on the first device),
-    /// measuring accuracy on `test_set` after each epoch.
-    fn go<M, const D: usize, K>(
+    /// Trains the model `init` makes on `data`'s training set, measuring accuracy on its
+    /// held-out set after each epoch.
+    fn go<M, const D: usize, K, I, T>(
         self,
         config: TrainConfig,
         what: &str,
         init: impl Fn(&B::Device) -> M,
-        train_set: (Tensor<B, D, K>, Tensor<B, 1, Int>),
-        test_set: (
-            Tensor<B::InnerBackend, D, K>,
-            Tensor<B::InnerBackend, 1, Int>,
-        ),
+        data: Data<I, T>,
     ) -> anyhow::Result<()>
     where
+        I: Send + Sync + 'static,
+        T: Batcher<B, I, Loaded<B, D, K>>
+            + Batcher<B::InnerBackend, I, Loaded<B::InnerBackend, D, K>>
+            + Clone
+            + 'static,
         M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
         M::InnerModule: Classifier<B::InnerBackend, Input = Tensor<B::InnerBackend, D, K>>
             + Replicate<B::InnerBackend>
             + Sync,
-        K: TensorKind<B> + BasicOps<B> + TensorKind<B::InnerBackend> + BasicOps<B::InnerBackend>,
+        K: TensorKind<B>
+            + BasicOps<B>
+            + TensorKind<B::InnerBackend>
+            + BasicOps<B::InnerBackend>
+            + 'static,
         Tensor<B, D, K>: Scatter<B>,
         Tensor<B::InnerBackend, D, K>: Scatter<B::InnerBackend>,
     {
@@ -386,13 +410,14 @@ impl<B: AutodiffBackend> Run<'_, B> {
             )
         };
 
-        let train_rows = train_set.1.dims()[0];
-        let test_rows = test_set.1.dims()[0];
+        let train_rows = data.train.len();
+        let test_rows = data.test.len();
         ranks.say(format_args!(
-            "Training {what} on {} {label}{}: {train_rows} training rows, {test_rows} held-out, \
-             global batches of {}{}.",
+            "Training {what} on {} {label}{}: {train_rows} training rows, {test_rows} held-out \
+             ({}), global batches of {}{}.",
             devices.len(),
             ranks.describe(),
+            data.source,
             config.batch_size,
             if config.accumulate > 1 {
                 format!(" in {} micro-batches", config.accumulate)
@@ -413,15 +438,15 @@ impl<B: AutodiffBackend> Run<'_, B> {
             config,
             history,
             schedule,
-            train_set,
-            test_set,
+            data,
+            batches: std::marker::PhantomData,
         };
         ranks.train(local, args.shard_optimizer, args.balance_ranks, epochs)
     }
 }
 
 /// The epochs of a run, from the first one not yet in `history`.
-struct Epochs<'a, B, const D: usize, K>
+struct Epochs<'a, B, const D: usize, K, I, Bt>
 where
     B: AutodiffBackend,
     K: TensorKind<B> + TensorKind<B::InnerBackend>,
@@ -433,22 +458,28 @@ where
     history: Vec<EpochReport>,
     /// The schedule's length and state, from the checkpoint a run resumes.
     schedule: (Option<usize>, Option<Vec<u8>>),
-    train_set: Labelled<B, D, K>,
-    test_set: Labelled<B::InnerBackend, D, K>,
+    data: Data<I, Bt>,
+    batches: std::marker::PhantomData<fn() -> Labelled<B, D, K>>,
 }
 
-/// Inputs and their classes.
-type Labelled<B, const D: usize, K> = (Tensor<B, D, K>, Tensor<B, 1, Int>);
-
-impl<B, M, O, const D: usize, K> ranks::Loop<B, M, O> for Epochs<'_, B, D, K>
+impl<B, M, O, const D: usize, K, I, Bt> ranks::Loop<B, M, O> for Epochs<'_, B, D, K, I, Bt>
 where
     B: AutodiffBackend,
+    I: Send + Sync + 'static,
+    Bt: Batcher<B, I, Loaded<B, D, K>>
+        + Batcher<B::InnerBackend, I, Loaded<B::InnerBackend, D, K>>
+        + Clone
+        + 'static,
     M: Classifier<B, Input = Tensor<B, D, K>> + AutodiffModule<B> + Replicate<B> + Sync,
     M::InnerModule: Classifier<B::InnerBackend, Input = Tensor<B::InnerBackend, D, K>>
         + Replicate<B::InnerBackend>
         + Sync,
     O: Optimizer<M, B>,
-    K: TensorKind<B> + BasicOps<B> + TensorKind<B::InnerBackend> + BasicOps<B::InnerBackend>,
+    K: TensorKind<B>
+        + BasicOps<B>
+        + TensorKind<B::InnerBackend>
+        + BasicOps<B::InnerBackend>
+        + 'static,
     Tensor<B, D, K>: Scatter<B>,
     Tensor<B::InnerBackend, D, K>: Scatter<B::InnerBackend>,
 {
@@ -460,19 +491,37 @@ where
             config,
             mut history,
             schedule,
-            train_set,
-            test_set,
+            data,
+            batches: _,
         } = self;
         let device = devices[0].clone();
         let out = &args.out;
-        let train_rows = train_set.1.dims()[0];
-        // Every rank reads the same global batches, whatever the number of ranks, and takes its
-        // part of each: a run resumes at another world size with the same steps.
-        let mut sampler = ShardedSampler::new(train_rows, trainer.world_size(), trainer.rank())?
-            .with_seed(config.seed);
+        // Every rank reads the same global batches, whatever the number of ranks, and loads
+        // its part of each: a run resumes at another world size with the same steps.
+        let loader = ShardedLoader::<B, I, Loaded<B, D, K>>::new(
+            data.train,
+            data.batcher.clone(),
+            device.clone(),
+            config.batch_size,
+        )
+        .with_ranks(trainer.world_size(), trainer.rank())?
+        .with_seed(config.seed)
+        .with_micro_batches(config.accumulate)
+        .with_prefetch(args.prefetch)
+        .with_threads(args.loader_threads as usize);
+        // Every rank evaluates on the whole held-out set (`Trainer::evaluate` splits it).
+        let held_out = ShardedLoader::<B::InnerBackend, I, Loaded<B::InnerBackend, D, K>>::new(
+            data.test,
+            data.batcher,
+            device.clone(),
+            1024,
+        )
+        .with_shuffle(false)
+        .with_prefetch(args.prefetch)
+        .with_threads(args.loader_threads as usize);
         let first_epoch = history.len();
         // The schedule lasts what the config says, else what the run's first start counted.
-        let per_epoch = sampler.global_batches(config.batch_size).len();
+        let per_epoch = loader.steps_per_epoch();
         let (saved_steps, saved_scheduler) = schedule;
         // Burn's schedulers reach their end a step after `steps`: the run's last step is the
         // schedule's end.
@@ -494,10 +543,9 @@ where
         let mut trained_rows = 0usize;
         let mut trained_seconds = 0.0;
         for epoch in first_epoch..config.epochs {
-            sampler.set_epoch(epoch as u64);
-            let batches = sampler.global_batches(config.batch_size);
+            let mut batches = loader.epoch(epoch);
             let progress = ranks
-                .progress_bar(batches.len() as u64)
+                .progress_bar(batches.steps_left() as u64)
                 .with_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
             let start = Instant::now();
             let (mut loss_sum, mut rows) = (0.0, 0usize);
@@ -510,24 +558,15 @@ where
                     out.display()
                 )
             };
-            for global in &batches {
-                // The global batch in `accumulate` micro-batches, each split across the ranks:
-                // one optimizer step, one gradient exchange.
-                let micro = config.accumulate.min(global.len()).max(1);
-                for i in 0..micro {
-                    let piece = &global[i * global.len() / micro..(i + 1) * global.len() / micro];
+            // A global batch in `accumulate` micro-batches, each split across the ranks: one
+            // optimizer step, one gradient exchange.
+            while let Some(step) = batches.next_step() {
+                for piece in &step {
                     // This rank's rows of the piece: an equal part, or one in proportion to the
                     // ranks' speeds with --balance-ranks.
                     let part = &piece[trainer.part(piece.len()).with_context(stopped)?];
-                    // The data sets are stacked on the device once; each part is one `select`.
-                    let picked = Tensor::<B, 1, Int>::from_data(
-                        TensorData::new(part.iter().map(|&i| i as i64).collect(), [part.len()]),
-                        &device,
-                    );
-                    let batch = (
-                        train_set.0.clone().select(0, picked.clone()),
-                        train_set.1.clone().select(0, picked),
-                    );
+                    let batch = batches.load(part).with_context(stopped)?;
+                    let batch = batch.with_context(stopped)?;
                     let stats = trainer
                         .accumulate(batch, |model: &M, (x, y)| model.loss(x, y))
                         .with_context(stopped)?;
@@ -552,7 +591,7 @@ where
 
             // Every rank evaluates its part of the held-out rows.
             let evaluation = Instant::now();
-            let (accuracy, test_loss) = evaluate(&trainer, &test_set)?;
+            let (accuracy, test_loss) = evaluate(&trainer, &held_out)?;
             let evaluation_seconds = evaluation.elapsed().as_secs_f64();
             let report = EpochReport {
                 epoch: epoch + 1,
@@ -625,12 +664,19 @@ where
             final_test_accuracy: history.last().map_or(0.0, |e| e.test_accuracy),
             epochs: history,
             config,
+            peak_memory_bytes: report::peak_memory_bytes(),
         };
         let path = out.join("report.json");
         report.write(&path)?;
         ranks.say(format_args!(
-            "Held-out accuracy {:.2}%. Report: {}",
+            "Held-out accuracy {:.2}%{}. Report: {}",
             100.0 * report.final_test_accuracy,
+            report
+                .peak_memory_bytes
+                .map_or_else(String::new, |bytes| format!(
+                    ", peak memory {:.1} MiB",
+                    bytes as f64 / (1 << 20) as f64
+                )),
             path.display()
         ));
         Ok(())
@@ -638,9 +684,9 @@ where
 }
 
 /// Held-out accuracy and mean loss, every row counted once across the devices and the ranks.
-fn evaluate<B, M, T, const D: usize, K>(
+fn evaluate<B, M, T, const D: usize, K, I>(
     trainer: &T,
-    (inputs, targets): &Labelled<B::InnerBackend, D, K>,
+    held_out: &ShardedLoader<B::InnerBackend, I, Loaded<B::InnerBackend, D, K>>,
 ) -> anyhow::Result<(f64, f64)>
 where
     B: AutodiffBackend,
@@ -649,22 +695,18 @@ where
         + Replicate<B::InnerBackend>
         + Sync,
     T: Trainer<B, M>,
-    K: TensorKind<B::InnerBackend> + BasicOps<B::InnerBackend>,
+    K: TensorKind<B::InnerBackend> + BasicOps<B::InnerBackend> + 'static,
     Tensor<B::InnerBackend, D, K>: Scatter<B::InnerBackend>,
+    I: Send + Sync + 'static,
 {
-    let rows = targets.dims()[0];
     let [mut correct, mut loss] = [0.0; 2];
-    for start in (0..rows).step_by(1024) {
-        let len = 1024.min(rows - start);
-        let batch = (
-            inputs.clone().narrow(0, start, len),
-            targets.clone().narrow(0, start, len),
-        );
+    for batch in held_out.epoch(0) {
+        let batch: Labelled<B::InnerBackend, D, K> = batch??;
         let [c, l] = trainer.evaluate(batch, |m, (x, y)| m.correct_and_loss_sum(x, y))?;
         correct += c;
         loss += l;
     }
-    let rows = rows.max(1) as f64;
+    let rows = held_out.len().max(1) as f64;
     Ok((correct / rows, loss / rows))
 }
 

@@ -49,6 +49,18 @@ pub struct RunReport {
     /// Over the epochs this process trained.
     pub samples_per_second: f64,
     pub final_test_accuracy: f64,
+    /// This process's peak resident memory (Linux's `VmHWM`), in bytes, when the report was
+    /// written; `None` where the system does not say.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// This process's peak resident memory so far, from `/proc/self/status` (Linux).
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl RunReport {

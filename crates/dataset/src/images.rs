@@ -2,6 +2,7 @@
 //! noisy.
 
 use burn::config::Config;
+use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::InMemDataset;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -128,4 +129,53 @@ pub fn image_batch<B: Backend>(
         Tensor::from_data(TensorData::new(values, shape), device),
         Tensor::from_data(TensorData::new(labels, [rows]), device),
     )
+}
+
+/// Stacks [`ImageItem`]s of one shape (channels, height, width) into `[rows, channels, height,
+/// width]` images and their classes `[rows]`, optionally normalized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageBatcher {
+    shape: [usize; 3],
+    normalize: Option<[f32; 2]>,
+}
+
+impl ImageBatcher {
+    /// Batches images of `shape`: channels, height, width, their values as they are.
+    pub fn new(shape: [usize; 3]) -> Self {
+        Self {
+            shape,
+            normalize: None,
+        }
+    }
+
+    /// Maps every value `v` to `(v - mean) / std`: pixels read from files (`0..=1`) centred
+    /// as a network with batch normalization trains best on (its running statistics then
+    /// track a mean that is small beside the spread).
+    pub fn with_normalization(mut self, mean: f32, std: f32) -> Self {
+        self.normalize = Some([mean, std]);
+        self
+    }
+}
+
+impl<B: Backend> Batcher<B, ImageItem, (Tensor<B, 4>, Tensor<B, 1, Int>)> for ImageBatcher {
+    fn batch(
+        &self,
+        items: Vec<ImageItem>,
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+        let rows = items.len();
+        let labels: Vec<i64> = items.iter().map(|i| i.label as i64).collect();
+        let mut values: Vec<f32> = items.into_iter().flat_map(|i| i.pixels).collect();
+        if let Some([mean, std]) = self.normalize {
+            values.iter_mut().for_each(|v| *v = (*v - mean) / std);
+        }
+        let [channels, height, width] = self.shape;
+        (
+            Tensor::from_data(
+                TensorData::new(values, [rows, channels, height, width]),
+                device,
+            ),
+            Tensor::from_data(TensorData::new(labels, [rows]), device),
+        )
+    }
 }

@@ -6,6 +6,12 @@
 //! - [`SyntheticImages`]: one pattern per class, shifted and noisy, for a convolutional network.
 //! - [`SyntheticSequences`]: token sequences classified by their keywords, for a transformer.
 //! - [`ShardedSampler`]: the rows each rank reads, by PyTorch `DistributedSampler`'s rules.
+//! - [`ShardedLoader`]: any Burn `Dataset` and `Batcher` as a trainer's source, each rank
+//!   loading its part of every global batch, parts prepared ahead on worker threads in a fixed
+//!   order.
+//! - Data on disk: [`ImageFolder`] (one subfolder of PNG or JPEG images per class, decoded as
+//!   batches are made), [`Mnist`] (MNIST's IDX files), [`CsvRows`] (features, then a label);
+//!   every problem a [`DataError`] naming the file.
 //!
 //! ```
 //! use burn::backend::NdArray;
@@ -22,13 +28,20 @@
 
 #![warn(missing_docs)]
 
+mod files;
 mod images;
+mod loader;
 mod random;
 mod sampler;
 mod sequences;
 mod synthetic;
 
-pub use images::{ImageConfig, ImageItem, SyntheticImages, image_batch};
+pub use files::{
+    CsvRows, DataError, IdxImages, ImageFile, ImageFileBatcher, ImageFolder, Mnist,
+    write_image_folder,
+};
+pub use images::{ImageBatcher, ImageConfig, ImageItem, SyntheticImages, image_batch};
+pub use loader::{Epoch, LoaderError, ShardedLoader};
 pub use random::{RandomDataset, RowBatcher};
 pub use sampler::{SamplerError, ShardedSampler};
 pub use sequences::{SequenceConfig, SequenceItem, SyntheticSequences, sequence_batch};

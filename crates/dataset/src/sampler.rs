@@ -92,6 +92,16 @@ impl ShardedSampler {
         self
     }
 
+    /// Whether the order is shuffled.
+    pub fn shuffle(&self) -> bool {
+        self.shuffle
+    }
+
+    /// The seed of the shuffle.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Sets the epoch, which changes the shuffled order.
     pub fn set_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
