@@ -1167,3 +1167,48 @@ fn ranks_reading_an_image_folder_ahead_train_like_one_process_reading_it_when_as
         "a CNN from an image folder on 2 ranks, 3 micro-batches per step",
     );
 }
+
+/// An image that only one rank reads and cannot decode stops every rank with an error (the
+/// rank that read it naming the file) instead of leaving the others waiting in the step.
+#[test]
+fn an_image_one_rank_cannot_decode_stops_every_rank_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let [train_dir, test_dir] = common::files::image_folders(dir.path(), 1, 40, 8);
+    let bad = std::fs::read_dir(train_dir.join("class-0"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let png = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &png[..png.len() - 30]).unwrap();
+    let out = dir.path().join("out");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (train_dir, test_dir, out) = (path(&train_dir), path(&test_dir), path(&out));
+    let args = [
+        "--mpi",
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        &out,
+        "--data",
+        &train_dir,
+        "--test-data",
+        &test_dir,
+    ];
+    let (ok, text, _) = mpirun_binary(2, env!("CARGO_BIN_EXE_train"), &args);
+    assert!(!ok, "{text}");
+    let name = bad.file_name().unwrap().to_str().unwrap();
+    assert!(
+        text.contains(name) && text.contains("cannot decode the image"),
+        "{text}"
+    );
+    assert!(
+        text.contains("could not load its part of the batch"),
+        "{text}"
+    );
+}

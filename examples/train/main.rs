@@ -565,8 +565,17 @@ where
                     // This rank's rows of the piece: an equal part, or one in proportion to the
                     // ranks' speeds with --balance-ranks.
                     let part = &piece[trainer.part(piece.len()).with_context(stopped)?];
-                    let batch = batches.load(part).with_context(stopped)?;
-                    let batch = batch.with_context(stopped)?;
+                    // A part that cannot be read fails on its rank alone: every rank learns of it
+                    // before the step's collectives, rather than wait for that rank there.
+                    let (batch, loaded) = match batches.load(part) {
+                        Ok(Ok(batch)) => (Some(batch), Ok(())),
+                        Ok(Err(error)) => (None, Err(error.into())),
+                        Err(error) => (None, Err(error.into())),
+                    };
+                    ranks
+                        .all_succeed("load its part of the batch", loaded)
+                        .with_context(stopped)?;
+                    let batch = batch.context("a loaded batch")?;
                     let stats = trainer
                         .accumulate(batch, |model: &M, (x, y)| model.loss(x, y))
                         .with_context(stopped)?;

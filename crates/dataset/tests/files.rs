@@ -103,6 +103,24 @@ fn bad_image_folders_are_errors_naming_the_file() {
     assert!(error.contains("broken.png"), "{error}");
     std::fs::remove_file(&bad).unwrap();
 
+    // A JPEG named .png is read by its content, when opened and when decoded.
+    let misnamed = dir.path().join("b").join("photo.png");
+    image::save_buffer_with_format(
+        &misnamed,
+        &[128u8; 24],
+        6,
+        4,
+        image::ColorType::L8,
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let set = ImageFolder::open(dir.path()).unwrap();
+    let index = (0..set.len())
+        .find(|&i| set.get(i).unwrap().path == misnamed)
+        .unwrap();
+    assert_eq!(set.decode(index).unwrap().unwrap().pixels.len(), 24);
+    std::fs::remove_file(&misnamed).unwrap();
+
     gray(&dir.path().join("b").join("big.png"), [5, 6], 0);
     let error = message(ImageFolder::open(dir.path()).unwrap_err());
     assert!(
@@ -232,6 +250,9 @@ fn csv_rows_and_their_errors() {
     assert_eq!(train.get(1).unwrap().features, [3.0, 4.5]);
     let no_header = CsvRows::open(write("plain.csv", "1,2,0\n3,4,1\n")).unwrap();
     assert_eq!(no_header.len(), 2);
+    // A spreadsheet's byte-order mark does not turn the first row into a header.
+    let bom = CsvRows::open(write("bom.csv", "\u{feff}1,2,0\n3,4,1\n")).unwrap();
+    assert_eq!((bom.len(), bom.get(0).unwrap().features[0]), (2, 1.0));
 
     let cases = [
         (
@@ -253,6 +274,17 @@ fn csv_rows_and_their_errors() {
         ("negative.csv", "1,2,-1\n", "is -1, not an integer from 0"),
         ("empty.csv", "a,b,label\n", "holds no row"),
         ("one.csv", "1\n", "no feature"),
+        // A first line with a number in it is a row, not a header to skip.
+        (
+            "typo.csv",
+            "1,x,0\n3,4,1\n",
+            "line 1, field 2: \"x\" is not a finite number",
+        ),
+        (
+            "huge.csv",
+            "1,2,4000000000\n",
+            "not an integer from 0 to 1000000",
+        ),
     ];
     for (name, text, expected) in cases {
         let error = message(CsvRows::open(write(name, text)).unwrap_err());

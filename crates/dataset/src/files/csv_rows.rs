@@ -7,8 +7,12 @@ use burn::data::dataset::Dataset;
 use super::DataError;
 use crate::ClassificationItem;
 
+/// The largest label taken: a classifier has one output per class up to its largest label, so
+/// a stray large number would build a model of that many outputs.
+const MAX_LABEL: usize = 1_000_000;
+
 /// Rows of a CSV file, each its features then its class (an integer from 0), read whole into
-/// memory. A first line that is not numbers is a header and is skipped.
+/// memory. A first line none of whose fields is a number is a header and is skipped.
 ///
 /// ```
 /// use burn::data::dataset::Dataset;
@@ -56,8 +60,20 @@ impl CsvRows {
         for (i, record) in reader.records().enumerate() {
             let record = record.map_err(|e| csv_error(path, e))?;
             let line = record.position().map_or(i as u64 + 1, |p| p.line());
-            let numbers: Vec<Result<f64, _>> = record.iter().map(str::parse::<f64>).collect();
-            if i == 0 && numbers.iter().any(Result::is_err) {
+            // A spreadsheet's byte-order mark is not part of the first field.
+            let field = |k: usize| {
+                let text = &record[k];
+                if i == 0 && k == 0 {
+                    text.trim_start_matches('\u{feff}').trim()
+                } else {
+                    text
+                }
+            };
+            let numbers: Vec<Result<f64, _>> =
+                (0..record.len()).map(|k| field(k).parse::<f64>()).collect();
+            // A header names its fields: no number among them. A first line with some numbers
+            // is a row, and a bad field in it an error.
+            if i == 0 && numbers.iter().all(Result::is_err) {
                 // A header; it still says how many fields a row has.
                 fields = fields.or(Some(record.len()));
                 if fields != Some(record.len()) {
@@ -89,26 +105,26 @@ impl CsvRows {
                 ));
             }
             let mut values = Vec::with_capacity(expected);
-            for (field, number) in numbers.into_iter().enumerate() {
+            for (k, number) in numbers.into_iter().enumerate() {
                 let value = number.ok().filter(|v| v.is_finite()).ok_or_else(|| {
                     DataError::invalid(
                         path,
                         format!(
                             "line {line}, field {}: {:?} is not a finite number",
-                            field + 1,
-                            &record[field]
+                            k + 1,
+                            field(k)
                         ),
                     )
                 })?;
                 values.push(value);
             }
             let label = values.pop().unwrap_or_default();
-            if label.fract() != 0.0 || label < 0.0 || label > u32::MAX as f64 {
+            if label.fract() != 0.0 || label < 0.0 || label > MAX_LABEL as f64 {
                 return Err(DataError::invalid(
                     path,
                     format!(
                         "line {line}: the label (the last field) is {label}, not an integer \
-                         from 0"
+                         from 0 to {MAX_LABEL}"
                     ),
                 ));
             }

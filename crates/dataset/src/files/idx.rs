@@ -197,7 +197,12 @@ fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>), DataError
         .chunks(4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let expected = shape.iter().product::<usize>();
+    let Some(expected) = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+        return Err(DataError::invalid(
+            path,
+            format!("its header says {shape:?}, more values than memory can address"),
+        ));
+    };
     let found = bytes.len() - header;
     if found != expected {
         return Err(DataError::invalid(

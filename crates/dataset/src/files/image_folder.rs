@@ -203,10 +203,17 @@ impl Dataset<ImageFile> for ImageFolder {
 impl ImageFile {
     /// The image's pixels scaled to `0..=1`, channel, row, column order.
     pub fn decode(&self) -> Result<ImageItem, DataError> {
-        let image = image::open(&self.path).map_err(|e| DataError::Image {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        // By content, as the header was read when the set was opened (`image::open` goes by
+        // the extension: a JPEG named .png would pass the opening and fail here).
+        let image = image::ImageReader::open(&self.path)
+            .map_err(|e| DataError::io(&self.path, e))?
+            .with_guessed_format()
+            .map_err(|e| DataError::io(&self.path, e))?
+            .decode()
+            .map_err(|e| DataError::Image {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
         let [channels, height, width] = self.shape;
         if [image.height() as usize, image.width() as usize] != [height, width] {
             return Err(DataError::invalid(

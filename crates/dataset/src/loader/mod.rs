@@ -25,10 +25,11 @@ pub enum LoaderError {
     MissingItem {
         /// The index asked for.
         index: usize,
-        /// The dataset's length when the epoch began.
+        /// The dataset's length when the batch was loaded.
         len: usize,
     },
-    /// The dataset or the batcher panicked while loading a batch.
+    /// The dataset or the batcher panicked while loading a batch. (In an MPI job whose panic
+    /// hook ends the job, as `burn_data_parallel::dist` installs, the job ends instead.)
     #[error("loading the batch of rows from {first:?} panicked: {message}")]
     Panicked {
         /// The batch's first row (`None` for no row).
@@ -56,7 +57,12 @@ pub enum LoaderError {
 /// Rows whose part a rank takes are predicted by the equal split of
 /// [`ShardedSampler::part`] (what `Trainer::part` answers without a rank split). A part asked
 /// for that differs from the prediction (a rank split that learns the ranks' speeds) is loaded
-/// when asked, and prefetch stops for the rest of that epoch rather than read rows twice.
+/// when asked, and prefetch stops for the rest of that epoch (the parts already queued are
+/// cancelled, unless a worker has begun one).
+///
+/// Across MPI ranks, a part that fails to load fails on its rank only: agree on the outcome
+/// before the step's collectives (the `train` example gathers one flag per micro-batch), or
+/// the other ranks wait for that rank in the step.
 ///
 /// ```
 /// use burn::backend::NdArray;
@@ -146,8 +152,9 @@ where
         self
     }
 
-    /// Prepares up to `batches` parts ahead on worker threads (0, the default: each part is
-    /// loaded on the caller's thread when asked).
+    /// Prepares `batches` parts ahead on worker threads (0, the default: each part is loaded on
+    /// the caller's thread when asked). The part being taken is one more: the next one is
+    /// queued before it is received, so that the workers never wait.
     pub fn with_prefetch(mut self, batches: usize) -> Self {
         self.prefetch = batches;
         self
@@ -219,19 +226,17 @@ where
             .map(|piece| sampler.part(piece).to_vec())
             .filter(|part| !part.is_empty())
             .collect();
-        let pool = match self.prefetch {
-            0 => None,
+        let (pool, failed) = match self.prefetch {
+            0 => (None, None),
             _ => match self
                 .pool
                 .get_or_init(|| Pool::new(self.threads).map(Arc::new))
             {
-                Ok(pool) => Some(Arc::clone(pool)),
-                Err(error) => {
-                    return Epoch::failed(
-                        self,
-                        LoaderError::Workers(format!("could not start: {error}")),
-                    );
-                }
+                Ok(pool) => (Some(Arc::clone(pool)), None),
+                Err(error) => (
+                    None,
+                    Some(LoaderError::Workers(format!("could not start: {error}"))),
+                ),
             },
         };
         let mut epoch = Epoch {
@@ -241,7 +246,7 @@ where
             pending: VecDeque::new(),
             pool,
             cancelled: Arc::new(AtomicBool::new(false)),
-            failed: None,
+            failed,
         };
         epoch.refill();
         epoch
@@ -290,8 +295,8 @@ type Ready<O> = Receiver<Result<O, LoaderError>>;
 /// One epoch of a [`ShardedLoader`]: its global batches, one step each, and this rank's parts
 /// of them, prepared ahead when the loader prefetches.
 ///
-/// Iterating it yields this rank's part of every (micro-)batch in order. A training loop
-/// whose parts come from a trainer asks for them one by one instead:
+/// Iterating it yields this rank's part of every (micro-)batch in order, by the equal split.
+/// A training loop whose parts come from a trainer asks for them one by one instead:
 ///
 /// ```
 /// use burn::backend::{Autodiff, NdArray};
@@ -336,18 +341,6 @@ where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
-    fn failed(loader: &'a ShardedLoader<B, I, O>, error: LoaderError) -> Self {
-        Self {
-            loader,
-            steps: VecDeque::new(),
-            predicted: VecDeque::new(),
-            pending: VecDeque::new(),
-            pool: None,
-            cancelled: Arc::new(AtomicBool::new(false)),
-            failed: Some(error),
-        }
-    }
-
     /// The next global batch's micro-batches (dataset rows, the whole global batch's), or
     /// `None` at the end of the epoch.
     pub fn next_step(&mut self) -> Option<Vec<Vec<usize>>> {
@@ -382,6 +375,8 @@ where
             // Parts are not the equal split: stop preparing parts nobody will ask for.
             self.predicted.clear();
             self.pending.clear();
+            self.cancelled.store(true, Ordering::Relaxed);
+            self.cancelled = Arc::new(AtomicBool::new(false));
             return self.loader.load(rows);
         }
         let ready = match self.pending.pop_front() {
@@ -441,27 +436,17 @@ where
 {
     type Item = Result<O, LoaderError>;
 
-    /// This rank's part of the next micro-batch it has rows of, by the equal split.
+    /// This rank's part of the next micro-batch, by the equal split. Every rank gets as many
+    /// items: a rank with no row of a micro-batch gets the batcher's empty batch (with one
+    /// rank, every micro-batch has rows).
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(error) = self.failed.take() {
-            self.steps.clear();
-            return Some(Err(error));
+        let step = self.steps.front_mut()?;
+        let piece = step.remove(0);
+        if step.is_empty() {
+            self.steps.pop_front();
         }
-        loop {
-            let step = self.steps.front_mut()?;
-            if step.is_empty() {
-                self.steps.pop_front();
-                continue;
-            }
-            let piece = step.remove(0);
-            let part = self.loader.sampler.part(&piece).to_vec();
-            if step.is_empty() {
-                self.steps.pop_front();
-            }
-            if !part.is_empty() {
-                return Some(self.load(&part));
-            }
-        }
+        let part = self.loader.sampler.part(&piece).to_vec();
+        Some(self.load(&part))
     }
 }
 
