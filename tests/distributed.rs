@@ -508,8 +508,8 @@ fn ranks_started_with_other_settings_are_refused_before_any_step() {
     assert!(!ok, "{text}");
     assert!(
         text.contains(
-            "rank 1 has another configuration (config file, its overrides, --resume, \
-             --allow-change or --balance-ranks) than rank 0"
+            "rank 1 has another configuration (config file, its overrides, --data, \
+             --test-data, --resume, --allow-change or --balance-ranks) than rank 0"
         ),
         "{text}"
     );
