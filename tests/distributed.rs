@@ -1174,14 +1174,7 @@ fn ranks_reading_an_image_folder_ahead_train_like_one_process_reading_it_when_as
 fn an_image_one_rank_cannot_decode_stops_every_rank_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let [train_dir, test_dir] = common::files::image_folders(dir.path(), 1, 40, 8);
-    let bad = std::fs::read_dir(train_dir.join("class-0"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let png = std::fs::read(&bad).unwrap();
-    std::fs::write(&bad, &png[..png.len() - 30]).unwrap();
+    let bad = common::files::damage_an_image(&train_dir);
     let out = dir.path().join("out");
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let (train_dir, test_dir, out) = (path(&train_dir), path(&test_dir), path(&out));

@@ -201,14 +201,7 @@ fn bad_data_is_explained_naming_the_file() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     // An image that cannot be decoded, found while training: the run stops naming it.
-    let bad = std::fs::read_dir(train_dir.join("class-0"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let png = std::fs::read(&bad).unwrap();
-    std::fs::write(&bad, &png[..png.len() - 30]).unwrap();
+    let bad = files::damage_an_image(&train_dir);
     let (ok, _, stderr) = train(&out, &image(&["--epochs", "1"]));
     assert!(
         !ok && stderr.contains(bad.file_name().unwrap().to_str().unwrap()),

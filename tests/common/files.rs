@@ -115,3 +115,17 @@ pub fn csv(dir: &Path, train: usize, test: usize) -> [PathBuf; 2] {
         write("test.csv", &data.test),
     ]
 }
+
+/// Cuts the end off the first image of `folder/class-0`, past its header: the folder still
+/// opens, and the image fails when its batch is decoded. Returns its path.
+pub fn damage_an_image(folder: &Path) -> PathBuf {
+    let path = std::fs::read_dir(folder.join("class-0"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let png = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &png[..png.len() - 30]).unwrap();
+    path
+}

@@ -118,17 +118,7 @@ pub fn image_batch<B: Backend>(
     config: &ImageConfig,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    let rows = items.len();
-    let values: Vec<f32> = items
-        .iter()
-        .flat_map(|i| i.pixels.iter().copied())
-        .collect();
-    let labels: Vec<i64> = items.iter().map(|i| i.label as i64).collect();
-    let shape = [rows, config.channels, config.size, config.size];
-    (
-        Tensor::from_data(TensorData::new(values, shape), device),
-        Tensor::from_data(TensorData::new(labels, [rows]), device),
-    )
+    ImageBatcher::new([config.channels, config.size, config.size]).stack(items.iter(), device)
 }
 
 /// Stacks [`ImageItem`]s of one shape (channels, height, width) into `[rows, channels, height,
@@ -157,19 +147,24 @@ impl ImageBatcher {
     }
 }
 
-impl<B: Backend> Batcher<B, ImageItem, (Tensor<B, 4>, Tensor<B, 1, Int>)> for ImageBatcher {
-    fn batch(
+impl ImageBatcher {
+    /// `items`, in order, as one batch on `device`.
+    fn stack<'a, B: Backend>(
         &self,
-        items: Vec<ImageItem>,
+        items: impl ExactSizeIterator<Item = &'a ImageItem>,
         device: &B::Device,
     ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
         let rows = items.len();
-        let labels: Vec<i64> = items.iter().map(|i| i.label as i64).collect();
-        let mut values: Vec<f32> = items.into_iter().flat_map(|i| i.pixels).collect();
+        let [channels, height, width] = self.shape;
+        let mut values = Vec::with_capacity(rows * channels * height * width);
+        let mut labels = Vec::with_capacity(rows);
+        for item in items {
+            values.extend_from_slice(&item.pixels);
+            labels.push(item.label as i64);
+        }
         if let Some([mean, std]) = self.normalize {
             values.iter_mut().for_each(|v| *v = (*v - mean) / std);
         }
-        let [channels, height, width] = self.shape;
         (
             Tensor::from_data(
                 TensorData::new(values, [rows, channels, height, width]),
@@ -177,5 +172,15 @@ impl<B: Backend> Batcher<B, ImageItem, (Tensor<B, 4>, Tensor<B, 1, Int>)> for Im
             ),
             Tensor::from_data(TensorData::new(labels, [rows]), device),
         )
+    }
+}
+
+impl<B: Backend> Batcher<B, ImageItem, (Tensor<B, 4>, Tensor<B, 1, Int>)> for ImageBatcher {
+    fn batch(
+        &self,
+        items: Vec<ImageItem>,
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+        self.stack(items.iter(), device)
     }
 }
