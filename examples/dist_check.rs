@@ -175,6 +175,8 @@ enum Model {
     Mlp,
     /// Convolutions and batch normalization (checked against per-part normalization).
     Cnn,
+    /// The CNN with `SyncBatchNorm` (checked against one device on the whole batch).
+    SyncCnn,
     /// Embeddings and a transformer encoder with a padding mask.
     Transformer,
     /// The transformer with its encoder frozen: fine-tuning the head.
@@ -412,11 +414,13 @@ fn check<B: AutodiffBackend>(
             }
             .run()
         }
-        Model::Cnn => {
+        Model::Cnn | Model::SyncCnn => {
             let widths = if odd { vec![4, 7] } else { vec![4, 6] };
+            let sync = args.model == Model::SyncCnn;
             let model = |d: &B::Device| {
                 CnnConfig::new(1, CLASSES)
                     .with_widths(widths.clone())
+                    .with_sync_batch_norm(sync)
                     .init::<B>(d)
             };
             Case {
@@ -426,7 +430,7 @@ fn check<B: AutodiffBackend>(
                 model,
                 batch: images::<B>,
                 held_out: images::<B::InnerBackend>,
-                ghost: true,
+                ghost: !sync,
                 tokens: None,
             }
             .run()

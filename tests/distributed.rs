@@ -1205,3 +1205,81 @@ fn an_image_one_rank_cannot_decode_stops_every_rank_naming_it() {
         "{text}"
     );
 }
+
+/// `SyncBatchNorm` across ranks: the CNN trained by 2 ranks of 2 devices (Adam), by 3 ranks of
+/// 2 devices with an uneven batch and the optimizer state sharded, and by 3 ranks of which one
+/// has no row, ends with the parameters and statistics of one device on the whole batches.
+#[test]
+fn sync_batch_norm_across_ranks_equals_one_device_on_the_whole_batch() {
+    for (ranks, args) in [
+        (2, &["--optimizer", "adam", "--devices-per-rank", "2"][..]),
+        (
+            3,
+            &[
+                "--devices-per-rank",
+                "2",
+                "--uneven",
+                "--global-batch",
+                "5",
+                "--sharded",
+            ][..],
+        ),
+        (3, &["--uneven", "--global-batch", "2"][..]),
+    ] {
+        let args = [&["--model", "sync-cnn", "--steps", "4"][..], args].concat();
+        let (ok, out, _) = mpirun(ranks, &args);
+        assert!(ok, "{args:?}: {out}");
+        let pass = format!("PASS: 4 steps on {ranks} ranks");
+        assert_eq!(out.matches(&pass).count(), ranks, "{args:?}: {out}");
+    }
+}
+
+/// A replica failing on one rank while the others wait in a synchronized batch norm is an
+/// error on every rank, not a hang.
+#[test]
+fn a_rank_failing_inside_a_sync_batch_norm_step_is_an_error_on_every_rank() {
+    let out = mpirun_failing(
+        2,
+        &[
+            "--model",
+            "sync-cnn",
+            "--replica-panic-rank",
+            "1",
+            "--fault-step",
+            "2",
+        ],
+    );
+    assert!(out.contains("step 2 failed"), "{out}");
+    assert!(!out.contains("aborting the MPI job"), "{out}");
+}
+
+/// `train --sync-bn` on 2 ranks of one device and of two has one device's epoch losses.
+#[test]
+fn the_train_example_with_sync_bn_on_two_ranks_has_one_devices_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sync_cnn_config(dir.path(), 2);
+    let one = dir.path().join("one");
+    let (ok, _, stderr) = common::train(&one, &["--config", &config, "--devices", "1"]);
+    assert!(ok, "{stderr}");
+    let one = common::epoch_losses(&common::report(&one));
+    for devices in ["1", "2"] {
+        let out = dir.path().join(format!("ranks-{devices}"));
+        let args = [
+            "--mpi",
+            "--config",
+            &config,
+            "--devices",
+            devices,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let (ok, text, _) = mpirun_binary(2, env!("CARGO_BIN_EXE_train"), &args);
+        assert!(ok, "{text}");
+        let ranks = common::epoch_losses(&common::report(&out));
+        let diff = common::max_loss_diff(&one, &ranks);
+        assert!(
+            diff <= 1e-5,
+            "{devices} devices per rank: {one:?} vs {ranks:?}"
+        );
+    }
+}

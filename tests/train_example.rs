@@ -549,3 +549,46 @@ fn a_scheduled_run_resumes_on_the_same_schedule() {
         &[a[1]["lr"].as_f64().unwrap(), a[2]["lr"].as_f64().unwrap()]
     );
 }
+
+/// `--sync-bn`: the CNN trained on 2 and 3 devices (3 with 2 micro-batches per batch, whose
+/// parts of the short last batch have 1 or 2 rows) has one device's losses every epoch; with
+/// Burn's `BatchNorm` (per part) it does not.
+#[test]
+fn sync_batch_norm_trains_the_cnn_as_one_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sync_cnn_config(dir.path(), 2);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let args = [&["--config", config.as_str()][..], extra].concat();
+        let (ok, _, stderr) = train(&out, &args);
+        assert!(ok, "{stderr}");
+        common::epoch_losses(&report(&out))
+    };
+    let one = run("one", &["--devices", "1"]);
+    let two = run("two", &["--devices", "2"]);
+    let three = run("three", &["--devices", "3", "--accumulate", "2"]);
+    let one_accumulated = run("one-acc", &["--devices", "1", "--accumulate", "2"]);
+    assert!(
+        common::max_loss_diff(&one, &two) <= 1e-5,
+        "{one:?} vs {two:?}"
+    );
+    let diff = common::max_loss_diff(&one_accumulated, &three);
+    assert!(diff <= 1e-5, "{one_accumulated:?} vs {three:?}");
+    // The same config with Burn's BatchNorm, normalized per device's part, moves away.
+    let plain = dir.path().join("plain.json");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("true", "false");
+    std::fs::write(&plain, text).unwrap();
+    let out = dir.path().join("plain");
+    let (ok, _, stderr) = train(
+        &out,
+        &["--config", plain.to_str().unwrap(), "--devices", "2"],
+    );
+    assert!(ok, "{stderr}");
+    let per_part = common::epoch_losses(&report(&out));
+    assert!(
+        common::max_loss_diff(&one, &per_part) > 1e-4,
+        "{one:?} vs {per_part:?}"
+    );
+}

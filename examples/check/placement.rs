@@ -86,8 +86,8 @@ fn stats_devices<Bk: Backend>(model: &Cnn<Bk>) -> Vec<Bk::Device> {
         .iter()
         .flat_map(|b| {
             [
-                b.norm.running_mean.value().device(),
-                b.norm.running_var.value().device(),
+                b.norm.running_mean().value().device(),
+                b.norm.running_var().value().device(),
             ]
         })
         .collect()

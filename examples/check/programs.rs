@@ -28,7 +28,7 @@ pub fn checks<B: AutodiffBackend>(
 /// The first batch norm's running mean, settled.
 fn first_mean<Bk: Backend>(model: &Cnn<Bk>) -> Tensor<Bk, 1> {
     let _ = model.clone().into_record();
-    model.blocks[0].norm.running_mean.value()
+    model.blocks[0].norm.running_mean().value()
 }
 
 fn cnn<B: AutodiffBackend>(d: &B::Device) -> Cnn<B> {

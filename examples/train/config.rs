@@ -125,6 +125,10 @@ pub struct TrainConfig {
     /// Output channels of the CNN's convolution blocks.
     #[config(default = "vec![16, 32]")]
     pub widths: Vec<usize>,
+    /// The CNN normalizes over the whole global batch (`SyncBatchNorm`) instead of over each
+    /// device's part.
+    #[config(default = false)]
+    pub sync_batch_norm: bool,
     /// The transformer's sequences (vocabulary, length and classes also size the model).
     #[config(default = "SequenceConfig::new()")]
     pub sequences: SequenceConfig,
@@ -175,7 +179,9 @@ impl TrainConfig {
 
     /// The CNN these settings train.
     pub fn cnn(&self) -> CnnConfig {
-        CnnConfig::new(self.images.channels, self.images.classes).with_widths(self.widths.clone())
+        CnnConfig::new(self.images.channels, self.images.classes)
+            .with_widths(self.widths.clone())
+            .with_sync_batch_norm(self.sync_batch_norm)
     }
 
     /// The transformer these settings train.

@@ -64,6 +64,10 @@ struct Args {
     /// Passes over the training data [default: 5].
     #[arg(long)]
     epochs: Option<usize>,
+    /// The CNN's batch norms normalize over the whole global batch, across devices and ranks
+    /// (`SyncBatchNorm`), as one device does, instead of over each device's part.
+    #[arg(long)]
+    sync_bn: bool,
     /// Rows per global batch, split across the devices [default: 128].
     #[arg(long)]
     batch_size: Option<usize>,
@@ -182,6 +186,9 @@ fn try_main() -> anyhow::Result<()> {
     }
     if args.schedule_steps.is_some() {
         config.schedule.steps = args.schedule_steps;
+    }
+    if args.sync_bn {
+        config.sync_batch_norm = true;
     }
     if let Some(accumulate) = args.accumulate {
         config.accumulate = accumulate as usize;

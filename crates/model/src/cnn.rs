@@ -3,11 +3,13 @@
 use crate::Classifier;
 use burn::config::Config;
 use burn::module::Module;
+use burn::module::RunningState;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn_data_parallel::SyncBatchNorm;
 
 /// Sizes of a [`Cnn`]: blocks of `Conv2d(3x3) -> BatchNorm -> ReLU -> MaxPool(2x2)`, one per
 /// width, then a global average pool and a `Linear` head.
@@ -33,6 +35,10 @@ pub struct CnnConfig {
     /// BatchNorm's momentum: how much of each batch's statistics its running ones take.
     #[config(default = 0.1)]
     pub momentum: f64,
+    /// Batch norms over the whole global batch in data-parallel training
+    /// ([`SyncBatchNorm`]) instead of over each replica's part (Burn's `BatchNorm`).
+    #[config(default = false)]
+    pub sync_batch_norm: bool,
 }
 
 impl CnnConfig {
@@ -45,9 +51,13 @@ impl CnnConfig {
                 conv: Conv2dConfig::new([input, width], [3, 3])
                     .with_padding(PaddingConfig2d::Same)
                     .init(device),
-                norm: BatchNormConfig::new(width)
-                    .with_momentum(self.momentum)
-                    .init(device),
+                norm: {
+                    let config = BatchNormConfig::new(width).with_momentum(self.momentum);
+                    match self.sync_batch_norm {
+                        true => Norm::Sync(SyncBatchNorm::new(&config, device)),
+                        false => Norm::Batch(config.init(device)),
+                    }
+                },
                 pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
                 activation: Relu::new(),
             });
@@ -61,13 +71,63 @@ impl CnnConfig {
     }
 }
 
+/// A block's batch normalization: over each replica's part in data-parallel training (Burn's
+/// `BatchNorm`, as PyTorch's `DataParallel` does), or over the whole global batch
+/// ([`SyncBatchNorm`]). The same on one device.
+#[derive(Module, Debug)]
+pub enum Norm<B: Backend> {
+    /// Burn's `BatchNorm`.
+    Batch(BatchNorm<B>),
+    /// This library's `SyncBatchNorm`.
+    Sync(SyncBatchNorm<B>),
+}
+
+impl<B: Backend> Norm<B> {
+    /// Normalizes `x`, of shape `[rows, channels, ...]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Norm::Batch(norm) => norm.forward(x),
+            Norm::Sync(norm) => norm.forward(x),
+        }
+    }
+
+    /// The running mean.
+    pub fn running_mean(&self) -> &RunningState<Tensor<B, 1>> {
+        match self {
+            Norm::Batch(norm) => &norm.running_mean,
+            Norm::Sync(norm) => &norm.running_mean,
+        }
+    }
+
+    /// The running variance.
+    pub fn running_var(&self) -> &RunningState<Tensor<B, 1>> {
+        match self {
+            Norm::Batch(norm) => &norm.running_var,
+            Norm::Sync(norm) => &norm.running_var,
+        }
+    }
+
+    /// Both running statistics, to replace.
+    pub fn running_mut(
+        &mut self,
+    ) -> (
+        &mut RunningState<Tensor<B, 1>>,
+        &mut RunningState<Tensor<B, 1>>,
+    ) {
+        match self {
+            Norm::Batch(norm) => (&mut norm.running_mean, &mut norm.running_var),
+            Norm::Sync(norm) => (&mut norm.running_mean, &mut norm.running_var),
+        }
+    }
+}
+
 /// `Conv2d -> BatchNorm -> ReLU -> MaxPool`.
 #[derive(Module, Debug)]
 pub struct ConvBlock<B: Backend> {
     /// The 3x3 convolution.
     pub conv: Conv2d<B>,
     /// Its batch normalization, with running statistics.
-    pub norm: BatchNorm<B>,
+    pub norm: Norm<B>,
     pool: MaxPool2d,
     activation: Relu,
 }

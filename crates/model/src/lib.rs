@@ -25,7 +25,7 @@ mod tutorial;
 
 pub use branch::{Branchy, BranchyConfig};
 pub use classifier::Classifier;
-pub use cnn::{Cnn, CnnConfig, ConvBlock};
+pub use cnn::{Cnn, CnnConfig, ConvBlock, Norm};
 pub use mlp::{Mlp, MlpConfig};
 pub use tied::{TiedEmbeddings, TiedEmbeddingsConfig};
 pub use transformer::{PAD, TextClassifier, TextClassifierConfig, TextEncoder};

@@ -107,6 +107,20 @@ pub enum DataParallelError {
         message: String,
     },
 
+    /// A [`SyncBatchNorm`](crate::SyncBatchNorm) in training could not normalize over the
+    /// whole batch (see [`SyncNormError`](crate::SyncNormError)). Where one replica failed and
+    /// the others could then not meet it, the first replica's own failure is reported instead.
+    #[error("replica {replica} on device {device}: {source}")]
+    SyncBatchNorm {
+        /// Index of the replica (and of its device in the device list).
+        replica: usize,
+        /// The device, in its `Debug` form.
+        device: String,
+        /// Why.
+        #[source]
+        source: crate::SyncNormError,
+    },
+
     /// A replica's function returned an error. The lowest replica index that failed is reported.
     #[error("replica {replica} on device {device} failed: {source}")]
     ReplicaFailed {

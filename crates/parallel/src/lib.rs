@@ -103,6 +103,7 @@
 //! | frozen parameters (`no_grad`) | exact | exact: never changed, weight decay included; across processes they never travel |
 //! | a layer some rows skip | exact | exact: no gradient where one device would have none, across processes too |
 //! | `BatchNorm` | exact (running statistics) | each replica normalizes its part with the part's statistics, as PyTorch's `DataParallel` without `SyncBatchNorm`: exact against single-device training on the same parts; running statistics below |
+//! | [`SyncBatchNorm`] | exact (running statistics) | exact against single-device training on the whole (micro-)batch: statistics summed over replicas and ranks in the forward pass, gradient terms in the backward pass; refused (a typed error) where replicas cannot meet |
 //! | `Dropout` | exact (off) | random: every replica draws its own masks; repeatable with `with_seed` (below) |
 //! | a loss over valid tokens or weighted samples | | exact when the loss returns a [`WeightedMean`] |
 //!
@@ -207,6 +208,7 @@ mod round_trip;
 mod seed;
 mod shard;
 mod split;
+mod sync_norm;
 mod train;
 mod workers;
 
@@ -229,6 +231,7 @@ pub use parallel_apply::{ReplicaInfo, ReplicaTiming, current_replica};
 pub use replicas::Replicate;
 pub use shard::{Gather, Scatter, ToDevice, Whole};
 pub use split::{Adaptive, Balanced, Chunk, SplitPolicy};
+pub use sync_norm::{SyncBatchNorm, SyncNormError};
 pub use train::{
     BatchStats, DataParallelTrainer, LossReduction, Metric, ShardableRecord, TrainLoss, Trainer,
     WeightedMean,

@@ -78,6 +78,7 @@ pub fn current_replica() -> Option<ReplicaInfo> {
 enum Outcome<O> {
     Done(O),
     Failed(BoxError),
+    Unsynchronized(crate::SyncNormError),
     Panicked(String),
 }
 
@@ -115,12 +116,31 @@ where
         });
     workers.run(tasks, in_turn);
 
+    // A replica that waited for a failed one reports that; the failed one's own error says why.
+    let waited = |outcome: &Option<(Outcome<O>, Duration)>| {
+        matches!(
+            outcome,
+            Some((
+                Outcome::Unsynchronized(crate::SyncNormError::PeerFailed { .. }),
+                _
+            ))
+        )
+    };
+    let skip_waiters = outcomes
+        .iter()
+        .any(|o| !waited(o) && !matches!(o, Some((Outcome::Done(_), _))));
     outcomes
         .into_iter()
         .enumerate()
+        .filter(|(_, outcome)| !(skip_waiters && waited(outcome)))
         .map(|(replica, outcome)| match outcome {
             Some((Outcome::Done(output), busy)) => Ok((output, busy)),
             Some((Outcome::Failed(source), _)) => Err(DataParallelError::ReplicaFailed {
+                replica,
+                device: device_name(replica, devices),
+                source,
+            }),
+            Some((Outcome::Unsynchronized(source), _)) => Err(DataParallelError::SyncBatchNorm {
                 replica,
                 device: device_name(replica, devices),
                 source,
@@ -164,7 +184,10 @@ where
     let outcome = match result {
         Ok(Ok(output)) => Outcome::Done(output),
         Ok(Err(error)) => Outcome::Failed(error.into()),
-        Err(payload) => Outcome::Panicked(crate::error::panic_message(payload.as_ref())),
+        Err(payload) => match payload.downcast::<crate::SyncNormError>() {
+            Ok(err) => Outcome::Unsynchronized(*err),
+            Err(payload) => Outcome::Panicked(crate::error::panic_message(payload.as_ref())),
+        },
     };
     (outcome, busy)
 }

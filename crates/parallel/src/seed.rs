@@ -34,11 +34,7 @@ pub(crate) struct Turns {
 impl Turns {
     /// Runs `f` as replica `index`'s turn. Every replica `0..index` must take its turn too.
     pub(crate) fn take<T>(&self, index: usize, f: impl FnOnce() -> T) -> T {
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        while *next != index {
-            next = self.changed.wait(next).unwrap_or_else(|e| e.into_inner());
-        }
-        drop(next);
+        self.wait_for(index);
         // Passed on even if `f` panics: the replicas after this one must not wait forever.
         struct Pass<'a>(&'a Turns);
         impl Drop for Pass<'_> {
@@ -49,6 +45,25 @@ impl Turns {
         }
         let _pass = Pass(self);
         f()
+    }
+
+    /// Inside a turn of `replicas` replicas: lets the next replica take its turn while `f`
+    /// runs (a wait for the others, which would otherwise never come), then waits for turn
+    /// `ticket` (the replica's place in the next round) to go on.
+    pub(crate) fn pass_during<T>(&self, ticket: usize, f: impl FnOnce() -> T) -> T {
+        *self.next.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+        let out = f();
+        self.wait_for(ticket);
+        out
+    }
+
+    /// Waits until turn `ticket` has come (or gone: a failed replica may pass on twice).
+    fn wait_for(&self, ticket: usize) {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        while *next < ticket {
+            next = self.changed.wait(next).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -76,6 +91,26 @@ mod tests {
             }
         });
         assert_eq!(order.into_inner().unwrap(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_turn_passed_during_a_wait_comes_back_in_the_next_round() {
+        let turns = Turns::default();
+        let order = Mutex::new(Vec::new());
+        let met = std::sync::Barrier::new(3);
+        std::thread::scope(|scope| {
+            for index in (0..3).rev() {
+                let (turns, order, met) = (&turns, &order, &met);
+                scope.spawn(move || {
+                    turns.take(index, || {
+                        order.lock().unwrap().push(index);
+                        turns.pass_during(3 + index, || met.wait());
+                        order.lock().unwrap().push(10 + index);
+                    })
+                });
+            }
+        });
+        assert_eq!(order.into_inner().unwrap(), [0, 1, 2, 10, 11, 12]);
     }
 
     #[test]

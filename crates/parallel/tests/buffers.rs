@@ -32,8 +32,8 @@ fn stats<Bk: burn::tensor::backend::Backend>(model: &Cnn<Bk>) -> Vec<(Vec<f32>, 
         .map(|block| {
             let read = |t: Tensor<Bk, 1>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             (
-                read(block.norm.running_mean.value()),
-                read(block.norm.running_var.value()),
+                read(block.norm.running_mean().value()),
+                read(block.norm.running_var().value()),
             )
         })
         .collect()
@@ -194,8 +194,8 @@ fn replicas_do_not_share_the_module_s_statistics() {
         for block in &m.blocks {
             block
                 .norm
-                .running_mean
-                .update(block.norm.running_mean.value().add_scalar(step));
+                .running_mean()
+                .update(block.norm.running_mean().value().add_scalar(step));
         }
         m.logits(x)
     })
@@ -218,8 +218,9 @@ fn with_stats(model: &Cnn<AB>, stats: &[(Vec<f32>, Vec<f32>)]) -> Cnn<AB> {
         Tensor::<AB, 1>::from_data(TensorData::new(values.clone(), [values.len()]), &cpu())
     };
     for (block, (mean, var)) in copy.blocks.iter_mut().zip(stats) {
-        block.norm.running_mean = RunningState::new(tensor(mean));
-        block.norm.running_var = RunningState::new(tensor(var));
+        let (running_mean, running_var) = block.norm.running_mut();
+        *running_mean = RunningState::new(tensor(mean));
+        *running_var = RunningState::new(tensor(var));
     }
     copy
 }

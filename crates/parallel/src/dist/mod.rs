@@ -20,6 +20,7 @@ mod exchange;
 mod flat;
 #[cfg(feature = "cuda")]
 mod nccl;
+mod norm_sums;
 mod ranks;
 mod trainer;
 mod world;

@@ -165,6 +165,13 @@ where
         })
     }
 
+    fn norm_sums(&mut self) -> Option<std::sync::Arc<dyn crate::sync_norm::RankSum>> {
+        (self.mpi.size() > 1).then(|| {
+            std::sync::Arc::new(super::norm_sums::MpiNormSums::new(self.mpi.serialized))
+                as std::sync::Arc<dyn crate::sync_norm::RankSum>
+        })
+    }
+
     fn combines_buffers(&self) -> bool {
         self.buffers && self.mpi.size() > 1
     }

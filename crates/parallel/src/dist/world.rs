@@ -25,6 +25,8 @@ use mpi::traits::*;
 pub struct Mpi {
     _universe: mpi::environment::Universe,
     world: SimpleCommunicator,
+    /// Whether MPI lets any thread call it, one at a time.
+    pub(crate) serialized: bool,
     local_rank: usize,
     local_size: usize,
 }
@@ -40,8 +42,9 @@ impl Mpi {
     /// rank, instead of leaving the other ranks waiting for it. A panic inside a replica is
     /// caught instead and returned as an error on every rank, like any failed step.
     pub fn init() -> Result<Self> {
-        // Only the calling thread talks to MPI; replicas run on other threads but never call it.
-        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+        // One thread at a time talks to MPI: the calling thread, or, while it waits for the
+        // replicas, the replica that sums synchronized batch norms' statistics.
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized)
             .ok_or(DataParallelError::MpiAlreadyInitialized)?;
         let world = universe.world();
         let rank = world.rank();
@@ -63,6 +66,7 @@ impl Mpi {
         }));
         Ok(Self {
             _universe: universe,
+            serialized: threading >= mpi::Threading::Serialized,
             world,
             local_rank,
             local_size,

@@ -80,6 +80,12 @@ pub(crate) trait Peers<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
         settings: MicroBatch,
     ) -> Result<Rows>;
 
+    /// Where the processes sum the statistics of synchronized batch norms; `None` in one
+    /// process.
+    fn norm_sums(&mut self) -> Option<std::sync::Arc<dyn crate::sync_norm::RankSum>> {
+        None
+    }
+
     /// Whether [`outcome`](Self::outcome) combines the buffers, and so needs this process's.
     fn combines_buffers(&self) -> bool {
         false

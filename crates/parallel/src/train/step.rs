@@ -4,9 +4,11 @@ use super::Trainer;
 use super::loss::{Denominator, LossReduction, TrainLoss};
 use super::peers::{Accumulated, Alone, Contribution, MicroBatch, Outcome, Peers, Rows};
 use super::reduce::GradientSum;
+use crate::ReplicaInfo;
 use crate::parallel_apply::{Rendezvous, ReplicaTiming};
 use crate::replicas::Link;
 use crate::seed::{Turns, derive};
+use crate::sync_norm;
 use crate::{DataParallel, DataParallelError, Replicate, Result, Scatter, SplitPolicy};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -14,6 +16,7 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What one batch gave.
@@ -348,14 +351,35 @@ where
             Denominator::Rows => self.pending.weighted_for() + rows.total as f64,
             _ => 1.0,
         };
+        // Only a model with synchronized batch norms exchanges statistics across processes.
+        let norm_sums = peers
+            .norm_sums()
+            .filter(|_| sync_norm::contains(self.parallel.module()));
         let (outcome, local) = self.share_micro_batch(
             peers,
             |this| {
-                if rows.local > 0 {
-                    this.forward_backward(batch, loss, denominator, rows_so_far, micro_batch)
+                let local = if rows.local > 0 {
+                    this.forward_backward(
+                        batch,
+                        loss,
+                        denominator,
+                        rows_so_far,
+                        micro_batch,
+                        norm_sums.clone(),
+                    )
                 } else {
                     Ok((Vec::new(), Vec::new()))
+                };
+                // The other processes may still be in their synchronized layers: this one
+                // takes part in their exchanges (with nothing to add) until all are done.
+                if let Some(sums) = &norm_sums {
+                    sums.finish(match (&local, rows.local) {
+                        (Err(_), _) => sync_norm::Finish::Failed,
+                        (Ok(_), 0) => sync_norm::Finish::Idle,
+                        (Ok(_), _) => sync_norm::Finish::Done,
+                    });
                 }
+                local
             },
             // This process's loss and weight, summed as the whole step's are.
             |(replicas, _)| {
@@ -490,6 +514,7 @@ where
         denominator: Denominator,
         rows_so_far: f64,
         micro_batch: usize,
+        norm_sums: Option<Arc<dyn sync_norm::RankSum>>,
     ) -> Result<Replicas>
     where
         I: Scatter<B>,
@@ -498,14 +523,31 @@ where
     {
         let dim = self.parallel.dim();
         let forwards_done = Rendezvous::default();
-        let turns = Turns::default();
+        let turns = Arc::new(Turns::default());
+        // The meetings of the replicas' synchronized batch norms, made by the first replica to
+        // start (the number of replicas is known once the batch is split).
+        let group = OnceLock::new();
         let seed = self.micro_batch_seed(micro_batch);
         let devices = self.parallel.devices().to_vec();
         let (results, timings) = self.parallel.run(
             batch,
             |replica: &M, part: I| {
                 let rows = part.rows(dim).ok().flatten().unwrap_or(0);
-                let index = crate::current_replica().map_or(0, |info| info.index);
+                let info = crate::current_replica().unwrap_or(ReplicaInfo {
+                    index: 0,
+                    replicas: 1,
+                });
+                let index = info.index;
+                let group = group.get_or_init(|| {
+                    Arc::new(sync_norm::Group::new(info.replicas, norm_sums.clone()))
+                });
+                let _joined = sync_norm::join(
+                    group.clone(),
+                    index,
+                    info.replicas,
+                    sync_norm::sum::<B>,
+                    seed.map(|_| turns.clone()),
+                );
                 // Every replica ends its forward pass before any starts its backward pass: in
                 // Burn 0.21 a `backward()` can free the graph steps another thread is still
                 // recording, and a gradient is lost without an error (tracel-ai/burn#5573).
@@ -518,6 +560,10 @@ where
                     }),
                     None => loss(replica, part),
                 }));
+                if value.is_err() {
+                    sync_norm::abandon();
+                }
+                sync_norm::forward_done();
                 forwards_done.wait();
                 let (value, weight) = value
                     .unwrap_or_else(|panic| resume_unwind(panic))

@@ -165,6 +165,8 @@ where
             |replica: &M, part: I| {
                 let rows = part.rows(dim).ok().flatten().unwrap_or(0);
                 let index = crate::current_replica().map_or(0, |info| info.index);
+                // Steps in turns cannot meet inside a layer: a synchronized batch norm fails.
+                let _refused = crate::sync_norm::refuse("a step that runs its own backward pass");
                 // One step at a time: a fused forward and backward cannot wait for the other
                 // replicas' forward passes (tracel-ai/burn#5573).
                 let (grads, output) = turns.take(index, || {

@@ -278,8 +278,8 @@ pub fn cnn_buffers<Bk: Backend>(model: &Cnn<Bk>) -> HashSet<ParamId> {
         .blocks
         .iter()
         .flat_map(|block| {
-            let mut found = ids::<Bk, _>(&block.norm.running_mean);
-            found.extend(ids::<Bk, _>(&block.norm.running_var));
+            let mut found = ids::<Bk, _>(block.norm.running_mean());
+            found.extend(ids::<Bk, _>(block.norm.running_var()));
             found
         })
         .collect()

@@ -1,0 +1,206 @@
+//! The synchronized-batch-norm meetings the current thread takes part in, if any.
+//!
+//! A training call whose replicas run at the same time ([`DataParallelTrainer`]'s steps, and
+//! so [`DistributedTrainer`]'s) makes each replica thread a member of the micro-batch's
+//! [`Group`]; calls whose replicas cannot meet refuse synchronized layers, so that they fail
+//! instead of normalizing each part on its own. Outside any call a synchronized layer is a
+//! plain batch norm.
+//!
+//! [`DataParallelTrainer`]: crate::DataParallelTrainer
+//! [`DistributedTrainer`]: crate::dist::DistributedTrainer
+
+use super::SyncNormError;
+use super::group::{Group, Pass};
+use crate::seed::Turns;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// The autodiff operation summing a layer's statistics over the meeting, for the trainer's
+/// backend: it takes and gives that backend's float tensor primitive, type-erased so that a
+/// layer generic over any backend can call it.
+pub(crate) type SumOp = fn(Box<dyn Any>, Meeting) -> Result<Summed<Box<dyn Any>>, SyncNormError>;
+
+/// A sum as a tensor `T` of the graph, and its values on the host.
+pub(crate) type Summed<T> = (T, Arc<Vec<f64>>);
+
+thread_local! {
+    static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+enum Context {
+    Member(Member),
+    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    Refused(&'static str),
+}
+
+struct Member {
+    group: Arc<Group>,
+    index: usize,
+    replicas: usize,
+    op: SumOp,
+    turns: Option<Arc<Turns>>,
+    meetings: usize,
+}
+
+/// One synchronized layer's meeting, as one replica sees it: where its forward pass and its
+/// backward step meet the other replicas.
+#[derive(Clone)]
+pub(crate) struct Meeting {
+    group: Arc<Group>,
+    index: usize,
+    number: usize,
+    /// In a seeded call, the forward passes run in turns: the turns to pass on while waiting,
+    /// and this replica's next one.
+    turn: Option<(Arc<Turns>, usize)>,
+}
+
+impl std::fmt::Debug for Meeting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meeting")
+            .field("replica", &self.index)
+            .field("number", &self.number)
+            .finish()
+    }
+}
+
+impl Meeting {
+    /// The forward pass's sum.
+    pub(crate) fn forward(&self, values: Vec<f64>) -> Result<Arc<Vec<f64>>, SyncNormError> {
+        let sum = || {
+            self.group
+                .sum((Pass::Forward, self.number), self.index, values)
+        };
+        match &self.turn {
+            Some((turns, ticket)) => turns.pass_during(*ticket, sum),
+            None => sum(),
+        }
+    }
+
+    /// The backward step's sum.
+    pub(crate) fn backward(&self, values: Vec<f64>) -> Result<Arc<Vec<f64>>, SyncNormError> {
+        self.group
+            .sum((Pass::Backward, self.number), self.index, values)
+    }
+}
+
+/// Makes the current thread replica `index` of `group` until the guard is dropped, `op`
+/// being the trainer backend's sum; `turns` where the forward passes run in turns.
+pub(crate) fn join(
+    group: Arc<Group>,
+    index: usize,
+    replicas: usize,
+    op: SumOp,
+    turns: Option<Arc<Turns>>,
+) -> Joined {
+    let member = Member {
+        group: group.clone(),
+        index,
+        replicas,
+        op,
+        turns,
+        meetings: 0,
+    };
+    let previous = CURRENT.with(|c| c.replace(Some(Context::Member(member))));
+    Joined {
+        previous,
+        member: Some((group, index)),
+    }
+}
+
+/// Makes synchronized layers on the current thread fail (inside `call`, in words) until the
+/// guard is dropped.
+#[cfg(feature = "burn-train")]
+pub(crate) fn refuse(call: &'static str) -> Joined {
+    let previous = CURRENT.with(|c| c.replace(Some(Context::Refused(call))));
+    Joined {
+        previous,
+        member: None,
+    }
+}
+
+/// The current replica's forward pass is over (it takes no more turns).
+pub(crate) fn forward_done() {
+    with_member(|member| {
+        member.turns = None;
+        member.group.forward_done(member.index);
+    });
+}
+
+/// The current replica failed: the meetings it would have come to fail too.
+pub(crate) fn abandon() {
+    with_member(|member| member.group.abandon(member.index));
+}
+
+fn with_member(f: impl FnOnce(&mut Member)) {
+    CURRENT.with(|c| {
+        if let Some(Context::Member(member)) = c.borrow_mut().as_mut() {
+            f(member)
+        }
+    })
+}
+
+/// Guard of [`join`] and [`refuse`].
+pub(crate) struct Joined {
+    previous: Option<Context>,
+    member: Option<(Arc<Group>, usize)>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some((group, index)) = &self.member {
+            if std::thread::panicking() {
+                group.abandon(*index);
+            } else {
+                group.done(*index);
+            }
+        }
+        CURRENT.with(|c| c.replace(self.previous.take()));
+    }
+}
+
+/// `values` summed over every replica and rank of the call, with the total as numbers; `None`
+/// where the layer is not synchronized (outside any call, or in a call of one replica that
+/// does not take part in a trainer's step: one part is the whole batch).
+pub(crate) fn sum_over_batch<B: Backend>(
+    values: Tensor<B, 1>,
+) -> Result<Option<Summed<Tensor<B, 1>>>, SyncNormError> {
+    let found = CURRENT.with(|c| match c.borrow_mut().as_mut() {
+        Some(Context::Refused(call)) => Err(SyncNormError::NotSynchronized { call }),
+        Some(Context::Member(member)) => {
+            let number = member.meetings;
+            member.meetings += 1;
+            let turn = member.turns.as_ref().map(|turns| {
+                // Round `number + 1` of the turns, this replica's place in it.
+                (turns.clone(), (number + 1) * member.replicas + member.index)
+            });
+            let meeting = Meeting {
+                group: member.group.clone(),
+                index: member.index,
+                number,
+                turn,
+            };
+            Ok(Some((member.op, meeting)))
+        }
+        None => match crate::current_replica() {
+            Some(info) if info.replicas > 1 => Err(SyncNormError::NotSynchronized {
+                call: "a DataParallel call",
+            }),
+            _ => Ok(None),
+        },
+    });
+    let Some((op, meeting)) = found? else {
+        return Ok(None);
+    };
+    let primitive: B::FloatTensorPrimitive = values.into_primitive().tensor();
+    let (total, numbers) = op(Box::new(primitive), meeting)?;
+    let total = *total
+        .downcast::<B::FloatTensorPrimitive>()
+        .map_err(|_| SyncNormError::UnsupportedBackend)?;
+    Ok(Some((
+        Tensor::from_primitive(TensorPrimitive::Float(total)),
+        numbers,
+    )))
+}
