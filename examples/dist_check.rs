@@ -924,12 +924,15 @@ where
             "[rank {rank}] PASS: {steps} steps on {size} ranks, {} gradient all-reduces \
              ({} reduce-scatters, {} all-gathers) of about {per_step} values ({} parameters, \
              {trainable} trainable), max parameter difference {diff:e}, optimizer state \
-             {state_bytes} of {whole} bytes, held-out {correct}/{} correct",
+             {state_bytes} of {whole} bytes, held-out {correct}/{} correct, {} batch-norm sums \
+             of {} values",
             exchanged.all_reduces,
             exchanged.reduce_scatters,
             exchanged.all_gathers,
             model.num_params(),
             args.held_out,
+            exchanged.norm_sums,
+            exchanged.norm_values,
         );
         Ok(())
     }

@@ -8,17 +8,7 @@ use serde_json::Value;
 use std::path::Path;
 
 fn epochs(report: &Value) -> Vec<(f64, f64)> {
-    report["epochs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["train_loss"].as_f64().unwrap(),
-                e["test_accuracy"].as_f64().unwrap(),
-            )
-        })
-        .collect()
+    common::epoch_pairs(report, "train_loss", "test_accuracy")
 }
 
 fn path(p: &Path) -> &str {

@@ -102,6 +102,7 @@ pub fn checks<B: AutodiffBackend>(
         true,
         || CnnConfig::new(3, CLASSES).init::<B>(d).fork(d),
     )?);
+    out.extend(sync_cnn::<B>(devices, tolerance)?);
     let transformer = || {
         TextClassifierConfig::new(VOCAB, LENGTH, CLASSES)
             .with_d_model(16)
@@ -197,14 +198,36 @@ where
             tolerance,
         ));
     }
+    out.extend(optimizer_steps::<B, M, X>(
+        name, devices, tolerance, ghost, ADAM_LR, &make,
+    )?);
+    Ok(out)
+}
+
+/// Trainer steps with SGD and Adam (at `adam_lr`) on 30 and 10 rows, against single-device
+/// Burn.
+fn optimizer_steps<B, M, X>(
+    name: &str,
+    devices: &[B::Device],
+    tolerance: f32,
+    ghost: bool,
+    adam_lr: f64,
+    make: &impl Fn() -> M,
+) -> anyhow::Result<Vec<Outcome>>
+where
+    B: AutodiffBackend,
+    X: Data,
+    M: Classifier<B, Input = X::Input<B>> + AutodiffModule<B> + Replicate<B> + Sync,
+{
+    let mut out = Vec::new();
     for rows in [30, 10] {
         for (optimizer, adam) in [("SGD", false), ("Adam", true)] {
             let diff = if adam {
-                step::<B, M, X, _>(&make, devices, rows, ghost, ADAM_LR, || {
+                step::<B, M, X, _>(make, devices, rows, ghost, adam_lr, || {
                     AdamConfig::new().init()
                 })?
             } else {
-                step::<B, M, X, _>(&make, devices, rows, ghost, SGD_LR, || {
+                step::<B, M, X, _>(make, devices, rows, ghost, SGD_LR, || {
                     SgdConfig::new().init()
                 })?
             };
@@ -214,6 +237,44 @@ where
                 tolerance,
             ));
         }
+    }
+    Ok(out)
+}
+
+/// The CNN with `SyncBatchNorm`: trainer steps against single-device Burn on the whole batch,
+/// and a training forward through `DataParallel` on several devices refused with an error.
+fn sync_cnn<B: AutodiffBackend>(
+    devices: &[B::Device],
+    tolerance: f32,
+) -> anyhow::Result<Vec<Outcome>> {
+    let d = &devices[0];
+    let make = || {
+        CnnConfig::new(3, CLASSES)
+            .with_sync_batch_norm(true)
+            .init::<B>(d)
+            .fork(d)
+    };
+    let name = "CNN (SyncBatchNorm)";
+    // The convolutions' biases have a gradient of zero but for rounding (batch norm cancels
+    // them), which Adam scales up to a step: measured up to 6e-6 at ADAM_LR, a tenth of that
+    // rate keeps it well under the tolerance.
+    let adam_lr = ADAM_LR / 10.0;
+    let mut out = optimizer_steps::<B, _, Images>(name, devices, tolerance, false, adam_lr, &make)?;
+    if devices.len() > 1 {
+        let (x, _) = Images::batch::<B>(10, 7, d);
+        let mut dp = DataParallel::new(make(), devices.to_vec())?;
+        let seen = match dp.forward(x, |m, x| m.logits(x)) {
+            Err(err @ burn_data_parallel::DataParallelError::SyncBatchNorm { .. }) => {
+                Ok(err.to_string())
+            }
+            Err(err) => Err(format!("another error: {err}")),
+            Ok(_) => Err("it ran".to_owned()),
+        };
+        out.push(Outcome::check(
+            format!("{name}: a training forward through DataParallel is refused"),
+            seen.is_ok(),
+            seen.unwrap_or_else(|e| e),
+        ));
     }
     Ok(out)
 }

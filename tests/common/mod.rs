@@ -40,16 +40,17 @@ pub fn sync_cnn_config(dir: &Path, epochs: usize) -> String {
 #[allow(dead_code)]
 /// Each epoch's training and held-out losses in a report.
 pub fn epoch_losses(report: &serde_json::Value) -> Vec<(f64, f64)> {
+    epoch_pairs(report, "train_loss", "test_loss")
+}
+
+/// Each epoch's values of keys `a` and `b` in a report.
+#[allow(dead_code)]
+pub fn epoch_pairs(report: &serde_json::Value, a: &str, b: &str) -> Vec<(f64, f64)> {
     report["epochs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            (
-                e["train_loss"].as_f64().unwrap(),
-                e["test_loss"].as_f64().unwrap(),
-            )
-        })
+        .map(|e| (e[a].as_f64().unwrap(), e[b].as_f64().unwrap()))
         .collect()
 }
 

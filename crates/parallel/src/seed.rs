@@ -39,23 +39,41 @@ impl Turns {
         struct Pass<'a>(&'a Turns);
         impl Drop for Pass<'_> {
             fn drop(&mut self) {
-                *self.0.next.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                self.0.changed.notify_all();
+                self.0.pass_on();
             }
         }
         let _pass = Pass(self);
         f()
     }
 
-    /// Inside a turn of `replicas` replicas: lets the next replica take its turn while `f`
-    /// runs (a wait for the others, which would otherwise never come), then waits for turn
-    /// `ticket` (the replica's place in the next round) to go on.
-    pub(crate) fn pass_during<T>(&self, ticket: usize, f: impl FnOnce() -> T) -> T {
-        *self.next.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.changed.notify_all();
-        let out = f();
+    /// Inside a turn: lets the next replica take its turn while `f` runs (a wait for the
+    /// others, which would otherwise never come), then, if `f` succeeded, waits for turn
+    /// `ticket` (the replica's place in the next round) to go on. A failed `f` goes on at once:
+    /// the call is failing, and its turns may never come.
+    pub(crate) fn pass_during<T, E>(
+        &self,
+        ticket: usize,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.pass_on();
+        let out = f()?;
         self.wait_for(ticket);
-        out
+        Ok(out)
+    }
+
+    /// The next turn comes (saturating: after [`release_all`](Self::release_all) every turn
+    /// has come).
+    fn pass_on(&self) {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        *next = next.saturating_add(1);
+        self.changed.notify_all();
+    }
+
+    /// Every turn has come: a replica failed, and the others must not wait for turns it
+    /// will not pass on.
+    pub(crate) fn release_all(&self) {
+        *self.next.lock().unwrap_or_else(|e| e.into_inner()) = usize::MAX;
+        self.changed.notify_all();
     }
 
     /// Waits until turn `ticket` has come (or gone: a failed replica may pass on twice).
@@ -104,7 +122,9 @@ mod tests {
                 scope.spawn(move || {
                     turns.take(index, || {
                         order.lock().unwrap().push(index);
-                        turns.pass_during(3 + index, || met.wait());
+                        turns
+                            .pass_during(3 + index, || Ok::<_, ()>(met.wait()))
+                            .unwrap();
                         order.lock().unwrap().push(10 + index);
                     })
                 });

@@ -437,6 +437,51 @@ fn a_cnn_with_batch_norm_trains_as_the_trainer_on_the_same_parts() {
     assert!(diff < 1e-5, "off by {diff}");
 }
 
+/// The strategy's replicas take their steps in turns and cannot meet inside a layer: a
+/// `SyncBatchNorm` stops the training with a typed error instead of normalizing per part.
+#[test]
+fn a_sync_batch_norm_is_refused_by_the_strategy() {
+    let _generator = exclusive();
+    let (rows, valid) = (dataset(16, &[1, 6, 6], 3), dataset(8, &[1, 6, 6], 4));
+    let model = CnnNet {
+        model: dp_model::CnnConfig::new(1, common::zoo::CLASSES)
+            .with_widths(vec![4])
+            .with_sync_batch_norm(true)
+            .init::<AB>(&cpu()),
+    };
+    let dir = temp("sync-bn");
+    let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([1, 6, 6]))
+        .batch_size(8)
+        .build(InMemDataset::new(rows));
+    let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([1, 6, 6]))
+        .batch_size(8)
+        .build(InMemDataset::new(valid));
+    let strategy = Arc::new(DataParallelStrategy::<AB>::new(cpus(2)));
+    let _ = SupervisedTraining::new(dir.path(), dl_train, dl_valid)
+        .metrics((LossMetric::new(),))
+        .with_application_logger(None)
+        .with_training_strategy(TrainingStrategy::Custom(strategy.clone()))
+        .num_epochs(1)
+        .launch(Learner::new(
+            model,
+            burn::optim::SgdConfig::new().init(),
+            0.05,
+        ));
+    let err = strategy
+        .take_error()
+        .expect("the strategy stopped with an error");
+    assert!(
+        matches!(
+            err,
+            burn_data_parallel::DataParallelError::SyncBatchNorm {
+                source: burn_data_parallel::SyncNormError::NotSynchronized { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 /// A resumed run (model, Adam state and the cosine schedule from burn-train's checkpoint)
 /// ends where the uninterrupted one ends, which ends where one device ends.
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::activation::relu;
@@ -24,6 +24,13 @@ use std::sync::Mutex;
 type AB = Autodiff<common::B>;
 
 const TOLERANCE: f32 = 1e-5;
+
+/// One test at a time: Burn's random generator is one per process, and the seeded runs repeat
+/// only when no other test draws from it meanwhile (models are initialized from it too).
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: Mutex<()> = Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[derive(Module, Debug)]
 enum Norm<B: Backend> {
@@ -48,6 +55,8 @@ struct Net<B: Backend> {
     conv: Option<Conv2d<B>>,
     linear: Option<Linear<B>>,
     norm: Norm<B>,
+    /// Dropout before and after the batch norm (seeded runs).
+    dropout: Option<Dropout>,
     head: Linear<B>,
 }
 
@@ -70,13 +79,19 @@ impl<B: Backend> Net<B> {
             conv,
             linear,
             norm: Norm::Sync(norm),
+            dropout: None,
             head: LinearConfig::new(features, CLASSES).init(&device),
         }
     }
 
     fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let drop = |x: Tensor<B, 4>| match &self.dropout {
+            Some(dropout) => dropout.forward(x),
+            None => x,
+        };
+        let x = drop(x);
         let hidden: Tensor<B, 2> = match (&self.conv, &self.linear) {
-            (Some(conv), _) => relu(self.norm.forward(conv.forward(x))).flatten(1, 3),
+            (Some(conv), _) => drop(relu(self.norm.forward(conv.forward(x)))).flatten(1, 3),
             (None, Some(linear)) => relu(self.norm.forward(linear.forward(x.flatten(1, 3)))),
             (None, None) => unreachable!("a net has a conv or a linear layer"),
         };
@@ -177,6 +192,7 @@ fn steps(sizes: &[&[usize]]) -> Vec<Vec<Batch>> {
 
 #[test]
 fn adam_steps_on_uneven_splits_equal_one_device_on_the_whole_batch() {
+    let _generator = exclusive();
     for two_d in [false, true] {
         for (devices, rows) in [(2, 7), (3, 10), (4, 30), (4, 10)] {
             let net = Net::<AB>::new(two_d);
@@ -198,6 +214,7 @@ fn adam_steps_on_uneven_splits_equal_one_device_on_the_whole_batch() {
 
 #[test]
 fn accumulated_micro_batches_and_the_adaptive_split_equal_one_device() {
+    let _generator = exclusive();
     for two_d in [false, true] {
         let net = Net::<AB>::new(two_d);
         // Micro-batches of 9 and 5 rows; the last step's second one has 2 rows for 3 devices.
@@ -217,6 +234,7 @@ fn accumulated_micro_batches_and_the_adaptive_split_equal_one_device() {
 
 #[test]
 fn outputs_and_gradients_equal_one_device() {
+    let _generator = exclusive();
     for two_d in [false, true] {
         let net = Net::<AB>::new(two_d);
         let (x, y) = batch(10, 99);
@@ -263,6 +281,7 @@ fn loss_value(stats: &burn_data_parallel::BatchStats) -> f32 {
 
 #[test]
 fn a_seeded_run_repeats_and_trains_as_one_device() {
+    let _generator = exclusive();
     let start = Net::<AB>::new(true);
     let run = |seed: Option<u64>| {
         let net = common::zoo::copy(&start);
@@ -287,6 +306,7 @@ fn a_seeded_run_repeats_and_trains_as_one_device() {
 
 #[test]
 fn data_parallel_forward_refuses_to_train_it_on_several_devices() {
+    let _generator = exclusive();
     let net = Net::<AB>::new(true);
     let mut parallel = DataParallel::new(net.clone(), cpus(2)).unwrap();
     let (x, _) = batch(6, 1);
@@ -313,26 +333,55 @@ fn data_parallel_forward_refuses_to_train_it_on_several_devices() {
     assert!(common::max_abs_diff(got, expected) <= TOLERANCE);
 }
 
+/// A replica failing before the layer, with the forward passes concurrent or in seeded turns
+/// (the first or a later one in turn), fails the step with its own error, and nobody waits.
 #[test]
 fn a_replica_failing_before_the_layer_fails_the_step_with_its_own_error() {
-    let net = Net::<AB>::new(true);
-    let mut trainer = DataParallelTrainer::new(net, SgdConfig::new().init(), cpus(3)).unwrap();
-    let err = trainer
-        .step(0.1, batch(9, 4), |net: &Net<AB>, (x, y)| {
-            if burn_data_parallel::current_replica().unwrap().index == 1 {
-                panic!("replica 1's data is bad");
+    let _generator = exclusive();
+    // A hang is a failure here, not a test that never ends.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        fail_replicas_in_turn_and_not();
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the failing steps ended (a replica waited for ever otherwise)");
+}
+
+fn fail_replicas_in_turn_and_not() {
+    for seed in [None, Some(5)] {
+        for failing in [0, 1] {
+            let net = Net::<AB>::new(true);
+            let mut trainer =
+                DataParallelTrainer::new(net, SgdConfig::new().init(), cpus(3)).unwrap();
+            if let Some(seed) = seed {
+                trainer = trainer.with_seed(seed);
             }
-            net.loss(x, y)
-        })
-        .unwrap_err();
-    assert!(
-        matches!(&err, DataParallelError::ReplicaPanicked { replica: 1, message, .. } if message.contains("bad")),
-        "{err}"
-    );
+            let err = trainer
+                .step(0.1, batch(9, 4), |net: &Net<AB>, (x, y)| {
+                    if burn_data_parallel::current_replica().unwrap().index == failing {
+                        panic!("replica {failing}'s data is bad");
+                    }
+                    net.loss(x, y)
+                })
+                .unwrap_err();
+            assert!(
+                matches!(&err, DataParallelError::ReplicaPanicked { replica, message, .. }
+                    if *replica == failing && message.contains("bad")),
+                "seed {seed:?}, replica {failing}: {err}"
+            );
+            // The trainer goes on with the next step.
+            trainer
+                .step(0.1, batch(9, 4), |net: &Net<AB>, (x, y)| net.loss(x, y))
+                .unwrap();
+        }
+    }
 }
 
 #[test]
 fn a_batch_norm_record_loads_into_a_sync_batch_norm_and_back() {
+    let _generator = exclusive();
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
     let device = cpu();
     let mut norm = BatchNormConfig::new(3).init::<common::B>(&device);
@@ -348,4 +397,28 @@ fn a_batch_norm_record_loads_into_a_sync_batch_norm_and_back() {
         .init::<common::B>(&device)
         .load_record(recorder.load(bytes, &device).unwrap());
     assert!(common::max_abs_diff(back.forward(x.clone()), norm.forward(x)) == 0.0);
+}
+
+/// With dropout before and after the batch norm, a seeded run repeats (each replica draws
+/// from its own seed again when its turn comes back after the layer) and another seed differs.
+#[test]
+fn seeded_dropout_around_the_layer_repeats_and_another_seed_differs() {
+    let _generator = exclusive();
+    let start = Net {
+        dropout: Some(DropoutConfig::new(0.3).init()),
+        ..Net::<AB>::new(true)
+    };
+    let run = |seed: u64| {
+        let mut trainer =
+            DataParallelTrainer::new(common::zoo::copy(&start), AdamConfig::new().init(), cpus(3))
+                .unwrap()
+                .with_split_policy(Chunk)
+                .with_seed(seed);
+        trained(&mut trainer, &steps(&[&[10], &[7]]))
+    };
+    let (a, b, c) = (run(3), run(3), run(4));
+    let same = max_param_diff::<AB, _>(&a, &b);
+    assert!(same <= TOLERANCE, "the same seed twice: {same}");
+    let other = max_param_diff::<AB, _>(&a, &c);
+    assert!(other > 1e-4, "another seed: {other}");
 }

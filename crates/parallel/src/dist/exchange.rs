@@ -42,6 +42,14 @@ pub struct ExchangeStats {
     /// Time spent in them, copies to and from the host included: waiting for the slowest
     /// rank to arrive counts here too.
     pub time: std::time::Duration,
+    /// Sums of synchronized batch norms' statistics across the ranks (two per layer in each
+    /// forward pass, two in each backward pass, per micro-batch), each a small all-reduce of
+    /// a header and, but for the last of a micro-batch, of the values.
+    pub norm_sums: usize,
+    /// Values those sums carried from this rank, all together.
+    pub norm_values: usize,
+    /// Time spent in them, waits for the other ranks included.
+    pub norm_time: std::time::Duration,
 }
 
 /// The engine chosen for this run, and what it has carried.

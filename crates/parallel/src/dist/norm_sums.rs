@@ -11,11 +11,15 @@
 //! The calls come from replica threads (the last replica of the process to bring its part),
 //! while the thread that started MPI waits for the replicas: hence MPI's `Serialized` threading.
 
+use super::ExchangeStats;
 use crate::SyncNormError;
 use crate::sync_norm::{Finish, RankSum};
 use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// The header's fields, each reduced by maximum.
 const COMPUTING: usize = 0;
@@ -25,38 +29,63 @@ const LEN: usize = 3;
 /// Minus the length (`i64::MIN` from a rank not computing): its maximum is minus the smallest.
 const NEG_LEN: usize = 4;
 
+/// What the sums of a trainer's ranks have carried (see `ExchangeStats`).
+#[derive(Debug, Default)]
+pub(crate) struct NormCounts {
+    sums: AtomicUsize,
+    values: AtomicUsize,
+    nanos: AtomicU64,
+}
+
+impl NormCounts {
+    pub(crate) fn add_to(&self, stats: &mut ExchangeStats) {
+        stats.norm_sums += self.sums.load(Ordering::Relaxed);
+        stats.norm_values += self.values.load(Ordering::Relaxed);
+        stats.norm_time += Duration::from_nanos(self.nanos.load(Ordering::Relaxed));
+    }
+}
+
 /// [`RankSum`] over MPI's world.
 pub(crate) struct MpiNormSums {
     /// Whether MPI lets replica threads call it (one at a time).
     threads: bool,
+    counts: Arc<NormCounts>,
 }
 
 impl MpiNormSums {
-    pub(crate) fn new(threads: bool) -> Self {
-        Self { threads }
+    pub(crate) fn new(threads: bool, counts: Arc<NormCounts>) -> Self {
+        Self { threads, counts }
     }
 
-    fn header(&self, mine: [i64; 5]) -> [i64; 5] {
+    /// One sum: the header `mine`, every rank's maximum of which comes back, and `values`
+    /// summed over the ranks where every header says they follow.
+    fn exchange(&self, mine: [i64; 5], values: &mut Vec<f64>) -> [i64; 5] {
+        let start = Instant::now();
+        let world = SimpleCommunicator::world();
         let mut all = [0i64; 5];
-        SimpleCommunicator::world().all_reduce_into(
-            &mine[..],
-            &mut all[..],
-            SystemOperation::max(),
-        );
+        world.all_reduce_into(&mine[..], &mut all[..], SystemOperation::max());
+        if all[COMPUTING] > 0 && verdict(&all).is_ok() {
+            // A rank not computing adds zeros of the computing ranks' length.
+            values.resize(all[LEN] as usize, 0.0);
+            let send = values.clone();
+            world.all_reduce_into(&send[..], &mut values[..], SystemOperation::sum());
+            self.counts
+                .values
+                .fetch_add(values.len(), Ordering::Relaxed);
+        }
+        self.counts.sums.fetch_add(1, Ordering::Relaxed);
+        let nanos = start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.counts.nanos.fetch_add(nanos, Ordering::Relaxed);
         all
-    }
-
-    fn values(&self, values: &mut [f64]) {
-        let send = values.to_vec();
-        SimpleCommunicator::world().all_reduce_into(&send[..], values, SystemOperation::sum());
     }
 }
 
 /// Whether the values follow the header `all`, and if not, why.
 fn verdict(all: &[i64; 5]) -> Result<(), SyncNormError> {
     if all[FAILED] > 0 {
+        // The highest failed rank, as `rank + 1`.
         return Err(SyncNormError::PeerFailed {
-            who: "another rank".to_owned(),
+            who: format!("rank {}", all[FAILED] - 1),
         });
     }
     if all[DONE_WITH_ROWS] > 0 {
@@ -85,30 +114,26 @@ impl RankSum for MpiNormSums {
             ));
         }
         let len = values.len() as i64;
-        let all = self.header([1, 0, 0, len, -len]);
-        verdict(&all)?;
-        self.values(values);
-        Ok(())
+        verdict(&self.exchange([1, 0, 0, len, -len], values))
     }
 
     fn finish(&self, how: Finish) {
         if !self.threads {
             return;
         }
+        let rank = SimpleCommunicator::world().rank() as i64;
         let mine = [
             0,
-            (how == Finish::Failed) as i64,
+            if how == Finish::Failed { rank + 1 } else { 0 },
             (how == Finish::Done) as i64,
             0,
             i64::MIN,
         ];
+        let mut zeros = Vec::new();
         loop {
-            let all = self.header(mine);
-            if all[COMPUTING] == 0 {
+            zeros.clear();
+            if self.exchange(mine, &mut zeros)[COMPUTING] == 0 {
                 return;
-            }
-            if verdict(&all).is_ok() {
-                self.values(&mut vec![0.0; all[LEN] as usize]);
             }
         }
     }

@@ -36,6 +36,8 @@ pub(crate) struct Ranks<'a> {
     /// The rows of the last global batch this rank asked its part of (`NOT_ASKED` if none
     /// since the last micro-batch).
     pub(crate) asked: AtomicU64,
+    /// What synchronized batch norms' sums have carried.
+    pub(crate) norm: std::sync::Arc<super::norm_sums::NormCounts>,
 }
 
 /// No part asked for.
@@ -167,8 +169,10 @@ where
 
     fn norm_sums(&mut self) -> Option<std::sync::Arc<dyn crate::sync_norm::RankSum>> {
         (self.mpi.size() > 1).then(|| {
-            std::sync::Arc::new(super::norm_sums::MpiNormSums::new(self.mpi.serialized))
-                as std::sync::Arc<dyn crate::sync_norm::RankSum>
+            std::sync::Arc::new(super::norm_sums::MpiNormSums::new(
+                self.mpi.serialized,
+                self.norm.clone(),
+            )) as std::sync::Arc<dyn crate::sync_norm::RankSum>
         })
     }
 

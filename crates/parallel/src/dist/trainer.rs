@@ -142,6 +142,7 @@ where
                 rows: Vec::new(),
                 buffers: !buffers.is_empty(),
                 asked: std::sync::atomic::AtomicU64::new(super::ranks::NOT_ASKED),
+                norm: Default::default(),
             },
             gather: None,
         })
@@ -209,7 +210,9 @@ where
     /// What the gradient exchange has carried on this rank since this trainer was made (steps
     /// counted by [`DataParallelTrainer::with_steps_taken`] are not included).
     pub fn exchange_stats(&self) -> ExchangeStats {
-        self.ranks.exchange.stats()
+        let mut stats = self.ranks.exchange.stats();
+        self.ranks.norm.add_to(&mut stats);
+        stats
     }
 
     /// The trainer of this rank's devices and the ranks it steps with, apart (for a loop

@@ -21,9 +21,11 @@ use std::sync::Arc;
 /// The autodiff operation summing a layer's statistics over the meeting, for the trainer's
 /// backend: it takes and gives that backend's float tensor primitive, type-erased so that a
 /// layer generic over any backend can call it.
-pub(crate) type SumOp = fn(Box<dyn Any>, Meeting) -> Result<Summed<Box<dyn Any>>, SyncNormError>;
+pub(crate) type SumOp =
+    fn(Box<dyn Any>, &[f64], Meeting) -> Result<Summed<Box<dyn Any>>, SyncNormError>;
 
-/// A sum as a tensor `T` of the graph, and its values on the host.
+/// A sum as a tensor `T` of the graph, and its values on the host (the extra numbers summed
+/// with it after them).
 pub(crate) type Summed<T> = (T, Arc<Vec<f64>>);
 
 thread_local! {
@@ -41,7 +43,7 @@ struct Member {
     index: usize,
     replicas: usize,
     op: SumOp,
-    turns: Option<Arc<Turns>>,
+    turns: Option<(Arc<Turns>, Reseed)>,
     meetings: usize,
 }
 
@@ -52,10 +54,21 @@ pub(crate) struct Meeting {
     group: Arc<Group>,
     index: usize,
     number: usize,
-    /// In a seeded call, the forward passes run in turns: the turns to pass on while waiting,
-    /// and this replica's next one.
-    turn: Option<(Arc<Turns>, usize)>,
+    /// In a seeded call, the forward passes run in turns.
+    turn: Option<Turn>,
 }
+
+/// A replica's place in seeded turns: the turns to pass on while waiting, its next one, and
+/// how it reseeds the backend's generator when its turn comes back (given the round).
+#[derive(Clone)]
+pub(crate) struct Turn {
+    turns: Arc<Turns>,
+    ticket: usize,
+    reseed: Reseed,
+}
+
+/// Reseeds the backend's generator for a replica's round of turns.
+pub(crate) type Reseed = Arc<dyn Fn(usize) + Send + Sync>;
 
 impl std::fmt::Debug for Meeting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,7 +87,12 @@ impl Meeting {
                 .sum((Pass::Forward, self.number), self.index, values)
         };
         match &self.turn {
-            Some((turns, ticket)) => turns.pass_during(*ticket, sum),
+            Some(turn) => {
+                let total = turn.turns.pass_during(turn.ticket, sum)?;
+                // Back in turn after the others' draws: this replica's own generator again.
+                (turn.reseed)(self.number + 1);
+                Ok(total)
+            }
             None => sum(),
         }
     }
@@ -87,13 +105,14 @@ impl Meeting {
 }
 
 /// Makes the current thread replica `index` of `group` until the guard is dropped, `op`
-/// being the trainer backend's sum; `turns` where the forward passes run in turns.
+/// being the trainer backend's sum; `turns` where the forward passes run in turns, with how
+/// the replica reseeds when its turn comes back.
 pub(crate) fn join(
     group: Arc<Group>,
     index: usize,
     replicas: usize,
     op: SumOp,
-    turns: Option<Arc<Turns>>,
+    turns: Option<(Arc<Turns>, Reseed)>,
 ) -> Joined {
     let member = Member {
         group: group.clone(),
@@ -129,9 +148,15 @@ pub(crate) fn forward_done() {
     });
 }
 
-/// The current replica failed: the meetings it would have come to fail too.
+/// The current replica failed: the meetings it would have come to fail too, and no replica
+/// waits for a turn it would have passed on.
 pub(crate) fn abandon() {
-    with_member(|member| member.group.abandon(member.index));
+    with_member(|member| {
+        member.group.abandon(member.index);
+        if let Some((turns, _)) = &member.turns {
+            turns.release_all();
+        }
+    });
 }
 
 fn with_member(f: impl FnOnce(&mut Member)) {
@@ -161,20 +186,26 @@ impl Drop for Joined {
     }
 }
 
-/// `values` summed over every replica and rank of the call, with the total as numbers; `None`
-/// where the layer is not synchronized (outside any call, or in a call of one replica that
-/// does not take part in a trainer's step: one part is the whole batch).
+/// `values` summed over every replica and rank of the call, with the total as numbers, `extra`
+/// numbers summed after them (counts, kept out of the tensor's precision); `None` where the
+/// layer is not synchronized: outside any call, in a call of one replica that is not a
+/// trainer's step, or in a trainer's step of one replica and one process (its part is the
+/// whole batch).
 pub(crate) fn sum_over_batch<B: Backend>(
     values: Tensor<B, 1>,
+    extra: &[f64],
 ) -> Result<Option<Summed<Tensor<B, 1>>>, SyncNormError> {
     let found = CURRENT.with(|c| match c.borrow_mut().as_mut() {
         Some(Context::Refused(call)) => Err(SyncNormError::NotSynchronized { call }),
+        Some(Context::Member(member)) if member.group.alone() => Ok(None),
         Some(Context::Member(member)) => {
             let number = member.meetings;
             member.meetings += 1;
-            let turn = member.turns.as_ref().map(|turns| {
+            let turn = member.turns.as_ref().map(|(turns, reseed)| Turn {
+                turns: turns.clone(),
                 // Round `number + 1` of the turns, this replica's place in it.
-                (turns.clone(), (number + 1) * member.replicas + member.index)
+                ticket: (number + 1) * member.replicas + member.index,
+                reseed: reseed.clone(),
             });
             let meeting = Meeting {
                 group: member.group.clone(),
@@ -195,7 +226,7 @@ pub(crate) fn sum_over_batch<B: Backend>(
         return Ok(None);
     };
     let primitive: B::FloatTensorPrimitive = values.into_primitive().tensor();
-    let (total, numbers) = op(Box::new(primitive), meeting)?;
+    let (total, numbers) = op(Box::new(primitive), extra, meeting)?;
     let total = *total
         .downcast::<B::FloatTensorPrimitive>()
         .map_err(|_| SyncNormError::UnsupportedBackend)?;

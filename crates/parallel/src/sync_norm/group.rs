@@ -41,7 +41,7 @@ pub(crate) enum Pass {
 }
 
 /// How far a replica has got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
     Forward,
     Backward,
@@ -89,6 +89,11 @@ impl Group {
             }),
             changed: Condvar::new(),
         }
+    }
+
+    /// One replica and no other process: nothing to meet.
+    pub(crate) fn alone(&self) -> bool {
+        self.replicas == 1 && self.ranks.is_none()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -179,7 +184,8 @@ impl Group {
 
     fn advance(&self, index: usize, stage: Stage) {
         let mut state = self.lock();
-        state.stage[index] = stage;
+        // Never back: a replica that failed stays done.
+        state.stage[index] = state.stage[index].max(stage);
         self.changed.notify_all();
     }
 }

@@ -17,8 +17,10 @@ use burn::tensor::backend::Backend;
 /// `dist::DistributedTrainer` (feature `mpi`), its forward pass normalizes with
 /// the mean and variance over every row of the (micro-)batch across all replicas and ranks,
 /// its backward pass sums the matching gradient terms over them, and its running statistics
-/// take the whole batch's mean and variance, as one device's would. Two small exchanges per
-/// layer and pass carry the statistics (`2·C + 1` numbers for `C` channels).
+/// take the whole batch's mean and variance, as one device's would. Each layer makes two
+/// exchanges in the forward pass (`C + 1` numbers for `C` channels, then `C`) and two in the
+/// backward pass (`C` each), through host memory; a step of one device in one process makes
+/// none.
 ///
 /// Outside a data-parallel call it is a plain batch norm, and in evaluation (a backend
 /// without autodiff) it uses its running statistics, as always. Inside a call whose replicas
@@ -114,21 +116,21 @@ impl<B: Backend> SyncBatchNorm<B> {
         let channels = dims[1];
         let values = dims.iter().product::<usize>() / channels.max(1);
         let flat = input.clone().swap_dims(0, 1).reshape([channels, values]);
-        let count = Tensor::<B, 1>::from_floats([values as f32], &device);
-        let sums = Tensor::cat(vec![flat.clone().sum_dim(1).reshape([channels]), count], 0);
-        let Some((sums, numbers)) = sum_over_batch(sums)? else {
+        let sums = flat.clone().sum_dim(1).reshape([channels]);
+        let Some((sums, numbers)) = sum_over_batch(sums, &[values as f64])? else {
             return Ok(self.plain().forward(input));
         };
         let count = numbers[channels];
-        let mean = sums.narrow(0, 0, channels).div_scalar(count);
+        let mean = sums.div_scalar(count);
         let squares = flat
             .sub(mean.clone().reshape([channels, 1]))
             .square()
             .sum_dim(1)
             .reshape([channels]);
-        let (squares, _) = sum_over_batch(squares)?.ok_or_else(|| SyncNormError::Mismatch {
-            what: "the layer left its call between its two exchanges".to_owned(),
-        })?;
+        let (squares, _) =
+            sum_over_batch(squares, &[])?.ok_or_else(|| SyncNormError::Mismatch {
+                what: "the layer left its call between its two exchanges".to_owned(),
+            })?;
         let var = squares.div_scalar(count);
 
         let update = |state: &RunningState<Tensor<B, 1>>, batch: &Tensor<B, 1>| {

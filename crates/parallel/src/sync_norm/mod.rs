@@ -16,7 +16,7 @@ mod op;
 
 #[cfg(feature = "burn-train")]
 pub(crate) use context::refuse;
-pub(crate) use context::{abandon, forward_done, join};
+pub(crate) use context::{Reseed, abandon, forward_done, join};
 pub use error::SyncNormError;
 pub(crate) use group::{Finish, Group, RankSum};
 pub use layer::SyncBatchNorm;

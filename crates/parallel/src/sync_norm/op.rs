@@ -22,15 +22,18 @@ use std::any::Any;
 /// [`SumOp`](super::context::SumOp) for the trainer's backend `B`.
 pub(crate) fn sum<B: AutodiffBackend>(
     values: Box<dyn Any>,
+    extra: &[f64],
     meeting: Meeting,
 ) -> Result<Summed<Box<dyn Any>>, SyncNormError> {
     let tensor = *values
         .downcast::<FloatTensor<Autodiff<B::InnerBackend>>>()
         .map_err(|_| SyncNormError::UnsupportedBackend)?;
     let dtype = tensor.primitive.dtype();
-    let (host, device) = to_host::<B::InnerBackend>(tensor.primitive.clone());
+    let (mut host, device) = to_host::<B::InnerBackend>(tensor.primitive.clone());
+    let len = host.len();
+    host.extend_from_slice(extra);
     let total = meeting.forward(host)?;
-    let output = from_host::<B::InnerBackend>(&total, dtype, &device);
+    let output = from_host::<B::InnerBackend>(&total[..len], dtype, &device);
     let state = SumState::<B::InnerBackend> {
         meeting,
         device,

@@ -541,12 +541,21 @@ where
                 let group = group.get_or_init(|| {
                     Arc::new(sync_norm::Group::new(info.replicas, norm_sums.clone()))
                 });
+                // Seeded forward passes run in turns, given up while a replica waits for the
+                // others in a synchronized layer; back in turn, it draws from its own seed.
+                let reseed = seed.map(|seed| {
+                    let device = devices[index].clone();
+                    let reseed: sync_norm::Reseed = Arc::new(move |round: usize| {
+                        B::seed(&device, derive(seed, &[index as u64, round as u64]))
+                    });
+                    (turns.clone(), reseed)
+                });
                 let _joined = sync_norm::join(
                     group.clone(),
                     index,
                     info.replicas,
                     sync_norm::sum::<B>,
-                    seed.map(|_| turns.clone()),
+                    reseed,
                 );
                 // Every replica ends its forward pass before any starts its backward pass: in
                 // Burn 0.21 a `backward()` can free the graph steps another thread is still
