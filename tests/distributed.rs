@@ -1257,10 +1257,40 @@ fn a_rank_failing_inside_a_sync_batch_norm_step_is_an_error_on_every_rank() {
     // each naming rank 1.
     assert!(
         out.contains("rank 1: step 2 failed")
-            || out.contains("rank 1 failed before reaching the synchronized batch norm"),
+            || out.contains("rank 1 failed while this replica waited for it"),
         "{out}"
     );
     assert!(!out.contains("aborting the MPI job"), "{out}");
+}
+
+/// Of 3 ranks, the one that fails is the one the others name.
+#[test]
+fn the_ranks_waiting_in_a_sync_batch_norm_name_the_rank_that_failed() {
+    let out = mpirun_failing(
+        3,
+        &[
+            "--model",
+            "sync-cnn",
+            "--replica-panic-rank",
+            "2",
+            "--fault-step",
+            "2",
+        ],
+    );
+    // Open MPI ends the job when the first rank exits: whichever of ranks 0 and 1 reported
+    // names rank 2, and none blames another rank.
+    let others_reported = ["rank 0: step 2 failed", "rank 1: step 2 failed"]
+        .iter()
+        .any(|line| out.contains(line));
+    if others_reported {
+        assert!(
+            out.contains("rank 2 failed while this replica waited for it"),
+            "{out}"
+        );
+    }
+    for wrong in ["rank 0 failed while", "rank 1 failed while"] {
+        assert!(!out.contains(wrong), "{out}");
+    }
 }
 
 /// `train --sync-bn` on 2 ranks of one device and of two, and with 2 micro-batches per batch,

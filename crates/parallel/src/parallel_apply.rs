@@ -172,14 +172,9 @@ where
     F: Fn(&M, I) -> Result<O, E>,
 {
     let previous = CURRENT.with(|current| current.replace(Some(info)));
-    let waited_before = WAITED.with(|waited| waited.replace(Duration::ZERO));
-    let start = Instant::now();
     // Tensors are not `UnwindSafe`; nothing observes the replica's state after a panic except
     // the error message, and the replica itself is never mutated.
-    let result = catch_unwind(AssertUnwindSafe(|| f(replica, input)));
-    let busy = start
-        .elapsed()
-        .saturating_sub(WAITED.with(|waited| waited.replace(waited_before)));
+    let (result, busy) = busy(|| catch_unwind(AssertUnwindSafe(|| f(replica, input))));
     CURRENT.with(|current| current.replace(previous));
     let outcome = match result {
         Ok(Ok(output)) => Outcome::Done(output),
@@ -196,6 +191,34 @@ fn replica_info(index: usize, replicas: usize) -> ReplicaInfo {
     ReplicaInfo { index, replicas }
 }
 
+/// Time the current thread spends waiting for others from now until dropped: not counted in a
+/// replica's [`compute`](ReplicaTiming::compute) time, nor in a process's busy time.
+pub(crate) struct Waiting(Instant);
+
+impl Waiting {
+    pub(crate) fn start() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let waited = self.0.elapsed();
+        WAITED.with(|w| w.set(w.get() + waited));
+    }
+}
+
+/// Runs `f`, returning also how long it ran less the time it spent [`Waiting`].
+pub(crate) fn busy<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let before = WAITED.with(|waited| waited.replace(Duration::ZERO));
+    let start = Instant::now();
+    let out = f();
+    let busy = start
+        .elapsed()
+        .saturating_sub(WAITED.with(|waited| waited.replace(before)));
+    (out, busy)
+}
+
 /// A point that every replica of a call reaches before any goes past it. Usable once per call.
 #[derive(Default)]
 pub(crate) struct Rendezvous(OnceLock<Barrier>);
@@ -207,9 +230,8 @@ impl Rendezvous {
     /// [`compute`](ReplicaTiming::compute) time: it measures the other replicas, not this one.
     pub(crate) fn wait(&self) {
         let replicas = current_replica().map_or(1, |info| info.replicas);
-        let start = Instant::now();
+        let _waiting = Waiting::start();
         self.0.get_or_init(|| Barrier::new(replicas)).wait();
-        WAITED.with(|waited| waited.set(waited.get() + start.elapsed()));
     }
 }
 

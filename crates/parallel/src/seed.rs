@@ -4,7 +4,9 @@
 //! process, so replicas that run at once draw in whatever order their threads reach it. A
 //! seeded call instead runs the replicas' forward passes one after another, in replica order,
 //! each after reseeding the backend's generator with a seed derived from the run's seed and
-//! the position of the draw (rank, step, micro-batch, replica). A run is then a function of its
+//! the position of the draw (rank, step, micro-batch, replica). A replica that must wait for
+//! the others inside its forward pass (a synchronized batch norm) passes its turn on and
+//! takes it back in the next round ([`Turns::pass_during`]), reseeding from the round. A run is then a function of its
 //! seed and its configuration, and a resumed run draws what the uninterrupted one would have.
 
 use std::sync::{Condvar, Mutex};
@@ -57,6 +59,7 @@ impl Turns {
     ) -> Result<T, E> {
         self.pass_on();
         let out = f()?;
+        let _waiting = crate::parallel_apply::Waiting::start();
         self.wait_for(ticket);
         Ok(out)
     }

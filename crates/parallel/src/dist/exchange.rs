@@ -42,9 +42,10 @@ pub struct ExchangeStats {
     /// Time spent in them, copies to and from the host included: waiting for the slowest
     /// rank to arrive counts here too.
     pub time: std::time::Duration,
-    /// Sums of synchronized batch norms' statistics across the ranks (two per layer in each
-    /// forward pass, two in each backward pass, per micro-batch), each a small all-reduce of
-    /// a header and, but for the last of a micro-batch, of the values.
+    /// Sums of synchronized batch norms' statistics across the ranks: per micro-batch, two
+    /// per layer in the forward pass and two in the backward pass, each a small all-reduce of
+    /// a header then one of the values, and one header alone that ends the micro-batch
+    /// (`4 · layers + 1`).
     pub norm_sums: usize,
     /// Values those sums carried from this rank, all together.
     pub norm_values: usize,

@@ -129,6 +129,8 @@ impl RankSum for MpiNormSums {
             0,
             i64::MIN,
         ];
+        // Waiting for the other ranks, not computing: not in this rank's busy time.
+        let _waiting = crate::parallel_apply::Waiting::start();
         let mut zeros = Vec::new();
         loop {
             zeros.clear();

@@ -20,9 +20,9 @@ pub enum SyncNormError {
         call: &'static str,
     },
 
-    /// Another replica of the call, or another rank, failed before it reached the
-    /// synchronized layer this one was waiting in.
-    #[error("{who} failed before reaching the synchronized batch norm this replica waited in")]
+    /// Another replica of the call, or another rank, failed while this one waited for it in
+    /// a synchronized layer (it did not come, or cannot come back, to the meeting).
+    #[error("{who} failed while this replica waited for it in a synchronized batch norm")]
     PeerFailed {
         /// The replica or rank, in words.
         who: String,

@@ -108,6 +108,9 @@ impl Group {
         index: usize,
         values: Vec<f64>,
     ) -> Result<Arc<Vec<f64>>, SyncNormError> {
+        // Time here is spent waiting for the others (and their ranks), not computing: a
+        // split that learns speeds from timings must not see it.
+        let _waiting = crate::parallel_apply::Waiting::start();
         let mut state = self.lock();
         if let Some(err) = &state.failed {
             return Err(err.clone());

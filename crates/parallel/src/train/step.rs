@@ -65,10 +65,11 @@ type Replicas = (Vec<(ReplicaTiming, f64, Option<f64>)>, Vec<GradientsParams>);
 /// Replicas run their backward passes at the same time, each on its own copy of the
 /// parameters, once every replica has finished its forward pass (Burn 0.21 can lose a gradient
 /// when a `backward()` runs while another thread records graph steps, tracel-ai/burn#5573).
-/// Frozen parameters (`no_grad`) get no gradient and are never changed. A batch norm
+/// Frozen parameters (`no_grad`) get no gradient and are never changed. A Burn `BatchNorm`
 /// normalizes each replica's part with that part's statistics, and the module's running
-/// statistics become the row-weighted mean of the replicas' after each micro-batch (see the
-/// crate documentation, "What stays exact").
+/// statistics become the row-weighted mean of the replicas' after each micro-batch; a
+/// [`SyncBatchNorm`](crate::SyncBatchNorm) normalizes over the whole micro-batch, every
+/// replica and rank (see the crate documentation, "What stays exact").
 ///
 /// The loss function returns a one-element tensor (a mean over its rows unless
 /// [`with_loss_reduction`](Self::with_loss_reduction) says otherwise) or a
@@ -140,8 +141,9 @@ where
     /// trainer.
     ///
     /// Burn 0.21 has one random generator per backend and process, so the replicas' forward
-    /// passes run one after another, each after reseeding it; backward passes still run at
-    /// the same time. On the CPU this costs the forward passes' concurrency (measured in
+    /// passes run one after another, each after reseeding it (with synchronized batch norms,
+    /// in rounds: each replica runs up to the next such layer, and reseeds from its own seed
+    /// and the round when its turn comes back); backward passes still run at the same time. On the CPU this costs the forward passes' concurrency (measured in
     /// `BENCHMARKS.md`); on a GPU it is not measured yet. A split that
     /// learns from timings ([`Adaptive`](crate::Adaptive)) changes the parts from run to run,
     /// and the draws with them. The backend's generator is left reseeded.
@@ -473,9 +475,8 @@ where
     ) -> Result<(Outcome, Option<T>)> {
         let buffers = self.parallel.buffers().clone();
         let before = buffers.snapshot(self.parallel.module());
-        let started = Instant::now();
-        let local = run(self);
-        let busy = started.elapsed();
+        // Not counting waits for the other processes (in synchronized batch norms).
+        let (local, busy) = crate::parallel_apply::busy(|| run(self));
         let (sums, local) = match local {
             Ok(local) => (Ok(sums(&local)), Some(local)),
             Err(err) => (Err(err), None),
