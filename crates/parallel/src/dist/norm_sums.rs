@@ -17,7 +17,6 @@ use crate::sync_norm::{Finish, RankSum};
 use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,32 +28,34 @@ const LEN: usize = 3;
 /// Minus the length (`i64::MIN` from a rank not computing): its maximum is minus the smallest.
 const NEG_LEN: usize = 4;
 
-/// What the sums of a trainer's ranks have carried (see `ExchangeStats`).
+/// What the sums have carried (see `ExchangeStats`).
 #[derive(Debug, Default)]
-pub(crate) struct NormCounts {
+struct NormCounts {
     sums: AtomicUsize,
     values: AtomicUsize,
     nanos: AtomicU64,
 }
 
-impl NormCounts {
-    pub(crate) fn add_to(&self, stats: &mut ExchangeStats) {
-        stats.norm_sums += self.sums.load(Ordering::Relaxed);
-        stats.norm_values += self.values.load(Ordering::Relaxed);
-        stats.norm_time += Duration::from_nanos(self.nanos.load(Ordering::Relaxed));
-    }
-}
-
-/// [`RankSum`] over MPI's world.
+/// [`RankSum`] over MPI's world, one per trainer.
 pub(crate) struct MpiNormSums {
     /// Whether MPI lets replica threads call it (one at a time).
     threads: bool,
-    counts: Arc<NormCounts>,
+    counts: NormCounts,
 }
 
 impl MpiNormSums {
-    pub(crate) fn new(threads: bool, counts: Arc<NormCounts>) -> Self {
-        Self { threads, counts }
+    pub(crate) fn new(threads: bool) -> Self {
+        Self {
+            threads,
+            counts: NormCounts::default(),
+        }
+    }
+
+    /// Adds what these sums carried to `stats`.
+    pub(crate) fn add_to(&self, stats: &mut ExchangeStats) {
+        stats.norm_sums += self.counts.sums.load(Ordering::Relaxed);
+        stats.norm_values += self.counts.values.load(Ordering::Relaxed);
+        stats.norm_time += Duration::from_nanos(self.counts.nanos.load(Ordering::Relaxed));
     }
 
     /// One sum: the header `mine`, every rank's maximum of which comes back, and `values`

@@ -36,8 +36,9 @@ pub(crate) struct Ranks<'a> {
     /// The rows of the last global batch this rank asked its part of (`NOT_ASKED` if none
     /// since the last micro-batch).
     pub(crate) asked: AtomicU64,
-    /// What synchronized batch norms' sums have carried.
-    pub(crate) norm: std::sync::Arc<super::norm_sums::NormCounts>,
+    /// Where the module's synchronized batch norms sum their statistics across the ranks
+    /// (with what those sums carried); `None` without such a layer or with one rank.
+    pub(crate) norm: Option<std::sync::Arc<super::norm_sums::MpiNormSums>>,
 }
 
 /// No part asked for.
@@ -168,12 +169,9 @@ where
     }
 
     fn norm_sums(&mut self) -> Option<std::sync::Arc<dyn crate::sync_norm::RankSum>> {
-        (self.mpi.size() > 1).then(|| {
-            std::sync::Arc::new(super::norm_sums::MpiNormSums::new(
-                self.mpi.serialized,
-                self.norm.clone(),
-            )) as std::sync::Arc<dyn crate::sync_norm::RankSum>
-        })
+        self.norm
+            .clone()
+            .map(|sums| sums as std::sync::Arc<dyn crate::sync_norm::RankSum>)
     }
 
     fn combines_buffers(&self) -> bool {

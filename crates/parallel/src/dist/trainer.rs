@@ -131,6 +131,9 @@ where
             .next()
             .unwrap_or_else(|| local.devices()[0].clone());
         let exchange = Exchange::open::<B::InnerBackend>(mpi, &device, transport)?;
+        // Every rank holds the same model (checked above): all decide alike.
+        let norm = (mpi.size() > 1 && crate::sync_norm::contains(local.module()))
+            .then(|| std::sync::Arc::new(super::norm_sums::MpiNormSums::new(mpi.serialized)));
         Ok(Self {
             local,
             ranks: Ranks {
@@ -142,7 +145,7 @@ where
                 rows: Vec::new(),
                 buffers: !buffers.is_empty(),
                 asked: std::sync::atomic::AtomicU64::new(super::ranks::NOT_ASKED),
-                norm: Default::default(),
+                norm,
             },
             gather: None,
         })
@@ -211,7 +214,9 @@ where
     /// counted by [`DataParallelTrainer::with_steps_taken`] are not included).
     pub fn exchange_stats(&self) -> ExchangeStats {
         let mut stats = self.ranks.exchange.stats();
-        self.ranks.norm.add_to(&mut stats);
+        if let Some(norm) = &self.ranks.norm {
+            norm.add_to(&mut stats);
+        }
         stats
     }
 

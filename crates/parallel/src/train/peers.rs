@@ -81,7 +81,7 @@ pub(crate) trait Peers<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
     ) -> Result<Rows>;
 
     /// Where the processes sum the statistics of synchronized batch norms; `None` in one
-    /// process.
+    /// process, or for a module without such a layer.
     fn norm_sums(&mut self) -> Option<std::sync::Arc<dyn crate::sync_norm::RankSum>> {
         None
     }

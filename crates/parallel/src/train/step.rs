@@ -353,10 +353,7 @@ where
             Denominator::Rows => self.pending.weighted_for() + rows.total as f64,
             _ => 1.0,
         };
-        // Only a model with synchronized batch norms exchanges statistics across processes.
-        let norm_sums = peers
-            .norm_sums()
-            .filter(|_| sync_norm::contains(self.parallel.module()));
+        let norm_sums = peers.norm_sums();
         let (outcome, local) = self.share_micro_batch(
             peers,
             |this| {
