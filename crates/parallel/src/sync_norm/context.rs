@@ -186,19 +186,32 @@ impl Drop for Joined {
     }
 }
 
+/// Whether a synchronized layer running now normalizes over the whole batch: `false` outside
+/// any call, in a call of one replica that is not a trainer's step, or in a trainer's step of
+/// one replica and one process (its part is the whole batch); an error in a call that refuses
+/// it. Asked before the layer computes anything, so that a plain batch norm does no extra work.
+pub(crate) fn synchronized() -> Result<bool, SyncNormError> {
+    CURRENT.with(|c| match c.borrow().as_ref() {
+        Some(Context::Refused(call)) => Err(SyncNormError::NotSynchronized { call }),
+        Some(Context::Member(member)) => Ok(!member.group.alone()),
+        None => match crate::current_replica() {
+            Some(info) if info.replicas > 1 => Err(SyncNormError::NotSynchronized {
+                call: "a DataParallel call",
+            }),
+            _ => Ok(false),
+        },
+    })
+}
+
 /// `values` summed over every replica and rank of the call, with the total as numbers, `extra`
-/// numbers summed after them (counts, kept out of the tensor's precision); `None` where the
-/// layer is not synchronized: outside any call, in a call of one replica that is not a
-/// trainer's step, or in a trainer's step of one replica and one process (its part is the
-/// whole batch).
+/// numbers summed after them (counts, kept out of the tensor's precision). Only where
+/// [`synchronized`] says so.
 pub(crate) fn sum_over_batch<B: Backend>(
     values: Tensor<B, 1>,
     extra: &[f64],
-) -> Result<Option<Summed<Tensor<B, 1>>>, SyncNormError> {
+) -> Result<Summed<Tensor<B, 1>>, SyncNormError> {
     let found = CURRENT.with(|c| match c.borrow_mut().as_mut() {
-        Some(Context::Refused(call)) => Err(SyncNormError::NotSynchronized { call }),
-        Some(Context::Member(member)) if member.group.alone() => Ok(None),
-        Some(Context::Member(member)) => {
+        Some(Context::Member(member)) if !member.group.alone() => {
             let number = member.meetings;
             member.meetings += 1;
             let turn = member.turns.as_ref().map(|(turns, reseed)| Turn {
@@ -213,25 +226,22 @@ pub(crate) fn sum_over_batch<B: Backend>(
                 number,
                 turn,
             };
-            Ok(Some((member.op, meeting)))
+            Some((member.op, meeting))
         }
-        None => match crate::current_replica() {
-            Some(info) if info.replicas > 1 => Err(SyncNormError::NotSynchronized {
-                call: "a DataParallel call",
-            }),
-            _ => Ok(None),
-        },
+        _ => None,
     });
-    let Some((op, meeting)) = found? else {
-        return Ok(None);
+    let Some((op, meeting)) = found else {
+        return Err(SyncNormError::Mismatch {
+            what: "a synchronized layer left its call between its exchanges".to_owned(),
+        });
     };
     let primitive: B::FloatTensorPrimitive = values.into_primitive().tensor();
     let (total, numbers) = op(Box::new(primitive), extra, meeting)?;
     let total = *total
         .downcast::<B::FloatTensorPrimitive>()
         .map_err(|_| SyncNormError::UnsupportedBackend)?;
-    Ok(Some((
+    Ok((
         Tensor::from_primitive(TensorPrimitive::Float(total)),
         numbers,
-    )))
+    ))
 }
