@@ -592,3 +592,42 @@ fn sync_batch_norm_trains_the_cnn_as_one_device() {
         "{one:?} vs {per_part:?}"
     );
 }
+
+/// `--shard-optimizer` in one process: with the gradient sum and the optimizer step spread over
+/// the devices, the CNN (batch norm, Adam) on 3 devices with 2 micro-batches per batch trains
+/// the same numbers as with the step on the first device, and resumes from its checkpoint the
+/// same (the whole optimizer state is in it).
+#[test]
+fn a_sharded_step_trains_as_the_step_on_the_first_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), "cnn", 2);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let base = [
+            "--config",
+            config.as_str(),
+            "--devices",
+            "3",
+            "--accumulate",
+            "2",
+        ];
+        let (ok, stdout, stderr) = train(&out, &[&base[..], extra].concat());
+        assert!(ok, "{stderr}");
+        (common::epoch_losses(&report(&out)), stdout)
+    };
+    let (plain, _) = run("plain", &[]);
+    let (sharded, said) = run("sharded", &["--shard-optimizer"]);
+    assert!(
+        said.contains("optimizer step are spread over the devices"),
+        "{said}"
+    );
+    assert_eq!(plain, sharded);
+    // One more epoch, from the sharded run's checkpoint and from the plain one's.
+    let (plain, _) = run("plain", &["--epochs", "3", "--resume"]);
+    let (sharded, _) = run(
+        "sharded",
+        &["--epochs", "3", "--resume", "--shard-optimizer"],
+    );
+    assert_eq!(plain.len(), 3);
+    assert_eq!(plain, sharded);
+}

@@ -188,6 +188,8 @@ mod with_burn_train {
             compute_seconds: None,
             replica_rows: None,
             load_seconds: None,
+            phases: None,
+            traffic: None,
         })
     }
 }

@@ -196,6 +196,13 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             }
             if workload == Workload::W3 && devices > 1 {
                 specs.push(spec(workload, Runner::Seeded, devices, one));
+                specs.push(spec(workload, Runner::Sharded, devices, one));
+            }
+            if workload == Workload::W3 && (!cuda || devices > 1) {
+                specs.push(spec(workload, Runner::Adam, devices, one));
+            }
+            if workload == Workload::W3 && devices > 1 {
+                specs.push(spec(workload, Runner::ShardedAdam, devices, one));
             }
             if workload == Workload::W3 && args.burn_train {
                 specs.push(spec(workload, Runner::BurnTrain, devices, one));

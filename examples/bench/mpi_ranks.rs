@@ -124,6 +124,8 @@ where
             compute_seconds: Some(compute / iterations as f64),
             replica_rows: None,
             load_seconds: None,
+            phases: None,
+            traffic: None,
         };
         println!("RESULT {}", serde_json::to_string(&measurement)?);
     }

@@ -1,6 +1,6 @@
 //! The report: every measurement, the ratios the targets are read from, as Markdown and JSON.
 
-use crate::spec::{Measurement, Runner, Workload};
+use crate::spec::{Measurement, Phases, Runner, Workload};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -114,7 +114,7 @@ impl Report {
                 "### {}\n\n| configuration | {unit} | {rate} | iterations |\n|---|---:|---:|---:|\n",
                 title(workload)
             ));
-            for m in rows {
+            for m in &rows {
                 let exchanged = m
                     .exchanged_values
                     .map_or_else(String::new, |v| format!("; {v} values exchanged per step"));
@@ -160,9 +160,61 @@ impl Report {
                 }
             }
             md.push('\n');
+            md.push_str(&phases_table(&rows));
         }
         md
     }
+}
+
+/// Where the trainer's steps spend their time, and what the replicas exchange.
+fn phases_table(rows: &[&Measurement]) -> String {
+    let with: Vec<(&Measurement, &Phases)> = rows
+        .iter()
+        .filter_map(|m| m.phases.as_ref().map(|p| (*m, p)))
+        .collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let ms = |seconds: f64| format!("{:.2}", seconds * 1e3);
+    let each = |values: &[f64]| {
+        values
+            .iter()
+            .map(|&v| ms(v))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let mut md = String::from(
+        "Where a step's time goes (ms, medians; per replica: replica 0 / 1 / ...; \"waiting\" is \
+         the replicas' phase less the replica's own forward and backward: splitting, copies, \
+         waiting for the slowest, reading the loss) and what each replica sends and receives \
+         per step, in values, against a ring all-reduce's `2 (n - 1) / n` of them:\n\n\
+         | configuration | step | forward + backward | waiting | gradient sum | optimizer step | \
+         sent / received per replica | most / ring bound |\n|---|---:|---:|---:|---:|---:|---|---:|\n",
+    );
+    for (m, p) in with {
+        let traffic = m.traffic.as_ref().map_or_else(
+            || ("".to_owned(), "".to_owned()),
+            |t| {
+                (
+                    format!("{:?} / {:?}", t.sent, t.received),
+                    format!("{:.2}", t.over_ring_bound),
+                )
+            },
+        );
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            m.spec.label(),
+            ms(p.step),
+            each(&p.replica_compute),
+            each(&p.replica_wait),
+            ms(p.combine),
+            ms(p.optimizer),
+            traffic.0,
+            traffic.1,
+        ));
+    }
+    md.push('\n');
+    md
 }
 
 fn title(workload: Workload) -> &'static str {
@@ -355,6 +407,38 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
                 Some(m),
                 find(ms, w, Runner::DataParallel, m.spec.devices, m.spec.threads),
             ));
+        }
+        for (sharded, plain, what) in [
+            (Runner::Sharded, Runner::DataParallel, "SGD"),
+            (Runner::ShardedAdam, Runner::Adam, "Adam"),
+        ] {
+            for m in ms
+                .iter()
+                .filter(|m| m.spec.workload == w && m.spec.runner == sharded)
+            {
+                out.extend(ratio(
+                    w,
+                    format!(
+                        "{what}, DataParallel x{}: optimizer step sharded / on the first device",
+                        m.spec.devices
+                    ),
+                    Some(m),
+                    find(ms, w, plain, m.spec.devices, m.spec.threads),
+                ));
+                if let Some(ceiling) = find(ms, w, Runner::Ceiling, m.spec.devices, m.spec.threads)
+                    && sharded == Runner::Sharded
+                {
+                    out.extend(ratio(
+                        w,
+                        format!(
+                            "DataParallel x{}, sharded step / its ceiling (share of the possible)",
+                            m.spec.devices
+                        ),
+                        Some(m),
+                        Some(ceiling),
+                    ));
+                }
+            }
         }
         for m in ms
             .iter()

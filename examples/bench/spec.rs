@@ -38,6 +38,13 @@ pub enum Runner {
     /// W3 only: `DataParallelTrainer` with `with_seed`: the replicas' forward passes run one
     /// after another, each reseeded (what a repeatable run costs).
     Seeded,
+    /// W3 only: `DataParallelTrainer` with `with_sharded_step`: the gradient sum and the
+    /// optimizer step spread over the replicas.
+    Sharded,
+    /// W3 only: `DataParallelTrainer` with Adam instead of SGD (the optimizer step weighs more).
+    Adam,
+    /// W3 only: `Adam` with `with_sharded_step`.
+    ShardedAdam,
     /// burn-train 0.21's own multi-device training (W3 only, feature `burn-train`).
     BurnTrain,
     /// W3 only: the same burn-train program on this library's `DataParallelStrategy`
@@ -121,6 +128,40 @@ pub struct Measurement {
     /// measured apart from training.
     #[serde(default)]
     pub load_seconds: Option<f64>,
+    /// W3 trainer rows: where a step's time goes (medians over the timed steps).
+    #[serde(default)]
+    pub phases: Option<Phases>,
+    /// W3 trainer rows: values each replica sends and receives per step.
+    #[serde(default)]
+    pub traffic: Option<Traffic>,
+}
+
+/// Where a training step's time goes, medians in seconds over the timed steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phases {
+    /// The whole step (`accumulate` and `apply`).
+    pub step: f64,
+    /// Per replica: its forward and backward, on its own worker.
+    pub replica_compute: Vec<f64>,
+    /// Per replica: the rest of the replicas' phase (splitting the batch, copies made, waiting
+    /// for the slowest replica, reading the loss): `accumulate` less the gradient sum, less
+    /// its compute.
+    pub replica_wait: Vec<f64>,
+    /// Adding up the replicas' gradients (`BatchStats::reduce`).
+    pub combine: f64,
+    /// The optimizer step, with the replicas' refresh where the step makes them (`apply`).
+    pub optimizer: f64,
+}
+
+/// Values each replica sends and receives in a step (`DataParallelTrainer::step_traffic`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Traffic {
+    pub sent: Vec<usize>,
+    pub received: Vec<usize>,
+    /// What a ring all-reduce moves per replica: `2 (n - 1) / n` of the trainable values.
+    pub ring_bound: f64,
+    /// The most any replica sends or receives, over the ring bound.
+    pub over_ring_bound: f64,
 }
 
 impl Spec {
@@ -132,6 +173,9 @@ impl Spec {
             Runner::DataParallel
             | Runner::ForwardBackward
             | Runner::Seeded
+            | Runner::Sharded
+            | Runner::Adam
+            | Runner::ShardedAdam
             | Runner::BurnTrain
             | Runner::BurnTrainStrategy
             | Runner::EqualReplicas
@@ -188,6 +232,15 @@ impl Spec {
                 self.devices
             ),
             Runner::Seeded => format!("DataParallel x{}, seeded (`with_seed`)", self.devices),
+            Runner::Sharded => format!(
+                "DataParallel x{}, optimizer step sharded (`with_sharded_step`)",
+                self.devices
+            ),
+            Runner::Adam => format!("DataParallel x{}, Adam", self.devices),
+            Runner::ShardedAdam => format!(
+                "DataParallel x{}, Adam, optimizer step sharded (`with_sharded_step`)",
+                self.devices
+            ),
             Runner::BurnTrain => format!("burn-train multi x{}", self.devices),
             Runner::BurnTrainStrategy => {
                 format!("burn-train on DataParallelStrategy x{}", self.devices)
@@ -230,6 +283,9 @@ impl Spec {
                     Runner::DataParallel
                     | Runner::ForwardBackward
                     | Runner::Seeded
+                    | Runner::Sharded
+                    | Runner::Adam
+                    | Runner::ShardedAdam
                     | Runner::BurnTrain
                     | Runner::BurnTrainStrategy
                     | Runner::EqualReplicas

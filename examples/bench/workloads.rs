@@ -1,9 +1,9 @@
 //! The workloads, run in the child process on any backend.
 
-use crate::spec::{Measurement, Runner, Spec, Workload};
+use crate::spec::{Measurement, Phases, Runner, Spec, Traffic, Workload};
 use burn::module::Module;
 use burn::nn::LinearConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{DataParallel, DataParallelTrainer, current_replica};
@@ -59,6 +59,8 @@ pub fn measure<B: AutodiffBackend>(
     B::seed(&device, 1);
     let mut replica_rows = None;
     let mut load_seconds = None;
+    let mut phases = None;
+    let mut traffic = None;
     let (rows, samples) = match spec.workload {
         Workload::W1 => (30, w1::<B::InnerBackend>(spec, devices)?),
         Workload::W2 => (W2_BATCH, w2::<B::InnerBackend>(spec, devices)?),
@@ -76,6 +78,16 @@ pub fn measure<B: AutodiffBackend>(
                     devices,
                     crate::burn_train::Run::Strategy,
                 );
+            }
+            Runner::DataParallel
+            | Runner::Seeded
+            | Runner::Sharded
+            | Runner::Adam
+            | Runner::ShardedAdam => {
+                let (samples, step_phases, step_traffic) = w3_trainer::<B>(spec, devices)?;
+                phases = Some(step_phases);
+                traffic = Some(step_traffic);
+                (W3_BATCH, samples)
             }
             _ => (W3_BATCH, w3::<B>(spec, devices)?),
         },
@@ -103,6 +115,8 @@ pub fn measure<B: AutodiffBackend>(
         compute_seconds: None,
         replica_rows,
         load_seconds,
+        phases,
+        traffic,
     })
 }
 
@@ -200,25 +214,104 @@ fn w3<B: AutodiffBackend>(spec: &Spec, devices: Vec<B::Device>) -> anyhow::Resul
                 }
             })
         }
-        _ => {
-            let mut trainer =
-                DataParallelTrainer::new(model, SgdConfig::new().init(), devices.clone())?;
-            if spec.runner == Runner::Seeded {
-                trainer = trainer.with_seed(1);
-            }
-            time::<B>(spec.seconds, &devices, || {
-                if let Err(e) =
-                    trainer.step(W3_LR, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))
-                {
-                    failure.get_or_insert(e);
-                }
-            })
-        }
+        _ => anyhow::bail!("{:?} is not a plain W3 runner", spec.runner),
     };
     if let Some(e) = failure {
         return Err(e.into());
     }
     Ok(samples)
+}
+
+/// W3 through `DataParallelTrainer` (SGD or Adam, the step sharded or not, seeded or not):
+/// the step times, where the time goes, and what the replicas exchange.
+fn w3_trainer<B: AutodiffBackend>(
+    spec: &Spec,
+    devices: Vec<B::Device>,
+) -> anyhow::Result<(Vec<f64>, Phases, Traffic)> {
+    let device = devices[0].clone();
+    let model: Mlp<B> = mlp_config().init::<B>(&device).fork(&device);
+    let batch = w3_batch::<B>(&device);
+    match spec.runner {
+        Runner::Adam | Runner::ShardedAdam => {
+            let trainer = DataParallelTrainer::new(model, AdamConfig::new().init(), devices)?;
+            w3_steps(spec, trainer, batch, W3_ADAM_LR)
+        }
+        _ => {
+            let trainer = DataParallelTrainer::new(model, SgdConfig::new().init(), devices)?;
+            w3_steps(spec, trainer, batch, W3_LR)
+        }
+    }
+}
+
+/// Adam's rate for W3 (SGD's 0.05 would throw Adam's weights about).
+const W3_ADAM_LR: f64 = 1e-3;
+
+fn w3_steps<B, O>(
+    spec: &Spec,
+    trainer: DataParallelTrainer<B, Mlp<B>, O>,
+    (x, y): (Tensor<B, 2>, Tensor<B, 1, Int>),
+    lr: f64,
+) -> anyhow::Result<(Vec<f64>, Phases, Traffic)>
+where
+    B: AutodiffBackend,
+    O: Optimizer<Mlp<B>, B> + Clone + Send,
+    O::Record: burn_data_parallel::ShardableRecord<B>,
+{
+    let mut trainer = match spec.runner {
+        Runner::Sharded | Runner::ShardedAdam => trainer.with_sharded_step(),
+        Runner::Seeded => trainer.with_seed(1),
+        _ => trainer,
+    };
+    let devices = trainer.devices().to_vec();
+    let mut failure = None;
+    let mut seen: Vec<(f64, Vec<f64>, f64, f64)> = Vec::new();
+    let samples = time::<B>(spec.seconds, &devices, || {
+        let start = Instant::now();
+        let stats = trainer.accumulate((x.clone(), y.clone()), |m, (x, y)| m.loss(x, y));
+        let accumulated = start.elapsed().as_secs_f64();
+        let applied = Instant::now();
+        match stats.and_then(|stats| trainer.apply(lr).map(|()| stats)) {
+            Ok(stats) => seen.push((
+                accumulated,
+                stats
+                    .replicas
+                    .iter()
+                    .map(|r| r.compute.as_secs_f64())
+                    .collect(),
+                stats.reduce.as_secs_f64(),
+                applied.elapsed().as_secs_f64(),
+            )),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    // The warm-up's steps are in `seen` too: only the timed ones count.
+    let seen = &seen[seen.len() - samples.len()..];
+    let med = |values: Vec<f64>| median(values).1;
+    let replicas = seen.iter().map(|s| s.1.len()).min().unwrap_or(0);
+    let phases = Phases {
+        step: med(seen.iter().map(|s| s.0 + s.3).collect()),
+        replica_compute: (0..replicas)
+            .map(|i| med(seen.iter().map(|s| s.1[i]).collect()))
+            .collect(),
+        replica_wait: (0..replicas)
+            .map(|i| med(seen.iter().map(|s| s.0 - s.2 - s.1[i]).collect()))
+            .collect(),
+        combine: med(seen.iter().map(|s| s.2).collect()),
+        optimizer: med(seen.iter().map(|s| s.3).collect()),
+    };
+    let counted = trainer.step_traffic();
+    let traffic = Traffic {
+        ring_bound: counted.ring_bound(),
+        over_ring_bound: counted.over_ring_bound(),
+        sent: counted.sent,
+        received: counted.received,
+    };
+    Ok((samples, phases, traffic))
 }
 
 /// W4: the W3 step on replicas of unequal speed, the slow one (replica 1, or the single

@@ -118,7 +118,9 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     accumulate: Option<u64>,
     /// With --mpi, each rank keeps the optimizer state of its shard of the parameters only
-    /// (ZeRO stage 1); checkpoints still hold the whole state.
+    /// (ZeRO stage 1); in one process, the gradient sum and the optimizer step are spread over
+    /// the devices (`with_sharded_step`). Checkpoints still hold the whole state, and the
+    /// training is the same.
     #[arg(long)]
     shard_optimizer: bool,
     /// How each batch is split between this process's devices: `adaptive` gives each device

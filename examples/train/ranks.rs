@@ -149,7 +149,7 @@ impl Ranks {
     where
         B: AutodiffBackend,
         M: AutodiffModule<B> + burn_data_parallel::Replicate<B> + Sync,
-        O: Optimizer<M, B>,
+        O: Optimizer<M, B> + Clone + Send,
         O::Record: burn_data_parallel::ShardableRecord<B>,
         L: Loop<B, M, O>,
     {
@@ -178,11 +178,15 @@ impl Ranks {
             ));
             return training.run(joined);
         }
-        anyhow::ensure!(
-            !shard,
-            "--shard-optimizer shards the optimizer state across the ranks of an MPI job: it \
-             needs --mpi"
-        );
+        let local = if shard && local.devices().len() > 1 {
+            self.say(format_args!(
+                "The gradient sum and the optimizer step are spread over the devices, each \
+                 stepping its share of the parameters."
+            ));
+            local.with_sharded_step()
+        } else {
+            local
+        };
         anyhow::ensure!(
             !balance,
             "--balance-ranks splits global batches between the ranks of an MPI job: it needs \

@@ -362,6 +362,30 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         self.module = Some(update(module));
     }
 
+    /// Replaces the module by the one `step` makes from it (given the started workers and the
+    /// devices), and keeps the replicas `step` made for devices `1..` as this wrapper's own (a
+    /// sharded optimizer step builds them from the owners' new values).
+    pub(crate) fn update_module_and_replicas(
+        &mut self,
+        step: impl FnOnce(M, &Workers, &[B::Device]) -> (M, Vec<M>),
+    ) {
+        self.module_changes();
+        let module = self.module.take().expect(LOST);
+        let (module, replicas) = step(module, &self.workers, &self.devices);
+        self.module = Some(module);
+        self.replicas.set(replicas);
+    }
+
+    /// Starts the replicas' workers for `count` devices, if not yet started.
+    pub(crate) fn ensure_workers(&mut self, count: usize) -> Result<()> {
+        self.workers.ensure(count)
+    }
+
+    /// The replicas' workers (started by [`ensure_workers`](Self::ensure_workers) or a call).
+    pub(crate) fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
     /// The module's values are about to change (its parameters and buffers keep their ids and
     /// their kind): its replicas are stale, and it may be on another device.
     fn module_changes(&mut self) {

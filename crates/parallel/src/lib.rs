@@ -233,8 +233,8 @@ pub use shard::{Gather, Scatter, ToDevice, Whole};
 pub use split::{Adaptive, Balanced, Chunk, SplitPolicy};
 pub use sync_norm::{SyncBatchNorm, SyncNormError};
 pub use train::{
-    BatchStats, DataParallelTrainer, LossReduction, Metric, ShardableRecord, TrainLoss, Trainer,
-    WeightedMean,
+    BatchStats, DataParallelTrainer, LossReduction, Metric, ShardableRecord, StepTraffic,
+    TrainLoss, Trainer, WeightedMean,
 };
 
 // The README's examples compile and run as doctests.

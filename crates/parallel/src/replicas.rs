@@ -93,6 +93,12 @@ impl<M> Replicas<M> {
         self.copies.clear();
     }
 
+    /// Keeps `copies` (for devices `1..`, in order) in place of any made so far.
+    pub(crate) fn set(&mut self, copies: Vec<M>) {
+        self.builds += copies.len();
+        self.copies = copies;
+    }
+
     /// Copies made since creation, refreshes included.
     #[cfg(test)]
     pub(crate) fn builds(&self) -> usize {

@@ -332,11 +332,14 @@ fn a_non_finite_loss_names_the_step_and_changes_nothing() {
 
 #[test]
 fn a_step_in_which_no_parameter_received_a_gradient_is_refused() {
-    for devices in [1, 2] {
+    for (devices, sharded) in [(1, false), (2, false), (2, true), (3, true)] {
         let start = model(4);
         let mut trainer =
             DataParallelTrainer::new(start.clone(), SgdConfig::new().init(), cpus(devices))
                 .unwrap();
+        if sharded {
+            trainer = trainer.with_sharded_step();
+        }
         // A slip from PyTorch: the loss function runs the backward pass itself.
         let err = trainer
             .step(0.1, batch(8, 1), |m, b| {

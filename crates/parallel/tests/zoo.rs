@@ -218,6 +218,98 @@ fn resume<M, O>(
     assert!(diff <= TOLERANCE, "resumed training differs by {diff}");
 }
 
+/// The optimizer step spread over the replicas (`with_sharded_step`) trains exactly what the
+/// step on the first device trains, value for value, buffers included: accumulated micro-batches
+/// (the last with fewer rows than devices), several steps, 2 to 4 devices, and the optimizer's
+/// state put back together (a trainer resumed from it on the first device takes the same next
+/// step). Adam with weight decay and per-tensor gradient clipping by norm, and SGD with
+/// momentum.
+fn sharded_step<M>(make: impl Fn() -> M, batch: impl Fn(usize, u64) -> (M::Input, Targets<AB>))
+where
+    M: Classifier<AB> + AutodiffModule<AB> + Replicate<AB> + Sync,
+    M::Input: Scatter<AB>,
+{
+    use burn::grad_clipping::GradientClippingConfig;
+    use burn::optim::decay::WeightDecayConfig;
+    use burn::optim::momentum::MomentumConfig;
+    fn run<M, O>(
+        start: &M,
+        batch: &impl Fn(usize, u64) -> (M::Input, Targets<AB>),
+        optimizer: impl Fn() -> O,
+        lr: f64,
+    ) where
+        M: Classifier<AB> + AutodiffModule<AB> + Replicate<AB> + Sync,
+        M::Input: Scatter<AB>,
+        O: Optimizer<M, AB> + Clone + Send,
+        O::Record: burn_data_parallel::ShardableRecord<AB>,
+    {
+        let loss = |m: &M, (x, y): (M::Input, Targets<AB>)| m.loss(x, y);
+        for devices in [2, 3, 4] {
+            let mut plain =
+                DataParallelTrainer::new(copy(start), optimizer(), cpus(devices)).unwrap();
+            let mut sharded = DataParallelTrainer::new(copy(start), optimizer(), cpus(devices))
+                .unwrap()
+                .with_sharded_step();
+            assert!(sharded.sharded_step() && !plain.sharded_step());
+            for step in 0..2u64 {
+                for (i, rows) in [7, 12, 2].into_iter().enumerate() {
+                    let b = || batch(rows, 500 + 10 * step + i as u64);
+                    plain.accumulate(b(), loss).unwrap();
+                    sharded.accumulate(b(), loss).unwrap();
+                }
+                plain.apply(lr).unwrap();
+                sharded.apply(lr).unwrap();
+                plain.step(lr, batch(10, 600 + step), loss).unwrap();
+                sharded.step(lr, batch(10, 600 + step), loss).unwrap();
+            }
+            let moved = param_diff(plain.module(), start, &HashSet::new());
+            assert!(moved > 1e-4, "on {devices}: nothing moved");
+            let diff = param_diff(sharded.module(), plain.module(), &HashSet::new());
+            assert_eq!(
+                diff, 0.0,
+                "on {devices} devices the sharded step differs by {diff}"
+            );
+
+            // The state put back together: resumed on the first device, the same next step.
+            let mut resumed = DataParallelTrainer::new(
+                copy(sharded.module()),
+                optimizer().load_record(sharded.optimizer().to_record()),
+                cpus(devices),
+            )
+            .unwrap();
+            plain.step(lr, batch(9, 700), loss).unwrap();
+            resumed.step(lr, batch(9, 700), loss).unwrap();
+            let diff = param_diff(resumed.module(), plain.module(), &HashSet::new());
+            assert_eq!(
+                diff, 0.0,
+                "on {devices} devices the resumed step differs by {diff}"
+            );
+        }
+    }
+    let start = make();
+    run(
+        &start,
+        &batch,
+        || {
+            AdamConfig::new()
+                .with_weight_decay(Some(WeightDecayConfig::new(0.01)))
+                .with_grad_clipping(Some(GradientClippingConfig::Norm(0.5)))
+                .init::<AB, M>()
+        },
+        ADAM_LR,
+    );
+    run(
+        &start,
+        &batch,
+        || {
+            SgdConfig::new()
+                .with_momentum(Some(MomentumConfig::new()))
+                .init::<AB, M>()
+        },
+        SGD_LR,
+    );
+}
+
 fn sgd<M: AutodiffModule<AB>>() -> impl Optimizer<M, AB> {
     SgdConfig::new().init::<AB, M>()
 }
@@ -288,6 +380,11 @@ macro_rules! zoo {
                     adam,
                     ADAM_LR,
                 );
+            }
+
+            #[test]
+            fn sharded_step_equals_the_step_on_the_first_device() {
+                sharded_step($make, |r, s| $batch::<AB>(r, s));
             }
 
             #[test]

@@ -1,13 +1,16 @@
 //! Data-parallel training: every replica runs forward and backward on its part of the global
-//! batch, the gradients are combined on the first device weighted by rows (and across ranks
-//! through the [`peers`] seam), and one optimizer step is taken.
+//! batch, the gradients are combined weighted by rows (on the first device, or spread over the
+//! replicas with the step sharded: `owners`, `sharded_step`; across ranks through the [`peers`]
+//! seam), and one optimizer step is taken.
 
 mod evaluate;
 mod loss;
 mod metric;
+mod owners;
 mod peers;
 pub(crate) mod record;
 mod reduce;
+mod sharded_step;
 mod step;
 #[cfg(feature = "burn-train")]
 mod stepped;
@@ -21,6 +24,7 @@ pub use loss::{LossReduction, TrainLoss, WeightedMean};
 pub use metric::Metric;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use metric::Partial;
+pub use owners::StepTraffic;
 #[cfg(feature = "burn-train")]
 pub(crate) use peers::Alone;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]

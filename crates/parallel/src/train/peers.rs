@@ -86,6 +86,12 @@ pub(crate) trait Peers<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
         None
     }
 
+    /// Whether this process trains alone (its replicas' gradients are the whole step's, and
+    /// the optimizer step may be spread over them).
+    fn alone(&self) -> bool {
+        false
+    }
+
     /// Whether [`outcome`](Self::outcome) combines the buffers, and so needs this process's.
     fn combines_buffers(&self) -> bool {
         false
@@ -110,6 +116,10 @@ pub(crate) trait Peers<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
 pub(crate) struct Alone;
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> Peers<B, M, O> for Alone {
+    fn alone(&self) -> bool {
+        true
+    }
+
     fn rows(&mut self, _: usize, _: usize, local: Result<usize>, _: MicroBatch) -> Result<Rows> {
         local.map(|local| Rows {
             local,

@@ -1,4 +1,5 @@
-//! Gradient combination on the first device, weighted by rows.
+//! Gradient combination, weighted by rows: on the first device, or, with the optimizer step
+//! sharded, each tensor's on its owner's device and worker (see `owners`).
 //!
 //! For a mean loss, each replica's loss is scaled before its backward pass by its share of the
 //! rows, `n_i / N`, so that the plain sum of the replicas' gradients is the gradient of the mean
@@ -13,16 +14,29 @@
 //! far, the earlier sum rescaled as for rows: one more pass over the gradients per micro-batch.
 
 use super::loss::Denominator;
+use super::owners::Owners;
+use crate::workers::Workers;
 use crate::{DataParallelError, Result};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
-/// Gradients summed since the last optimizer step, on one device.
+/// Where a micro-batch's gradients are added up.
+pub(crate) struct Combine<'a, B: AutodiffBackend> {
+    /// The owners of a sharded step (each adds its tensors' gradients on its own device and
+    /// worker), or `None`: all on the first device, on the caller's thread.
+    pub owners: Option<&'a Owners>,
+    /// One started worker per owner.
+    pub workers: &'a Workers,
+    pub devices: &'a [B::Device],
+}
+
+/// Gradients summed since the last optimizer step: one set per owner (one set, on the first
+/// device, unless the step is sharded).
 #[derive(Default)]
 pub(crate) struct GradientSum {
-    sum: GradientsParams,
+    shards: Vec<GradientsParams>,
     parts: usize,
     micro_batches: usize,
     /// What the sum is currently divided by: rows or weights of all processes so far (0 while
@@ -65,10 +79,10 @@ impl GradientSum {
         parts: Vec<GradientsParams>,
         denominator: Denominator,
         weight: f64,
-        device: &B::Device,
+        combine: Combine<'_, B>,
     ) where
         B: AutodiffBackend,
-        M: AutodiffModule<B>,
+        M: AutodiffModule<B> + Sync,
     {
         let earlier = self.weighted_for;
         let now = earlier + weight;
@@ -85,48 +99,49 @@ impl GradientSum {
             Denominator::StepRows | Denominator::StepWeights if weight > 0.0 => (1.0, 1.0 / weight),
             Denominator::StepRows | Denominator::StepWeights => (1.0, 1.0),
         };
-        self.rescale::<B, M>(module, rescale);
+        let rescale = if self.parts > 0 { rescale } else { 1.0 };
         self.denominator = Some(denominator);
         self.weighted_for = now;
-        self.add::<B, M>(module, parts, scale, device);
-    }
-
-    /// Adds a micro-batch: `parts` (one per replica, in replica order, none where this process
-    /// had no rows), their sum multiplied by `scale`, on `device`.
-    fn add<B, M>(&mut self, module: &M, parts: Vec<GradientsParams>, scale: f64, device: &B::Device)
-    where
-        B: AutodiffBackend,
-        M: AutodiffModule<B>,
-    {
         self.parts += parts.len();
         self.micro_batches += 1;
-        module.visit(&mut Add::<B> {
-            sum: &mut self.sum,
-            parts,
-            scale,
-            device,
-        });
-    }
-
-    /// Multiplies what was summed so far by `scale`.
-    fn rescale<B, M>(&mut self, module: &M, scale: f64)
-    where
-        B: AutodiffBackend,
-        M: AutodiffModule<B>,
-    {
-        if self.parts > 0 && scale != 1.0 {
-            module.visit(&mut Scale::<B> {
-                grads: &mut self.sum,
+        // Each set: the earlier sum rescaled, then `parts` (one per replica, in replica order,
+        // none where this process had no rows) added in replica order, times `scale`.
+        let Combine {
+            owners,
+            workers,
+            devices,
+        } = combine;
+        let Some(owners) = owners.filter(|owners| owners.replicas() > 1) else {
+            self.shards.resize_with(1, GradientsParams::new);
+            add::<B, M>(
+                module,
+                &mut self.shards[0],
+                parts,
+                rescale,
                 scale,
-                seen: Default::default(),
-                _backend: std::marker::PhantomData,
-            });
-        }
+                &devices[0],
+            );
+            return;
+        };
+        let split = owners.partition::<B, M>(module, parts);
+        self.shards
+            .resize_with(owners.replicas(), GradientsParams::new);
+        workers.run(
+            self.shards
+                .iter_mut()
+                .zip(split)
+                .zip(devices)
+                .map(|((sum, parts), device)| {
+                    move || add::<B, M>(module, sum, parts, rescale, scale, device)
+                }),
+            false,
+        );
     }
 
-    /// The sum, leaving the accumulator empty; an error (the accumulator emptied all the same)
-    /// where the losses stated weights that add up to zero, leaving nothing to divide by.
-    pub(crate) fn take(&mut self, step: usize) -> Result<GradientsParams> {
+    /// The sum, one set per owner, leaving the accumulator empty; an error (the accumulator
+    /// emptied all the same) where the losses stated weights that add up to zero, leaving
+    /// nothing to divide by.
+    pub(crate) fn take(&mut self, step: usize) -> Result<Vec<GradientsParams>> {
         let weightless = matches!(
             self.denominator,
             Some(Denominator::Weights | Denominator::StepWeights)
@@ -135,12 +150,40 @@ impl GradientSum {
         self.micro_batches = 0;
         self.weighted_for = 0.0;
         self.denominator = None;
-        let sum = std::mem::take(&mut self.sum);
+        let shards = std::mem::take(&mut self.shards);
         if weightless {
             return Err(DataParallelError::NoLossWeight { step });
         }
-        Ok(sum)
+        Ok(shards)
     }
+}
+
+/// Multiplies `sum` by `rescale`, then adds `parts` times `scale` to it, on `device`.
+fn add<B, M>(
+    module: &M,
+    sum: &mut GradientsParams,
+    parts: Vec<GradientsParams>,
+    rescale: f64,
+    scale: f64,
+    device: &B::Device,
+) where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
+    if rescale != 1.0 && !sum.is_empty() {
+        module.visit(&mut Scale::<B> {
+            grads: sum,
+            scale: rescale,
+            seen: Default::default(),
+            _backend: std::marker::PhantomData,
+        });
+    }
+    module.visit(&mut Add::<B> {
+        sum,
+        parts,
+        scale,
+        device,
+    });
 }
 
 /// Adds every part's gradient of each parameter into the sum, moving it to `device`.

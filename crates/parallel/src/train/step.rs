@@ -2,8 +2,11 @@
 
 use super::Trainer;
 use super::loss::{Denominator, LossReduction, TrainLoss};
+use super::owners::{self, Owners, StepTraffic};
 use super::peers::{Accumulated, Alone, Contribution, MicroBatch, Outcome, Peers, Rows};
-use super::reduce::GradientSum;
+use super::record::ShardableRecord;
+use super::reduce::{Combine, GradientSum};
+use super::sharded_step::{ShardedStep, Shards, Stepped, sharded_step};
 use crate::ReplicaInfo;
 use crate::parallel_apply::{Rendezvous, ReplicaTiming};
 use crate::replicas::Link;
@@ -109,6 +112,9 @@ pub struct DataParallelTrainer<B: AutodiffBackend, M, O> {
     /// The step the seed was given at: replicas are seeded by their position from there (0
     /// unless `reseed_from_here` moved it).
     pub(super) seed_base: usize,
+    /// The optimizer step spread over the replicas ([`with_sharded_step`](Self::with_sharded_step)),
+    /// with the owner of each tensor.
+    sharded: Option<(ShardedStep<B, M, O>, Owners)>,
 }
 
 impl<B, M, O> DataParallelTrainer<B, M, O>
@@ -129,7 +135,74 @@ where
             seed: None,
             rank: 0,
             seed_base: 0,
+            sharded: None,
         })
+    }
+
+    /// Spreads the gradient combination and the optimizer step over the replicas, instead of
+    /// taking both on the first device while the other replicas wait.
+    ///
+    /// Each trainable tensor gets an owner among the devices (whole tensors, dealt so that the
+    /// owners hold about as many values each). After the backward passes, each owner adds up
+    /// every replica's gradient of its tensors on its own device and worker (a reduce-scatter),
+    /// steps them with the optimizer's state for those tensors only, and the replicas receive
+    /// the new values straight from their owners (an all-gather). The step is the one the
+    /// optimizer takes on the whole module, value for value: the optimizer's state is split by
+    /// tensor before the step and put back together after it, so [`optimizer`](Self::optimizer)
+    /// still returns the whole state for checkpoints. [`step_traffic`](Self::step_traffic)
+    /// counts what moves between the replicas.
+    ///
+    /// It needs an optimizer that can be cloned and whose record is kept per parameter: every
+    /// optimizer Burn's `*Config::init()` makes (SGD, Adam, AdamW, ...). One process only: a
+    /// [`DistributedTrainer`](crate::dist::DistributedTrainer) built from this trainer combines
+    /// as before (its own option shards across ranks).
+    ///
+    /// ```
+    /// use burn::backend::{Autodiff, NdArray};
+    /// use burn::nn::LinearConfig;
+    /// use burn::optim::AdamConfig;
+    /// use burn::tensor::{Distribution, Tensor};
+    /// use burn_data_parallel::DataParallelTrainer;
+    ///
+    /// type B = Autodiff<NdArray>;
+    /// let device = Default::default();
+    /// let model = LinearConfig::new(4, 1).init::<B>(&device);
+    /// let mut trainer = DataParallelTrainer::new(model, AdamConfig::new().init(), vec![device; 2])?
+    ///     .with_sharded_step();
+    /// let x = Tensor::<B, 2>::random([10, 4], Distribution::Default, &device);
+    /// let y = Tensor::<B, 2>::random([10, 1], Distribution::Default, &device);
+    /// trainer.step(0.1, (x, y), |model, (x, y)| (model.forward(x) - y).powi_scalar(2).mean())?;
+    /// // The weight (4 values) on one device, the bias (1) on the other: each sends what it
+    /// // does not own and its own new values once.
+    /// assert_eq!(trainer.step_traffic().sent, vec![5, 5]);
+    /// # Ok::<(), burn_data_parallel::DataParallelError>(())
+    /// ```
+    pub fn with_sharded_step(mut self) -> Self
+    where
+        O: Clone + Send,
+        O::Record: ShardableRecord<B>,
+    {
+        let owners = Owners::balanced::<B, M>(self.parallel.module(), self.devices().len());
+        self.sharded = Some((sharded_step::<B, M, O>, owners));
+        self
+    }
+
+    /// Whether the optimizer step is spread over the replicas
+    /// ([`with_sharded_step`](Self::with_sharded_step)).
+    pub fn sharded_step(&self) -> bool {
+        self.sharded.is_some()
+    }
+
+    /// What an optimizer step moves between this process's replicas, per replica, where every
+    /// replica computes a gradient of every trainable tensor: counted from where each tensor's
+    /// gradients are added up and stepped (the first device, or its owner with
+    /// [`with_sharded_step`](Self::with_sharded_step)). See [`StepTraffic`].
+    pub fn step_traffic(&self) -> StepTraffic {
+        let replicas = self.devices().len();
+        match &self.sharded {
+            Some((_, owners)) => owners.traffic(),
+            None => Owners::first::<B, M>(self.parallel.module(), replicas).traffic(),
+        }
     }
 
     /// Makes the run repeatable: the random draws of every replica's forward pass (dropout's
@@ -399,18 +472,11 @@ where
         let (replicas, grads) = local.unwrap_or_default();
 
         let start = Instant::now();
-        let first = self.parallel.devices()[0].clone();
         let weight = match denominator {
             Denominator::Weights => outcome.weight,
             _ => rows.total as f64,
         };
-        self.pending.add_micro_batch::<B, M>(
-            self.parallel.module(),
-            grads,
-            denominator,
-            weight,
-            &first,
-        );
+        self.add_to_pending(peers.alone(), grads, denominator, weight)?;
         let loss = match denominator {
             Denominator::One => outcome.loss,
             _ if weight > 0.0 => outcome.loss / weight,
@@ -423,6 +489,37 @@ where
             replicas: replicas.into_iter().map(|(timing, ..)| timing).collect(),
             reduce: start.elapsed(),
         })
+    }
+
+    /// Adds a micro-batch's gradients (`parts`, one per replica that ran) to those pending:
+    /// each owner's on its worker when the step is sharded and this process trains `alone`,
+    /// else all on the first device.
+    pub(super) fn add_to_pending(
+        &mut self,
+        alone: bool,
+        parts: Vec<GradientsParams>,
+        denominator: Denominator,
+        weight: f64,
+    ) -> Result<()> {
+        let owners = match &self.sharded {
+            Some((_, owners)) if alone && owners.replicas() > 1 => {
+                self.parallel.ensure_workers(owners.replicas())?;
+                Some(owners)
+            }
+            _ => None,
+        };
+        self.pending.add_micro_batch::<B, M>(
+            self.parallel.module(),
+            parts,
+            denominator,
+            weight,
+            Combine {
+                owners,
+                workers: self.parallel.workers(),
+                devices: self.parallel.devices(),
+            },
+        );
+        Ok(())
     }
 
     /// The micro-batch every process is about to run, agreed with `peers` from this process's
@@ -634,10 +731,38 @@ where
             return Err(DataParallelError::NothingAccumulated);
         }
         let micro_batches = self.pending.micro_batches();
+        let shards = self.pending.take(self.steps)?;
+        if let Some((step, owners)) = &self.sharded
+            && peers.alone()
+            && shards.len() > 1
+        {
+            if shards.iter().all(GradientsParams::is_empty) {
+                let step = self.steps;
+                return Err(DataParallelError::NoGradient { step });
+            }
+            let optimizer = &mut self.optimizer;
+            self.parallel
+                .update_module_and_replicas(|module, workers, devices| {
+                    let Stepped { module, replicas } = step(
+                        Shards {
+                            module,
+                            grads: shards,
+                            owners,
+                            workers,
+                            devices,
+                            lr,
+                        },
+                        optimizer,
+                    );
+                    (module, replicas)
+                });
+            self.steps += 1;
+            return Ok(());
+        }
         let accumulated = Accumulated {
             step: self.steps,
             micro_batches,
-            grads: self.pending.take(self.steps)?,
+            grads: owners::merge::<B, M>(self.parallel.module(), shards),
         };
         let optimizer = &mut self.optimizer;
         let mut failed = None;
@@ -699,6 +824,9 @@ where
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn replace_module(&mut self, module: M) {
         self.parallel.set_module(module);
+        if let Some((_, owners)) = &mut self.sharded {
+            *owners = Owners::balanced::<B, M>(self.parallel.module(), owners.replicas());
+        }
     }
 }
 

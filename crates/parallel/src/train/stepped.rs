@@ -102,14 +102,7 @@ where
         )?;
         let (parts, grads) = local.unwrap_or_default();
         let start = Instant::now();
-        let first = self.parallel.devices()[0].clone();
-        self.pending.add_micro_batch::<B, M>(
-            self.parallel.module(),
-            grads,
-            denominator,
-            outcome.weight,
-            &first,
-        );
+        self.add_to_pending(false, grads, denominator, outcome.weight)?;
         let loss = if outcome.weight > 0.0 {
             outcome.loss / outcome.weight
         } else {
