@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -132,7 +133,10 @@ def main():
         result = run(me + ["--child", "single", "--threads", str(threads)])
         rows.append((f"1 process x {threads} thread(s)", result))
     for world in args.ddp:
-        port = str(29517 + world)
+        # A port free now, for this run's rendezvous.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
         procs = [
             subprocess.Popen(
                 me + ["--child", "ddp", "--rank", str(r), "--world", str(world), "--port", port],

@@ -43,7 +43,7 @@ for run in $(seq "$runs"); do
   if python3 -c 'import torch' 2>/dev/null; then
     echo "== run $run: pytorch" >&2
     python3 benchmarks/pytorch_w3.py --seconds 3 --json "$out/pytorch-$run.json" \
-      > "$out/pytorch-$run.md" 2>/dev/null
+      > "$out/pytorch-$run.md" 2>"$out/pytorch-$run.err" || echo "PyTorch run $run failed" >&2
   else
     echo "PyTorch not importable: skipped" >&2
   fi

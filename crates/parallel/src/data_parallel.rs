@@ -362,18 +362,26 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         self.module = Some(update(module));
     }
 
-    /// Replaces the module by the one `step` makes from it (given the started workers and the
-    /// devices), and keeps the replicas `step` made for devices `1..` as this wrapper's own (a
-    /// sharded optimizer step builds them from the owners' new values).
+    /// Replaces the module by the one `step` makes from it and from the replicas kept for
+    /// devices `1..` (given the started workers and the devices), and keeps the replicas `step`
+    /// returns (for devices `1..`, in order) as this wrapper's own: a sharded optimizer step
+    /// steps each replica's own tensors where they are.
     pub(crate) fn update_module_and_replicas(
         &mut self,
-        step: impl FnOnce(M, &Workers, &[B::Device]) -> (M, Vec<M>),
+        step: impl FnOnce(M, Vec<M>, &Workers, &[B::Device]) -> (M, Vec<M>),
     ) {
+        let kept = self.replicas.take();
         self.module_changes();
         let module = self.module.take().expect(LOST);
-        let (module, replicas) = step(module, &self.workers, &self.devices);
+        let (module, replicas) = step(module, kept, &self.workers, &self.devices);
         self.module = Some(module);
         self.replicas.set(replicas);
+    }
+
+    /// The replicas kept, leaving none. For the tests.
+    #[cfg(test)]
+    pub(crate) fn take_replicas(&mut self) -> Vec<M> {
+        self.replicas.take()
     }
 
     /// Starts the replicas' workers for `count` devices, if not yet started.

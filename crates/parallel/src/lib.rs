@@ -74,7 +74,9 @@
 //!   [`current_replica`] visible from inside the model;
 //! - [`DataParallel`]: the four steps together;
 //! - [`DataParallelTrainer`]: the training step, gradients combined weighted by rows, with
-//!   micro-batch accumulation and evaluation;
+//!   micro-batch accumulation and evaluation; the gradient sum and the optimizer step on the
+//!   first device, or spread over the replicas (`with_sharded_step`: the crate's
+//!   `train::owners` says which replica owns each tensor, `train::sharded_step` steps them);
 //! - [`Trainer`]: the interface a training loop is written against, implemented by
 //!   [`DataParallelTrainer`] and by `dist::DistributedTrainer`; behind it, one seam (the
 //!   crate's `train::peers`) says what the other processes of a step contribute: nothing in

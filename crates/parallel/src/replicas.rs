@@ -93,6 +93,11 @@ impl<M> Replicas<M> {
         self.copies.clear();
     }
 
+    /// The copies kept, leaving none.
+    pub(crate) fn take(&mut self) -> Vec<M> {
+        std::mem::take(&mut self.copies)
+    }
+
     /// Keeps `copies` (for devices `1..`, in order) in place of any made so far.
     pub(crate) fn set(&mut self, copies: Vec<M>) {
         self.builds += copies.len();

@@ -371,3 +371,29 @@ fn a_step_in_which_no_parameter_received_a_gradient_is_refused() {
         assert!(max_param_diff(trainer.module(), &expected) <= PARAM_TOLERANCE);
     }
 }
+
+/// The step sharded from the second micro-batch of a step on (`with_sharded_step` called
+/// between `accumulate`s), or a sharded trainer's micro-batches accumulated, then the step
+/// taken on the first device of a new trainer: what was summed so far follows, and the step is
+/// the one on the first device, value for value.
+#[test]
+fn switching_the_sharded_step_on_in_the_middle_of_a_step_keeps_every_gradient() {
+    let start = model(5);
+    let mut plain =
+        DataParallelTrainer::new(start.clone(), AdamConfig::new().init(), cpus(3)).unwrap();
+    let mut switched =
+        DataParallelTrainer::new(start.clone(), AdamConfig::new().init(), cpus(3)).unwrap();
+    for (i, rows) in [7, 5, 2].into_iter().enumerate() {
+        if i == 1 {
+            switched = switched.with_sharded_step();
+        }
+        plain.accumulate(batch(rows, i as u64), mean_loss).unwrap();
+        switched
+            .accumulate(batch(rows, i as u64), mean_loss)
+            .unwrap();
+    }
+    plain.apply(0.01).unwrap();
+    switched.apply(0.01).unwrap();
+    assert!(max_param_diff(plain.module(), &start) > 1e-4);
+    assert_eq!(max_param_diff(switched.module(), plain.module()), 0.0);
+}

@@ -122,3 +122,49 @@ fn inference_keeps_its_replicas_and_training_makes_none_to_keep() {
     }
     assert_eq!(frozen.replica_builds(), 3);
 }
+
+/// A sharded optimizer step builds the replicas for the next call itself, from the owners' new
+/// values (the step on the first device leaves them to be copied when next used); every
+/// trainable parameter of the module and of those replicas is a leaf that requires a gradient,
+/// and the replicas are used as they are.
+#[test]
+fn a_sharded_step_leaves_trainable_replicas_for_the_next_call() {
+    use crate::DataParallelTrainer;
+    use burn::module::{ModuleVisitor, Param};
+    use burn::optim::AdamConfig;
+    struct Trainable(Vec<bool>);
+    impl ModuleVisitor<AB> for Trainable {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            self.0.push(param.val().is_require_grad());
+        }
+    }
+    let trainable = |m: &Linear<AB>| {
+        let mut seen = Trainable(Vec::new());
+        m.visit(&mut seen);
+        seen.0
+    };
+    let model: Linear<AB> = LinearConfig::new(5, 2).init(&Default::default());
+    for sharded in [false, true] {
+        let mut trainer =
+            DataParallelTrainer::new(model.clone(), AdamConfig::new().init(), cpus(3)).unwrap();
+        if sharded {
+            trainer = trainer.with_sharded_step();
+        }
+        let x = Tensor::<AB, 2>::ones([6, 5], &Default::default());
+        let loss = |m: &Linear<AB>, x: Tensor<AB, 2>| m.forward(x).mean();
+        trainer.accumulate(x.clone(), loss).unwrap();
+        let before = trainer.parallel().replica_builds();
+        trainer.apply(0.1).unwrap();
+        let built = trainer.parallel().replica_builds() - before;
+        assert_eq!(built, if sharded { 2 } else { 0 }, "sharded: {sharded}");
+        trainer.accumulate(x.clone(), loss).unwrap();
+        assert_eq!(trainer.parallel().replica_builds(), before + 2);
+        assert_eq!(trainable(trainer.module()), vec![true, true]);
+        trainer.apply(0.1).unwrap();
+        let kept = trainer.parallel_mut().take_replicas();
+        assert_eq!(kept.len(), if sharded { 2 } else { 0 });
+        for replica in &kept {
+            assert_eq!(trainable(replica), vec![true, true]);
+        }
+    }
+}

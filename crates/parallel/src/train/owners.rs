@@ -144,6 +144,8 @@ impl Owners {
 /// in and out of replica 0. With [`DataParallelTrainer::with_sharded_step`], replica `r`, owning
 /// `v_r` values, sends and receives `(total - v_r) + (n - 1) v_r`: the ring bound when the
 /// owners hold equal shares, more where one tensor outweighs a fair share (tensors stay whole).
+/// The count assumes every device ran a replica in the step's last call; a device it left out
+/// gets its replica copied from the first device (the whole model) before the step.
 ///
 /// [`DataParallelTrainer::with_sharded_step`]: super::DataParallelTrainer::with_sharded_step
 #[derive(Debug, Clone, PartialEq, Eq)]

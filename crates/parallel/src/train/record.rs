@@ -13,6 +13,8 @@ use std::collections::HashSet;
 pub trait ShardableRecord<B: Backend>: Record<B> {
     /// The state of the parameters in `keep` only.
     fn retain_params(self, keep: &HashSet<ParamId>) -> Self;
+    /// The state of every parameter but those in `drop`.
+    fn without_params(self, drop: &HashSet<ParamId>) -> Self;
     /// The state of both records' parameters (`other`'s where both have one).
     fn merge(self, other: Self) -> Self;
 }
@@ -20,6 +22,11 @@ pub trait ShardableRecord<B: Backend>: Record<B> {
 impl<B: Backend, T: Record<B>> ShardableRecord<B> for HashMap<ParamId, T> {
     fn retain_params(mut self, keep: &HashSet<ParamId>) -> Self {
         self.retain(|id, _| keep.contains(id));
+        self
+    }
+
+    fn without_params(mut self, drop: &HashSet<ParamId>) -> Self {
+        self.retain(|id, _| !drop.contains(id));
         self
     }
 

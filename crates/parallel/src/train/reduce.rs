@@ -111,8 +111,9 @@ impl GradientSum {
             workers,
             devices,
         } = combine;
-        let Some(owners) = owners.filter(|owners| owners.replicas() > 1) else {
-            self.shards.resize_with(1, GradientsParams::new);
+        let owners = owners.filter(|owners| owners.replicas() > 1);
+        self.regroup::<B, M>(module, owners);
+        let Some(owners) = owners else {
             add::<B, M>(
                 module,
                 &mut self.shards[0],
@@ -124,8 +125,6 @@ impl GradientSum {
             return;
         };
         let split = owners.partition::<B, M>(module, parts);
-        self.shards
-            .resize_with(owners.replicas(), GradientsParams::new);
         workers.run(
             self.shards
                 .iter_mut()
@@ -136,6 +135,32 @@ impl GradientSum {
                 }),
             false,
         );
+    }
+
+    /// Makes the sum one set per owner (one set without owners), moving what was summed so far
+    /// where the sharding was switched on or off between two micro-batches of a step.
+    fn regroup<B, M>(&mut self, module: &M, owners: Option<&Owners>)
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+    {
+        let wanted = owners.map_or(1, Owners::replicas);
+        if self.shards.len() == wanted {
+            return;
+        }
+        if self.shards.iter().all(GradientsParams::is_empty) {
+            self.shards = (0..wanted).map(|_| GradientsParams::new()).collect();
+            return;
+        }
+        let merged = super::owners::merge::<B, M>(module, std::mem::take(&mut self.shards));
+        self.shards = match owners {
+            Some(owners) => owners
+                .partition::<B, M>(module, vec![merged])
+                .into_iter()
+                .map(|mut parts| parts.pop().unwrap_or_default())
+                .collect(),
+            None => vec![merged],
+        };
     }
 
     /// The sum, one set per owner, leaving the accumulator empty; an error (the accumulator
@@ -210,7 +235,18 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Add<'_, B> {
         if self.scale != 1.0 {
             added = added.map(|added| added.mul_scalar(self.scale));
         }
-        let total = match (self.sum.remove::<B::InnerBackend, D>(param.id), added) {
+        // What was summed so far sits on another device where the sharding changed in the step.
+        let earlier = self
+            .sum
+            .remove::<B::InnerBackend, D>(param.id)
+            .map(|total| {
+                if &total.device() == self.device {
+                    total
+                } else {
+                    total.to_device(self.device)
+                }
+            });
+        let total = match (earlier, added) {
             (Some(total), Some(added)) => Some(total + added),
             (total, added) => total.or(added),
         };

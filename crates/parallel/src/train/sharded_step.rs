@@ -1,18 +1,19 @@
 //! The optimizer step spread across the replicas of one process
 //! ([`DataParallelTrainer::with_sharded_step`](super::DataParallelTrainer::with_sharded_step)):
-//! each replica's worker steps the tensors it owns ([`Owners`]) with an optimizer holding their
-//! state only, and every replica then gets the new values from their owners.
+//! each replica's worker steps the tensors it owns ([`Owners`]), in its own replica, on its own
+//! device, with an optimizer holding their state only; then the module and every replica take
+//! the other owners' new values, moved straight from their owners' devices.
 //!
 //! The result is the step one optimizer takes on the whole module: the optimizer's state is
 //! split by tensor before the step and put back together after it, and every tensor is stepped
 //! whole, by the same optimizer code, with the same gradient. Each tensor and each piece of
-//! state has one holder while it is stepped (the other owners' modules hold stand-ins in its
-//! place), so backends that update a tensor in place when it has a single owner still do.
+//! state has one holder while it is stepped (the other modules hold stand-ins in its place), so
+//! backends that update a tensor in place when it has a single owner still do.
 
 use super::owners::Owners;
 use super::record::ShardableRecord;
 use crate::by_id::ById;
-use crate::replicas::Replicate;
+use crate::replicas::{Link, Replicate, replica};
 use crate::workers::Workers;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, Optimizer};
@@ -27,6 +28,8 @@ pub(crate) type ShardedStep<B, M, O> = fn(Shards<'_, B, M>, &mut O) -> Stepped<M
 /// What a sharded step works on.
 pub(crate) struct Shards<'a, B: AutodiffBackend, M> {
     pub module: M,
+    /// The replicas kept for devices `1..` (those the last call used; any missing is made).
+    pub kept: Vec<M>,
     /// The summed gradients, one set per owner, each on its owner's device.
     pub grads: Vec<GradientsParams>,
     pub owners: &'a Owners,
@@ -35,15 +38,15 @@ pub(crate) struct Shards<'a, B: AutodiffBackend, M> {
     pub lr: f64,
 }
 
-/// The stepped module, on the first device, and its replicas on the other devices, each made
-/// from the owners' new values.
+/// The stepped module, on the first device, and its replicas on the other devices.
 pub(crate) struct Stepped<M> {
     pub module: M,
     pub replicas: Vec<M>,
 }
 
-/// Steps each owner's tensors on its worker, with its share of `optimizer`'s state, and puts
-/// the module, its replicas and the optimizer's state back together.
+/// Steps each owner's tensors on its worker, in its replica, with its share of `optimizer`'s
+/// state, then gives every replica the others' new values and puts the optimizer's state back
+/// together.
 pub(crate) fn sharded_step<B, M, O>(shards: Shards<'_, B, M>, optimizer: &mut O) -> Stepped<M>
 where
     B: AutodiffBackend,
@@ -53,6 +56,7 @@ where
 {
     let Shards {
         module,
+        mut kept,
         grads,
         owners,
         workers,
@@ -62,23 +66,31 @@ where
     let n = owners.replicas();
     let owned: Vec<HashSet<ParamId>> = (0..n).map(|k| owners.owned_by(k)).collect();
 
-    // The state goes to the owners: `optimizer` keeps none of it meanwhile, so each piece has
-    // one holder.
+    // The state goes to the owners (the first one also keeps the state of any tensor no one
+    // owns), and `optimizer` keeps none of it meanwhile, so each piece has one holder.
+    let others: HashSet<ParamId> = owned[1..].iter().flatten().copied().collect();
     let mut optimizers: Vec<O> = owned
         .iter()
-        .map(|own| {
-            let state = optimizer.to_record().retain_params(own);
+        .enumerate()
+        .map(|(k, own)| {
+            let state = match k {
+                0 => optimizer.to_record().without_params(&others),
+                _ => optimizer.to_record().retain_params(own),
+            };
             optimizer.clone().load_record(state)
         })
         .collect();
     let none = optimizer.to_record().retain_params(&HashSet::new());
     *optimizer = optimizer.clone().load_record(none);
 
-    // Each owner's module holds its own tensors and stand-ins for the others'.
-    let mut modules: Vec<M> = (1..n).map(|_| module.clone()).collect();
-    modules.insert(0, module);
-    let modules: Vec<M> = modules
-        .into_iter()
+    // Each owner steps in its own replica, where its tensors already are (a replica the last
+    // call did not use is made now); the others' tensors are stand-ins there.
+    kept.truncate(n - 1);
+    while kept.len() < n - 1 {
+        kept.push(replica(&module, &devices[kept.len() + 1], Link::Detached));
+    }
+    let modules: Vec<M> = std::iter::once(module)
+        .chain(kept)
         .enumerate()
         .map(|(owner, module)| {
             module.map(&mut StandIns::<B> {
@@ -115,7 +127,8 @@ where
     drop(optimizers);
     *optimizer = template.load_record(merged);
 
-    // The owners' new values, each from the module that stepped it.
+    // The owners' new values, each from the module that stepped it (the first place it holds
+    // it, as Burn's optimizer steps a tensor met twice at its first place only).
     let mut values = ById::default();
     for (owner, module) in stepped.iter().enumerate() {
         module.visit(&mut Owned::<B> {
@@ -125,28 +138,23 @@ where
             _backend: std::marker::PhantomData,
         });
     }
-    let mut stepped = stepped.into_iter();
-    let first = stepped.next().expect("at least one owner");
-    drop(stepped);
-    // On the first device: the values move there from their owners' devices.
-    let module = first.map(&mut values);
-    let rest = ById::of(&module);
-    let replicas = devices[1..n]
-        .iter()
-        .map(|device| {
-            // Fresh buffers, the owners' values moved straight to this replica's device (not
-            // through the first device), then leaves of its own.
-            module
-                .unaliased()
-                .map(&mut OnDevice::<B> {
-                    values: &values,
-                    rest: &rest,
-                    device,
-                })
-                .fork(device)
+    let mut all: Vec<M> = stepped
+        .into_iter()
+        .enumerate()
+        .map(|(me, module)| {
+            module.map(&mut Gathered::<B> {
+                owners,
+                me,
+                values: &values,
+                device: &devices[me],
+            })
         })
         .collect();
-    Stepped { module, replicas }
+    let module = all.remove(0);
+    Stepped {
+        module,
+        replicas: all,
+    }
 }
 
 /// Replaces each trainable tensor another replica owns by a stand-in of its shape that holds
@@ -182,36 +190,43 @@ struct Owned<'a, B> {
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Owned<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.owners.owns_trainable(&param.id, self.owner) {
+        if self.owners.owns_trainable(&param.id, self.owner)
+            && self.values.get::<B, D>(&param.id).is_none()
+        {
             self.values.insert(param.id, param.val());
         }
     }
 }
 
-/// Gives each trainable tensor its owner's new value on `device`, and every other tensor the
-/// module's own (which `fork` then moves).
-struct OnDevice<'a, B: AutodiffBackend> {
+/// Gives replica `me` the trainable tensors the other replicas own (in place of its
+/// stand-ins): their owners' new values, moved to `me`'s device, each a leaf of its own that
+/// requires a gradient, as a replica's parameters are (`fork`).
+struct Gathered<'a, B: AutodiffBackend> {
+    owners: &'a Owners,
+    me: usize,
     values: &'a ById,
-    rest: &'a ById,
     device: &'a B::Device,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for OnDevice<'_, B> {
+impl<B: AutodiffBackend> ModuleMapper<B> for Gathered<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let id = param.id;
-        if let Some(value) = self.values.get::<B, D>(&id).cloned() {
-            let device = self.device;
-            return param.map(|_| {
-                if &value.device() == device {
-                    value
-                } else {
-                    value.to_device(device)
-                }
-            });
+        if !self.owners.is_trainable(&id) || self.owners.owns_trainable(&id, self.me) {
+            return param;
         }
-        match self.rest.get::<B, D>(&id).cloned() {
-            Some(value) => param.map(|_| value),
-            None => param,
-        }
+        let Some(value) = self.values.get::<B, D>(&id) else {
+            return param;
+        };
+        let required = value.is_require_grad();
+        // Through the inner backend: a move of the autodiff tensor would be a step of its graph,
+        // and its result no leaf (no gradient of its own).
+        let moved = Tensor::<B, D>::from_inner(value.clone().inner().to_device(self.device));
+        param.map(|_| {
+            if required {
+                moved.require_grad()
+            } else {
+                moved
+            }
+        })
     }
 }

@@ -155,7 +155,14 @@ where
     /// It needs an optimizer that can be cloned and whose record is kept per parameter: every
     /// optimizer Burn's `*Config::init()` makes (SGD, Adam, AdamW, ...). One process only: a
     /// [`DistributedTrainer`](crate::dist::DistributedTrainer) built from this trainer combines
-    /// as before (its own option shards across ranks).
+    /// as before (its own option shards across ranks). As with [`apply`](Self::apply), an
+    /// optimizer that panics loses the module, and here its state too.
+    ///
+    /// One difference from the step on the first device, for a module that holds one
+    /// parameter at two places of its tree (not a tied weight used twice in `forward`, which
+    /// is one place): Burn's optimizer steps it at the first place only and leaves the second
+    /// with the old value; sharded, a replica other than its owner receives the new value at
+    /// both.
     ///
     /// ```
     /// use burn::backend::{Autodiff, NdArray};
@@ -742,10 +749,11 @@ where
             }
             let optimizer = &mut self.optimizer;
             self.parallel
-                .update_module_and_replicas(|module, workers, devices| {
+                .update_module_and_replicas(|module, kept, workers, devices| {
                     let Stepped { module, replicas } = step(
                         Shards {
                             module,
+                            kept,
                             grads: shards,
                             owners,
                             workers,
@@ -798,6 +806,11 @@ where
     /// The wrapper that runs the replicas.
     pub(crate) fn parallel(&self) -> &DataParallel<B, M> {
         &self.parallel
+    }
+
+    #[cfg(test)]
+    pub(crate) fn parallel_mut(&mut self) -> &mut DataParallel<B, M> {
+        &mut self.parallel
     }
 
     /// The dimension batches are split along.
