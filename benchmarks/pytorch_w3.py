@@ -77,8 +77,8 @@ def ddp(rank, world, seconds, port):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model, x, y = model_and_batch(torch, BATCH // world, 1 + rank)
     model = torch.nn.parallel.DistributedDataParallel(model)

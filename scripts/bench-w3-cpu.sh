@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# W3 on this CPU, repeated and interleaved, beside PyTorch: the bench's W3 rows (plain model,
+# W3 on this CPU, repeated, beside PyTorch: the bench's W3 rows (plain model,
 # DataParallelTrainer x2 with the optimizer step on the first device or sharded, SGD and Adam,
 # and the ceiling) on Flex built with and without its AVX-512 kernels (burn-flex `x86-v4`),
 # on burn-ndarray, then PyTorch's W3 (benchmarks/pytorch_w3.py), `runs` times in a row, so that
@@ -23,7 +23,7 @@ avx2_tree=$(mktemp -d)
 trap 'rm -rf "$avx2_tree"' EXIT
 git ls-files -z | xargs -0 -I{} cp --parents {} "$avx2_tree"
 sed -i 's/, "burn-flex\/x86-v4"//' "$avx2_tree/Cargo.toml"
-grep -q 'x86-v4' "$avx2_tree/Cargo.toml" && { echo "could not remove x86-v4" >&2; exit 1; }
+grep -q '^flex = .*x86-v4' "$avx2_tree/Cargo.toml" && { echo "could not remove x86-v4" >&2; exit 1; }
 (cd "$avx2_tree" && CARGO_TARGET_DIR="$root/target/bench-avx2" cargo build --release \
   "${features[@]}" --bin bench >&2)
 avx2="$root/target/bench-avx2/release/bench"
@@ -40,6 +40,7 @@ for run in $(seq "$runs"); do
     echo "== run $run: $kind" >&2
     "$bin" "${w3[@]}" --json "$out/$kind-$run.json" --markdown "$out/$kind-$run.md" >/dev/null
   done
+  rm -f "$out/pytorch-$run.json"
   if python3 -c 'import torch' 2>/dev/null; then
     echo "== run $run: pytorch" >&2
     python3 benchmarks/pytorch_w3.py --seconds 3 --json "$out/pytorch-$run.json" \

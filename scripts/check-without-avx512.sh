@@ -26,6 +26,7 @@ RS
 rustc -O "$tmp/detect.rs" -o "$tmp/detect"
 echo "native:   $("$tmp/detect")"
 echo "emulated: $(emulated "$tmp/detect")"
+"$tmp/detect" | grep -q "avx512f true" || { echo "this CPU has no AVX-512: nothing to compare" >&2; exit 1; }
 emulated "$tmp/detect" | grep -q "avx512f false" || { echo "the emulated CPU has AVX-512" >&2; exit 1; }
 cat > "$tmp/mlp.json" <<'JSON'
 {"data": {"features": 64, "classes": 10, "train_size": 4096, "test_size": 1024, "noise": 4.0},
@@ -50,7 +51,9 @@ for backend in ${@:-flex ndarray}; do
   cargo build --release --no-default-features --features "$backend,mimalloc" --target-dir "$target" \
     --bin check --bin train >&2
   echo "== $backend"
-  emulated "$target/release/check" --devices 2 2>/dev/null | tail -1
+  emulated "$target/release/check" --devices 2 > "$tmp/$backend-check.txt" 2>&1 ||
+    { tail -20 "$tmp/$backend-check.txt" >&2; exit 1; }
+  grep -E '^[0-9]+ passed' "$tmp/$backend-check.txt"
   "$target/release/train" --config "$tmp/mlp.json" --devices 2 --out "$tmp/$backend-native" >/dev/null
   emulated "$target/release/train" --config "$tmp/mlp.json" --devices 2 \
     --out "$tmp/$backend-emulated" >/dev/null

@@ -58,10 +58,28 @@ fn bench_writes_a_report_with_every_configuration() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let measurements = report["measurements"].as_array().unwrap();
     // W1: plain, x1, x2; W3: plain twice, x1 twice, x2, forward + backward() through
-    // DataParallel x1 and x2, x2 seeded, and the ceiling of x2 where there are two cores for
-    // the two replicas; W4: each replica alone, two equal replicas, and the three splits.
+    // DataParallel x1 and x2, x2 seeded, x2 sharded, Adam x1 and x2, sharded Adam x2, and the
+    // ceiling of x2 where there are two cores for the two replicas; W4: each replica alone,
+    // two equal replicas, and the three splits.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(measurements.len(), 17 + usize::from(cpus >= 2), "{stdout}");
+    assert_eq!(measurements.len(), 21 + usize::from(cpus >= 2), "{stdout}");
+    // Every trainer row of W3 says where its steps' time went and what the replicas moved.
+    let trainer_rows: Vec<_> = measurements
+        .iter()
+        .filter(|m| m["phases"].is_object())
+        .collect();
+    assert_eq!(trainer_rows.len(), 8, "{stdout}");
+    for m in &trainer_rows {
+        let phases = &m["phases"];
+        let replicas = m["spec"]["devices"].as_u64().unwrap() as usize;
+        assert_eq!(
+            phases["replica_compute"].as_array().unwrap().len(),
+            replicas
+        );
+        assert!(phases["step"].as_f64().unwrap() > 0.0);
+        assert_eq!(m["traffic"]["sent"].as_array().unwrap().len(), replicas);
+    }
+    assert!(stdout.contains("| optimizer step |"), "{stdout}");
     assert!(
         measurements
             .iter()

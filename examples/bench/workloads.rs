@@ -263,14 +263,23 @@ where
         _ => trainer,
     };
     let devices = trainer.devices().to_vec();
+    // Each phase ends when its work is done on every device (queued work on a GPU).
+    let sync = |devices: &[B::Device]| {
+        for device in devices {
+            let _ = B::sync(device);
+        }
+    };
     let mut failure = None;
     let mut seen: Vec<(f64, Vec<f64>, f64, f64)> = Vec::new();
     let samples = time::<B>(spec.seconds, &devices, || {
         let start = Instant::now();
         let stats = trainer.accumulate((x.clone(), y.clone()), |m, (x, y)| m.loss(x, y));
+        sync(&devices);
         let accumulated = start.elapsed().as_secs_f64();
         let applied = Instant::now();
-        match stats.and_then(|stats| trainer.apply(lr).map(|()| stats)) {
+        let stats = stats.and_then(|stats| trainer.apply(lr).map(|()| stats));
+        sync(&devices);
+        match stats {
             Ok(stats) => seen.push((
                 accumulated,
                 stats

@@ -178,14 +178,21 @@ impl Ranks {
             ));
             return training.run(joined);
         }
-        let local = if shard && local.devices().len() > 1 {
-            self.say(format_args!(
-                "The gradient sum and the optimizer step are spread over the devices, each \
-                 stepping its share of the parameters."
-            ));
-            local.with_sharded_step()
-        } else {
-            local
+        let local = match (shard, local.devices().len()) {
+            (true, 1) => {
+                self.say(format_args!(
+                    "--shard-optimizer: one device, so nothing to spread the optimizer step over."
+                ));
+                local
+            }
+            (true, _) => {
+                self.say(format_args!(
+                    "The gradient sum and the optimizer step are spread over the devices, each \
+                     stepping its share of the parameters."
+                ));
+                local.with_sharded_step()
+            }
+            (false, _) => local,
         };
         anyhow::ensure!(
             !balance,

@@ -373,9 +373,8 @@ fn a_step_in_which_no_parameter_received_a_gradient_is_refused() {
 }
 
 /// The step sharded from the second micro-batch of a step on (`with_sharded_step` called
-/// between `accumulate`s), or a sharded trainer's micro-batches accumulated, then the step
-/// taken on the first device of a new trainer: what was summed so far follows, and the step is
-/// the one on the first device, value for value.
+/// between `accumulate`s): what was summed so far moves to the owners, and the step is the one
+/// on the first device, value for value.
 #[test]
 fn switching_the_sharded_step_on_in_the_middle_of_a_step_keeps_every_gradient() {
     let start = model(5);

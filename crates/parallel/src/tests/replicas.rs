@@ -125,8 +125,8 @@ fn inference_keeps_its_replicas_and_training_makes_none_to_keep() {
 
 /// A sharded optimizer step builds the replicas for the next call itself, from the owners' new
 /// values (the step on the first device leaves them to be copied when next used); every
-/// trainable parameter of the module and of those replicas is a leaf that requires a gradient,
-/// and the replicas are used as they are.
+/// trainable parameter of the module and of those replicas requires a gradient, and the
+/// replicas are used as they are.
 #[test]
 fn a_sharded_step_leaves_trainable_replicas_for_the_next_call() {
     use crate::DataParallelTrainer;

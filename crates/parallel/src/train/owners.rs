@@ -133,7 +133,8 @@ impl Owners {
     }
 }
 
-/// What the replicas of one process send and receive in an optimizer step, counted in values
+/// What the replicas of one process send and receive for an optimizer step on one micro-batch,
+/// counted in values
 /// (gradients and parameters of trainable tensors; frozen tensors and buffers are not counted),
 /// per replica index, so that the count means the same on a CPU, where nothing moves, as
 /// between GPUs.
@@ -145,7 +146,9 @@ impl Owners {
 /// `v_r` values, sends and receives `(total - v_r) + (n - 1) v_r`: the ring bound when the
 /// owners hold equal shares, more where one tensor outweighs a fair share (tensors stay whole).
 /// The count assumes every device ran a replica in the step's last call; a device it left out
-/// gets its replica copied from the first device (the whole model) before the step.
+/// gets its replica copied from the first device (the whole model) before the step. With
+/// accumulation, the gradients travel to their owners after every micro-batch (the sum is kept
+/// there), the new values once per step.
 ///
 /// [`DataParallelTrainer::with_sharded_step`]: super::DataParallelTrainer::with_sharded_step
 #[derive(Debug, Clone, PartialEq, Eq)]

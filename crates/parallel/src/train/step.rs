@@ -147,8 +147,10 @@ where
     /// every replica's gradient of its tensors on its own device and worker (a reduce-scatter),
     /// steps them with the optimizer's state for those tensors only, and the replicas receive
     /// the new values straight from their owners (an all-gather). The step is the one the
-    /// optimizer takes on the whole module, value for value: the optimizer's state is split by
-    /// tensor before the step and put back together after it, so [`optimizer`](Self::optimizer)
+    /// optimizer takes on the whole module, value for value, for an optimizer that steps each
+    /// tensor on its own (all of Burn's; one that looks across tensors, such as clipping by a
+    /// norm over all of them, would not be): the optimizer's state is split by tensor before the
+    /// step and put back together after it, so [`optimizer`](Self::optimizer)
     /// still returns the whole state for checkpoints. [`step_traffic`](Self::step_traffic)
     /// counts what moves between the replicas.
     ///
