@@ -56,11 +56,8 @@ def timed_steps(step, seconds):
     return samples
 
 
-def single(threads, seconds):
-    import torch
-
-    torch.set_num_threads(threads)
-    model, x, y = model_and_batch(torch, BATCH, 1)
+def sgd_step(torch, model, x, y):
+    """One W3 training step of `model` on (x, y), as a function."""
     optim = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -69,7 +66,15 @@ def single(threads, seconds):
         loss_fn(model(x), y).backward()
         optim.step()
 
-    return timed_steps(step, seconds)
+    return step
+
+
+def single(threads, seconds):
+    import torch
+
+    torch.set_num_threads(threads)
+    model, x, y = model_and_batch(torch, BATCH, 1)
+    return timed_steps(sgd_step(torch, model, x, y), seconds)
 
 
 def ddp(rank, world, seconds, port):
@@ -82,15 +87,7 @@ def ddp(rank, world, seconds, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model, x, y = model_and_batch(torch, BATCH // world, 1 + rank)
     model = torch.nn.parallel.DistributedDataParallel(model)
-    optim = torch.optim.SGD(model.parameters(), lr=LR)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        optim.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        optim.step()
-
-    samples = timed_steps(step, seconds)
+    samples = timed_steps(sgd_step(torch, model, x, y), seconds)
     # Every rank steps in lockstep; rank 0's times stand for the step.
     dist.destroy_process_group()
     return samples

@@ -201,7 +201,49 @@ fn step_checks<B: AutodiffBackend>(
             ));
         }
     }
+    // The optimizer step spread over the replicas: each device steps its own tensors and the
+    // others receive them from it, so on GPUs every move between devices is exercised here.
+    for rows in [30, 5] {
+        let start = MlpConfig::new(16, vec![32], 4)
+            .init::<B>(device)
+            .fork(device);
+        let diff = sharded_steps(start, batch(rows), loss, devices)?;
+        results.push(report(
+            format!("sharded optimizer step (`with_sharded_step`), Adam, 3 steps, {rows} rows"),
+            diff,
+            tolerance,
+        ));
+    }
     Ok(results)
+}
+
+/// Largest parameter difference after three steps with the optimizer step sharded over the
+/// replicas (the replicas it rebuilds run the next step) and three single-device steps.
+fn sharded_steps<B: AutodiffBackend>(
+    start: Mlp<B>,
+    data: (Tensor<B, 2>, Tensor<B, 1, Int>),
+    loss: impl Fn(&Mlp<B>, (Tensor<B, 2>, Tensor<B, 1, Int>)) -> Tensor<B, 1> + Sync,
+    devices: &[B::Device],
+) -> anyhow::Result<f32> {
+    let optimizer = || AdamConfig::new().init::<B, Mlp<B>>();
+    let mut single = optimizer();
+    let mut reference = start.clone();
+    for _ in 0..3 {
+        let grads =
+            GradientsParams::from_grads(loss(&reference, data.clone()).backward(), &reference);
+        reference = single.step(LR, reference, grads);
+    }
+    let moved = max_param_diff(&reference, &start);
+    anyhow::ensure!(
+        moved > 1e-6,
+        "the reference steps did not move the parameters ({moved:e})"
+    );
+    let mut trainer =
+        DataParallelTrainer::new(start, optimizer(), devices.to_vec())?.with_sharded_step();
+    for _ in 0..3 {
+        trainer.step(LR, data.clone(), &loss)?;
+    }
+    Ok(max_param_diff(trainer.module(), &reference))
 }
 
 /// Learning rate of the checked steps: Adam amplifies rounding in near-zero gradients by about
