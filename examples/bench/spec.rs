@@ -169,7 +169,19 @@ impl Spec {
     /// MPI rank); for several replicas, `threads` each, which the work the caller does between
     /// the replicas' parts (gradient sum, optimizer step) may use while they wait.
     pub fn rayon_threads(&self) -> Option<usize> {
-        self.threads.map(|threads| match self.runner {
+        self.threads.map(|threads| {
+            if self.replicas_in_process() {
+                threads * self.devices
+            } else {
+                threads
+            }
+        })
+    }
+
+    /// Runs `devices` replicas in this process, each on worker threads of its own (not the
+    /// plain model, one share alone, or MPI ranks of one device each).
+    fn replicas_in_process(&self) -> bool {
+        match self.runner {
             Runner::DataParallel
             | Runner::ForwardBackward
             | Runner::Seeded
@@ -180,15 +192,15 @@ impl Spec {
             | Runner::BurnTrainStrategy
             | Runner::EqualReplicas
             | Runner::Preloaded { .. }
-            | Runner::FromDisk { .. } => threads * self.devices,
+            | Runner::FromDisk { .. } => true,
             Runner::Plain
             | Runner::Ceiling
             | Runner::ReplicaAlone(_)
             | Runner::MpiRanks
             | Runner::MpiRanksFineTune
             | Runner::MpiRanksAdam
-            | Runner::MpiRanksSharded => threads,
-        })
+            | Runner::MpiRanksSharded => false,
+        }
     }
 
     /// For the one-device baselines with a thread count, the size of the rayon pool they run
@@ -279,23 +291,10 @@ impl Spec {
         };
         let threads = match self.threads {
             Some(t) => {
-                let each = match self.runner {
-                    Runner::DataParallel
-                    | Runner::ForwardBackward
-                    | Runner::Seeded
-                    | Runner::Sharded
-                    | Runner::Adam
-                    | Runner::ShardedAdam
-                    | Runner::BurnTrain
-                    | Runner::BurnTrainStrategy
-                    | Runner::EqualReplicas
-                    | Runner::Preloaded { .. }
-                    | Runner::FromDisk { .. }
-                        if self.devices > 1 =>
-                    {
-                        " per replica"
-                    }
-                    _ => "",
+                let each = if self.replicas_in_process() && self.devices > 1 {
+                    " per replica"
+                } else {
+                    ""
                 };
                 format!("{t} thread{}{each}", if t == 1 { "" } else { "s" })
             }

@@ -21,6 +21,8 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug, Clone)]
 pub(crate) struct Owners {
     owner: HashMap<ParamId, usize>,
+    /// The tensors each replica owns (what `owner` says, by replica: asked every step).
+    owned: Vec<HashSet<ParamId>>,
     /// Values owned by each replica.
     values: Vec<usize>,
 }
@@ -47,7 +49,19 @@ impl Owners {
             values[least] += len;
             owner.insert(id, least);
         }
-        Self { owner, values }
+        Self::new(owner, values)
+    }
+
+    fn new(owner: HashMap<ParamId, usize>, values: Vec<usize>) -> Self {
+        let mut owned = vec![HashSet::new(); values.len()];
+        for (&id, &replica) in &owner {
+            owned[replica].insert(id);
+        }
+        Self {
+            owner,
+            owned,
+            values,
+        }
     }
 
     /// Every trainable tensor owned by replica 0: what combining on the first device does.
@@ -58,10 +72,7 @@ impl Owners {
         let tensors = trainable::<B, M>(module);
         let mut values = vec![0; replicas.max(1)];
         values[0] = tensors.iter().map(|(_, len)| len).sum();
-        Self {
-            owner: tensors.iter().map(|&(id, _)| (id, 0)).collect(),
-            values,
-        }
+        Self::new(tensors.iter().map(|&(id, _)| (id, 0)).collect(), values)
     }
 
     /// How many owners there are.
@@ -85,12 +96,8 @@ impl Owners {
     }
 
     /// The tensors replica `replica` owns.
-    pub(crate) fn owned_by(&self, replica: usize) -> HashSet<ParamId> {
-        self.owner
-            .iter()
-            .filter(|&(_, &owner)| owner == replica)
-            .map(|(&id, _)| id)
-            .collect()
+    pub(crate) fn owned_by(&self, replica: usize) -> &HashSet<ParamId> {
+        &self.owned[replica]
     }
 
     /// What an optimizer step moves between the replicas when every replica has a gradient for

@@ -15,7 +15,7 @@ use super::record::ShardableRecord;
 use crate::by_id::ById;
 use crate::replicas::{Link, Replicate, replica};
 use crate::workers::Workers;
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
@@ -64,18 +64,16 @@ where
         lr,
     } = shards;
     let n = owners.replicas();
-    let owned: Vec<HashSet<ParamId>> = (0..n).map(|k| owners.owned_by(k)).collect();
 
     // The state goes to the owners (the first one also keeps the state of any tensor no one
     // owns), and `optimizer` keeps none of it meanwhile, so each piece has one holder.
-    let others: HashSet<ParamId> = owned[1..].iter().flatten().copied().collect();
-    let mut optimizers: Vec<O> = owned
-        .iter()
-        .enumerate()
-        .map(|(k, own)| {
+    let mut optimizers: Vec<O> = (0..n)
+        .map(|k| {
             let state = match k {
-                0 => optimizer.to_record().without_params(&others),
-                _ => optimizer.to_record().retain_params(own),
+                0 => (1..n).fold(optimizer.to_record(), |state, other| {
+                    state.without_params(owners.owned_by(other))
+                }),
+                _ => optimizer.to_record().retain_params(owners.owned_by(k)),
             };
             optimizer.clone().load_record(state)
         })
