@@ -37,7 +37,8 @@ pub struct BatchStats {
     pub weight: f64,
     /// One entry per replica that ran, in replica order.
     pub replicas: Vec<ReplicaTiming>,
-    /// Time to bring the gradients to the first device and add them up.
+    /// Time to bring the gradients to the first device and add them up (to their owners, each
+    /// on its own worker, with [`with_sharded_step`](DataParallelTrainer::with_sharded_step)).
     pub reduce: Duration,
 }
 
@@ -61,7 +62,9 @@ type Replicas = (Vec<(ReplicaTiming, f64, Option<f64>)>, Vec<GradientsParams>);
 /// Each [`step`](Self::step) splits the global batch (inputs and targets together, by the same
 /// rule as [`DataParallel::forward`]), runs forward and backward on every replica concurrently,
 /// combines the gradients on the first device weighted by each part's share of the rows, and
-/// takes one optimizer step there; the replicas follow the new parameters on the next call.
+/// takes one optimizer step there (or spreads both over the replicas:
+/// [`with_sharded_step`](Self::with_sharded_step)); the replicas follow the new parameters on
+/// the next call.
 /// [`accumulate`](Self::accumulate) and [`apply`](Self::apply) split a step over several
 /// micro-batches, with the same result as one step on their union.
 ///
