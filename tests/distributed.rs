@@ -1336,3 +1336,118 @@ fn the_train_example_with_sync_bn_on_two_ranks_has_one_devices_losses() {
         }
     }
 }
+
+/// Runs `scale` on `ranks` ranks and returns the JSON after `prefix` in its output.
+fn scale_json(ranks: usize, prefix: &str, args: &[&str]) -> serde_json::Value {
+    let (ok, out, _) = mpirun_binary(ranks, env!("CARGO_BIN_EXE_scale"), args);
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}line: {out}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn gradient_sums_in_16_bits_drift_a_little_and_keep_the_ranks_in_step() {
+    let drift = |ranks: usize, precision: &str, optimizer: &str, sharded: bool| {
+        let mut args = vec![
+            "--mpi",
+            "--drift",
+            "8",
+            "--batch",
+            "60",
+            "--model",
+            "mlp-48",
+            "--precision",
+            precision,
+            "--optimizer",
+            optimizer,
+        ];
+        if sharded {
+            args.push("--shard-optimizer");
+        }
+        let d = scale_json(ranks, "DRIFT ", &args);
+        assert_eq!(d["ranks_agree"], true, "{d}");
+        assert_eq!(d["steps"], 8, "{d}");
+        d["relative"].as_f64().unwrap()
+    };
+    // Exact sums: the two runs the drift compares are the same run.
+    assert_eq!(drift(2, "f32", "sgd", false), 0.0);
+    // Sharded, the gradients are reduce-scattered in 16 bits (the parameters still gathered
+    // in f32).
+    for (ranks, precision, optimizer, sharded) in [
+        (2, "bf16", "sgd", false),
+        (3, "bf16", "adam", false),
+        (3, "f16", "sgd", false),
+        (3, "bf16", "adam", true),
+    ] {
+        let relative = drift(ranks, precision, optimizer, sharded);
+        // Rounded, so not exact; and close.
+        assert!(
+            relative > 0.0 && relative < 1e-2,
+            "{ranks} ranks, {precision}, {optimizer}, sharded {sharded}: {relative}"
+        );
+    }
+}
+
+#[test]
+fn gradient_sums_in_16_bits_carry_half_the_bytes_and_time_their_host_copies() {
+    let bytes = |precision: &str| {
+        let p = scale_json(
+            2,
+            "POINT ",
+            &[
+                "--mpi",
+                "--model",
+                "mlp-48",
+                "--batch",
+                "32",
+                "--seconds",
+                "0",
+                "--min-steps",
+                "2",
+                "--precision",
+                precision,
+            ],
+        );
+        assert_eq!(p["ranks"], 2, "{p}");
+        assert!(p["phases"]["host"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["phases"]["exchange"].as_f64().unwrap() > 0.0, "{p}");
+        (
+            p["bytes_per_step"].as_f64().unwrap(),
+            p["params"].as_f64().unwrap(),
+        )
+    };
+    // One all-reduce a step of every parameter's gradient and a flag per parameter tensor
+    // (3 weights, 3 biases).
+    let (f32_bytes, params) = bytes("f32");
+    assert_eq!(f32_bytes, 4.0 * (params + 6.0));
+    assert_eq!(bytes("bf16").0, 2.0 * (params + 6.0));
+}
+
+#[test]
+fn ranks_asking_for_different_gradient_precisions_are_refused_on_every_rank() {
+    let binary = env!("CARGO_BIN_EXE_scale");
+    let common = [
+        "--mpi",
+        "--model",
+        "mlp-48",
+        "--batch",
+        "8",
+        "--seconds",
+        "0",
+    ];
+    let mut args = vec!["-n", "1", binary];
+    args.extend(common);
+    args.extend(["--precision", "f16", ":", "-n", "1", binary]);
+    args.extend(common);
+    args.extend(["--precision", "bf16"]);
+    let (ok, out, _) = mpirun_raw(&args);
+    assert!(!ok, "{out}");
+    // Open MPI may end the job before the second rank prints.
+    assert!(
+        out.contains("rank 1 asks for gradient sums in Bf16 and rank 0 in F16"),
+        "{out}"
+    );
+}

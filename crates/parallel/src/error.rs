@@ -291,6 +291,35 @@ pub enum DataParallelError {
         rank_0: crate::dist::GradientTransport,
     },
 
+    /// A rank asked for another precision of the gradient sums than rank 0.
+    #[cfg(feature = "mpi")]
+    #[error(
+        "rank {rank} asks for gradient sums in {asked:?} and rank 0 in {rank_0:?}: every rank \
+         must ask for the same"
+    )]
+    PrecisionMismatch {
+        /// The first rank that differs.
+        rank: usize,
+        /// What it asked for.
+        asked: crate::dist::GradientPrecision,
+        /// What rank 0 asked for.
+        rank_0: crate::dist::GradientPrecision,
+    },
+
+    /// Gradient sums in 16 bits were asked for on a transport that sums in `f32` only (NCCL
+    /// here: the compression is done on MPI's host copies).
+    #[cfg(feature = "mpi")]
+    #[error(
+        "gradient sums in {precision:?} are made on MPI's host copies; the {transport:?} \
+         transport sums in f32 (ask for GradientTransport::Mpi to compress)"
+    )]
+    PrecisionUnsupported {
+        /// The precision asked for.
+        precision: crate::dist::GradientPrecision,
+        /// The transport the ranks use.
+        transport: crate::dist::GradientTransport,
+    },
+
     /// The model has more values than one MPI collective can carry (MPI counts are `int`s).
     #[cfg(feature = "mpi")]
     #[error(

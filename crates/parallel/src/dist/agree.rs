@@ -22,14 +22,18 @@ pub(crate) enum Phase {
     Shard = 5,
     /// `finish`.
     Finish = 6,
+    /// Choosing the precision of the gradient sums: `value` is the rank's choice.
+    Precision = 7,
 }
 
 impl Phase {
     fn from(code: u64) -> Option<Self> {
         use Phase::*;
-        [MicroBatch, Apply, Evaluate, Record, Shard, Finish]
-            .into_iter()
-            .find(|&p| p as u64 == code)
+        [
+            MicroBatch, Apply, Evaluate, Record, Shard, Finish, Precision,
+        ]
+        .into_iter()
+        .find(|&p| p as u64 == code)
     }
 }
 
@@ -121,6 +125,9 @@ impl Call {
             Phase::Record => "gathers the optimizer state".into(),
             Phase::Shard => "shards its optimizer state (`with_sharded_optimizer`)".into(),
             Phase::Finish => "finishes".into(),
+            Phase::Precision => {
+                "chooses the precision of its gradient sums (`with_gradient_precision`)".into()
+            }
         }
     }
 }

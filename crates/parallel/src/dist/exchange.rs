@@ -4,7 +4,7 @@
 //! take part in the same calls whatever it finds locally, so each says whether it could use
 //! NCCL and they go the same way.
 
-use super::Mpi;
+use super::{GradientPrecision, Mpi};
 use crate::{DataParallelError, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -39,9 +39,17 @@ pub struct ExchangeStats {
     /// Values these collectives carried, from this rank, all together (the length of the
     /// buffer each was given).
     pub values: usize,
+    /// Bytes those values took in the buffers handed to the engine: 4 per value, 2 for
+    /// gradients summed in 16 bits ([`GradientPrecision`]).
+    pub bytes: usize,
     /// Time spent in them, copies to and from the host included: waiting for the slowest
     /// rank to arrive counts here too.
     pub time: std::time::Duration,
+    /// The part of [`time`](Self::time) spent copying the buffers to and from the host (and
+    /// rounding them to 16 bits and back where asked) around MPI's collectives; zero with
+    /// NCCL, which sums in GPU memory. On a backend that queues its work (a GPU), the copy to
+    /// the host also waits for the flattening of the gradients to finish.
+    pub host_time: std::time::Duration,
     /// Sums of synchronized batch norms' statistics across the ranks: per micro-batch, two
     /// per layer in the forward pass and two in the backward pass, each a small all-reduce of
     /// a header then one of the values, and one header alone that ends the micro-batch
@@ -57,6 +65,8 @@ pub struct ExchangeStats {
 pub(crate) struct Exchange {
     engine: Engine,
     stats: ExchangeStats,
+    /// The precision of the gradient sums (reduce-scatters and all-reduces).
+    pub(crate) precision: GradientPrecision,
 }
 
 enum Engine {
@@ -70,6 +80,7 @@ impl Exchange {
         Self {
             engine,
             stats: ExchangeStats::default(),
+            precision: GradientPrecision::F32,
         }
     }
 
@@ -185,8 +196,15 @@ impl Exchange {
             });
         }
         let start = std::time::Instant::now();
-        let out = self.engine.run(mpi, flat, collective)?;
+        // Parameters are all-gathered exactly: only sums are rounded.
+        let precision = match collective {
+            Collective::AllGather(_) => GradientPrecision::F32,
+            _ => self.precision,
+        };
+        let (out, host_time) = self.engine.run(mpi, flat, collective, precision)?;
         self.stats.time += start.elapsed();
+        self.stats.host_time += host_time;
+        self.stats.bytes += values * precision.bytes();
         match collective {
             Collective::AllReduce => self.stats.all_reduces += 1,
             Collective::ReduceScatter(_) => self.stats.reduce_scatters += 1,
@@ -237,16 +255,20 @@ pub enum CollectiveOp {
 }
 
 impl Engine {
+    /// The collective's result, and the time spent copying to and from the host.
     fn run<B: Backend>(
         &self,
         mpi: &Mpi,
         flat: Tensor<B, 1>,
         collective: Collective<'_>,
-    ) -> Result<Tensor<B, 1>> {
+        precision: GradientPrecision,
+    ) -> Result<(Tensor<B, 1>, std::time::Duration)> {
         match self {
             Self::Host => {
                 let device = flat.device();
+                let copy = std::time::Instant::now();
                 let values = flat.into_data().convert::<f32>().into_vec::<f32>();
+                let mut host_time = copy.elapsed();
                 // A rank that cannot read its buffer says so before anyone waits in MPI.
                 let ready = mpi.all_gather_u64(&[u64::from(values.is_ok())]);
                 let mut values = values.map_err(|err| DataParallelError::Collective {
@@ -259,19 +281,74 @@ impl Engine {
                         reason: format!("rank {rank} could not read its buffer"),
                     });
                 }
-                match collective {
-                    // Into a new buffer: the values are not copied once more to be sent.
-                    Collective::AllReduce => values = mpi.all_reduce_sum_f32(&values),
-                    Collective::ReduceScatter(counts) => {
-                        mpi.reduce_scatter_sum_f32(&mut values, counts)
+                if precision == GradientPrecision::F32 {
+                    match collective {
+                        // Into a new buffer: the values are not copied once more to be sent.
+                        Collective::AllReduce => values = mpi.all_reduce_sum_f32(&values),
+                        Collective::ReduceScatter(counts) => {
+                            mpi.reduce_scatter_sum_f32(&mut values, counts)
+                        }
+                        Collective::AllGather(counts) => mpi.all_gather_f32(&mut values, counts),
                     }
-                    Collective::AllGather(counts) => mpi.all_gather_f32(&mut values, counts),
+                } else {
+                    let rounding = std::time::Instant::now();
+                    let mut bits = precision.encode(&values);
+                    host_time += rounding.elapsed();
+                    match collective {
+                        Collective::AllReduce => bits = mpi.all_reduce_sum_u16(&bits, precision),
+                        Collective::ReduceScatter(counts) => {
+                            mpi.reduce_scatter_sum_u16(&mut bits, counts, precision)
+                        }
+                        Collective::AllGather(_) => unreachable!("parameters are gathered in f32"),
+                    }
+                    let widening = std::time::Instant::now();
+                    // Only this rank's block of a reduce-scatter is read (and summed).
+                    let (at, end) = match collective {
+                        Collective::ReduceScatter(counts) => {
+                            let at: usize = counts[..mpi.rank()].iter().sum();
+                            (at, at + counts[mpi.rank()])
+                        }
+                        _ => (0, bits.len()),
+                    };
+                    let block = precision.decode(&bits[at..end]);
+                    host_time += widening.elapsed();
+                    // Each rank checks the sum it holds (its own block of a reduce-scatter),
+                    // and the ranks tell each other, so that all of them refuse the step or
+                    // none. MPI does not promise every rank the same bits of an all-reduce
+                    // with a user operation (Open MPI's algorithms give them): the ranks
+                    // compare a fingerprint of theirs, rather than step apart unawares.
+                    let fingerprint = match collective {
+                        Collective::AllReduce => super::compress::fingerprint(&bits),
+                        _ => 0,
+                    };
+                    let told = mpi.all_gather_u64(&[u64::from(block.is_some()), fingerprint]);
+                    let fits = told.chunks_exact(2).all(|rank| rank[0] == 1);
+                    let (Some(block), true) = (block, fits) else {
+                        return Err(DataParallelError::Collective {
+                            operation: collective.op(),
+                            reason: format!(
+                                "a gradient sum is out of {precision:?}'s range: sum in bf16 or f32"
+                            ),
+                        });
+                    };
+                    if let Some(rank) = told.chunks_exact(2).position(|r| r[1] != fingerprint) {
+                        return Err(DataParallelError::Collective {
+                            operation: collective.op(),
+                            reason: format!(
+                                "rank {rank} received other bits of the 16-bit sum than rank {}",
+                                mpi.rank()
+                            ),
+                        });
+                    }
+                    values[at..end].copy_from_slice(&block);
                 }
                 let count = values.len();
-                Ok(Tensor::from_data(TensorData::new(values, [count]), &device))
+                let back = std::time::Instant::now();
+                let tensor = Tensor::from_data(TensorData::new(values, [count]), &device);
+                Ok((tensor, host_time + back.elapsed()))
             }
             #[cfg(feature = "cuda")]
-            Self::Nccl(comm) => comm.run(mpi, flat, collective),
+            Self::Nccl(comm) => Ok((comm.run(mpi, flat, collective)?, std::time::Duration::ZERO)),
         }
     }
 }

@@ -13,9 +13,11 @@
 //! The gradients cross processes through host memory with MPI, or, for CUDA ranks (features
 //! `cuda` and `mpi`) where `libnccl.so` can be loaded and each rank has a GPU of its own,
 //! through NCCL in GPU memory: see [`GradientTransport`]. [`Mpi::share_of`] gives the ranks of
-//! one machine their share of its GPUs.
+//! one machine their share of its GPUs. On a slow network, MPI can sum the gradients in 16 bits
+//! instead, at the price of exactness: see [`GradientPrecision`].
 
 mod agree;
+mod compress;
 mod exchange;
 mod flat;
 #[cfg(feature = "cuda")]
@@ -28,6 +30,7 @@ mod world;
 #[cfg(feature = "burn-train")]
 pub(crate) use ranks::Ranks;
 
+pub use compress::GradientPrecision;
 pub use exchange::{CollectiveOp, ExchangeStats, GradientTransport};
 pub use trainer::DistributedTrainer;
 pub use world::Mpi;

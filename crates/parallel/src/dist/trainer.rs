@@ -1,5 +1,6 @@
 //! `DistributedTrainer`: the data-parallel training step across MPI ranks.
 
+use super::GradientPrecision;
 use super::Mpi;
 use super::agree::{Call, Phase, agree};
 use super::exchange::{Exchange, ExchangeStats, GradientTransport};
@@ -197,6 +198,62 @@ where
     pub fn with_rank_split(mut self, policy: impl SplitPolicy + 'static) -> Self {
         self.ranks.split = Some(Box::new(policy));
         self
+    }
+
+    /// Sums the gradients across the ranks in `precision` instead of `f32`: with
+    /// [`GradientPrecision::Bf16`] or [`GradientPrecision::F16`], half the bytes cross the
+    /// network. **Not exact**: each element of the sum is within
+    /// [`GradientPrecision::error_bound`] of the exact one, and the parameters drift from
+    /// exact training over a run (figures in BENCHMARKS.md, "Gradients in 16 bits"). The ranks
+    /// step on the same sum (they compare a fingerprint of it), so they stay in step with one
+    /// another. The sum over this
+    /// rank's devices, the optimizer and the parameters stay in `f32`, as does the all-gather
+    /// of a sharded optimizer state.
+    ///
+    /// Made on MPI's host copies: refused ([`DataParallelError::PrecisionUnsupported`]) where
+    /// the ranks sum through NCCL. Collective: every rank must ask for the same precision
+    /// ([`DataParallelError::PrecisionMismatch`] otherwise, on every rank).
+    ///
+    /// ```no_run
+    /// # use burn::backend::{Autodiff, NdArray};
+    /// # use burn::nn::LinearConfig;
+    /// # use burn::optim::SgdConfig;
+    /// use burn_data_parallel::dist::{DistributedTrainer, GradientPrecision, GradientTransport, Mpi};
+    /// # use burn_data_parallel::DataParallelTrainer;
+    /// # type B = Autodiff<NdArray>;
+    /// # let mpi = Mpi::init()?;
+    /// # let device = Default::default();
+    /// # let model = LinearConfig::new(4, 1).init::<B>(&device);
+    /// # let local = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device])?;
+    /// let trainer = DistributedTrainer::with_transport(&mpi, local, GradientTransport::Mpi)?
+    ///     .with_gradient_precision(GradientPrecision::Bf16)?;
+    /// # Ok::<(), burn_data_parallel::DataParallelError>(())
+    /// ```
+    pub fn with_gradient_precision(mut self, precision: GradientPrecision) -> Result<Self> {
+        let mpi = self.ranks.mpi;
+        let call = Call::new(Phase::Precision, self.local.steps(), 0).with_value(precision.code());
+        let asked = agree(mpi, call)?;
+        if let Some(rank) = asked.iter().position(|c| c.value != asked[0].value) {
+            return Err(DataParallelError::PrecisionMismatch {
+                rank,
+                asked: GradientPrecision::from_code(asked[rank].value),
+                rank_0: GradientPrecision::from_code(asked[0].value),
+            });
+        }
+        let transport = self.ranks.exchange.kind();
+        if precision != GradientPrecision::F32 && transport != GradientTransport::Mpi {
+            return Err(DataParallelError::PrecisionUnsupported {
+                precision,
+                transport,
+            });
+        }
+        self.ranks.exchange.precision = precision;
+        Ok(self)
+    }
+
+    /// The precision in which the ranks sum their gradients.
+    pub fn gradient_precision(&self) -> GradientPrecision {
+        self.ranks.exchange.precision
     }
 
     /// Whether each rank keeps the optimizer state of its shard only.

@@ -1,7 +1,7 @@
 //! The MPI environment: one per process, for the life of the process.
 
 use crate::{DataParallelError, Result};
-use mpi::collective::SystemOperation;
+use mpi::collective::{SystemOperation, UnsafeUserOperation};
 use mpi::datatype::{Equivalence, PartitionMut};
 use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -149,19 +149,62 @@ impl Mpi {
     /// values after those of the blocks before it), written in place there; the rest of
     /// `buffer` is left as it was. Blocks may differ in size: nothing is padded.
     pub(crate) fn reduce_scatter_sum_f32(&self, buffer: &mut [f32], counts: &[usize]) {
+        // SAFETY: MPI's own sum applies to `f32`.
+        unsafe { self.reduce_scatter(buffer, counts, SystemOperation::sum().as_raw()) };
+    }
+
+    /// The element-wise sum of every rank's 16-bit `values`, added in `precision` (see
+    /// `compress`). Collective.
+    pub(crate) fn all_reduce_sum_u16(
+        &self,
+        values: &[u16],
+        precision: super::GradientPrecision,
+    ) -> Vec<u16> {
+        let mut sum = vec![0u16; values.len()];
+        // SAFETY: the function adds two buffers of `u16`, the type of both buffers here.
+        let op = unsafe { UnsafeUserOperation::commutative(precision.sum_function()) };
+        self.world.all_reduce_into(values, &mut sum[..], &op);
+        sum
+    }
+
+    /// [`reduce_scatter_sum_f32`](Self::reduce_scatter_sum_f32) over 16-bit values added in
+    /// `precision`.
+    pub(crate) fn reduce_scatter_sum_u16(
+        &self,
+        buffer: &mut [u16],
+        counts: &[usize],
+        precision: super::GradientPrecision,
+    ) {
+        // SAFETY: the function adds two buffers of `u16`, the type of `buffer`.
+        let op = unsafe { UnsafeUserOperation::commutative(precision.sum_function()) };
+        // SAFETY: `op` applies to `u16`, and lives until the call returns.
+        unsafe { self.reduce_scatter(buffer, counts, op.as_raw()) };
+    }
+
+    /// `MPI_Reduce_scatter` of `buffer` by `op`, this rank's block written in place.
+    ///
+    /// # Safety
+    /// `op` must be a valid MPI operation on `T`'s datatype.
+    unsafe fn reduce_scatter<T: Equivalence + Copy + Default>(
+        &self,
+        buffer: &mut [T],
+        counts: &[usize],
+        op: mpi::ffi::MPI_Op,
+    ) {
         let (at, mine) = block_of(counts, self.rank());
-        let mut out = vec![0.0f32; mine];
+        let mut out = vec![T::default(); mine];
         let counts: Vec<mpi::Count> = counts.iter().map(|&c| c as mpi::Count).collect();
         // rsmpi 0.8 wraps only the equal-block form (`MPI_Reduce_scatter_block`).
-        // SAFETY: `buffer` holds the sum of `counts` f32 values, `out` this rank's count, and
-        // `counts` has one entry per rank of the communicator; the call is blocking.
+        // SAFETY: `buffer` holds the sum of `counts` values of `T`, `out` this rank's count,
+        // `counts` has one entry per rank of the communicator, `op` applies to `T` (this
+        // function's contract); the call is blocking.
         unsafe {
             mpi::ffi::MPI_Reduce_scatter(
                 buffer.as_ptr().cast(),
                 out.as_mut_ptr().cast(),
                 counts.as_ptr(),
-                f32::equivalent_datatype().as_raw(),
-                SystemOperation::sum().as_raw(),
+                T::equivalent_datatype().as_raw(),
+                op,
                 self.world.as_raw(),
             );
         }
