@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! cargo run --release --bin scale -- --model mlp-4096 --batch 256 --devices 2
+//! cargo build --release --features mpi --bin scale
 //! mpirun -n 4 target/release/scale --mpi --model w3 --precision bf16
 //! mpirun -n 2 target/release/scale --mpi --drift 50 --precision bf16   # drift from f32
 //! ```
