@@ -1392,6 +1392,53 @@ fn gradient_sums_in_16_bits_drift_a_little_and_keep_the_ranks_in_step() {
 }
 
 #[test]
+fn an_f16_sum_out_of_range_is_an_error_on_every_rank_not_an_infinity() {
+    // Gradients of about 1e7 fit f32 but not f16 (65504): all-reduced on 2 ranks, and
+    // reduce-scattered (each rank checks its own block, the ranks agree) on 3.
+    for (ranks, sharded) in [(2, false), (3, true)] {
+        let mut args = vec![
+            "--mpi",
+            "--drift",
+            "2",
+            "--batch",
+            "60",
+            "--model",
+            "mlp-48",
+            "--precision",
+            "f16",
+            "--loss-scale",
+            "1e9",
+        ];
+        if sharded {
+            args.push("--shard-optimizer");
+        }
+        let (ok, out, _) = mpirun_binary(ranks, env!("CARGO_BIN_EXE_scale"), &args);
+        assert!(!ok, "{out}");
+        assert!(out.contains("out of F16's range"), "{out}");
+        assert!(!out.contains("DRIFT"), "{out}");
+    }
+    // The same gradients in bf16 (f32's range) train.
+    let d = scale_json(
+        2,
+        "DRIFT ",
+        &[
+            "--mpi",
+            "--drift",
+            "2",
+            "--batch",
+            "60",
+            "--model",
+            "mlp-48",
+            "--precision",
+            "bf16",
+            "--loss-scale",
+            "1e9",
+        ],
+    );
+    assert_eq!(d["ranks_agree"], true, "{d}");
+}
+
+#[test]
 fn gradient_sums_in_16_bits_carry_half_the_bytes_and_time_their_host_copies() {
     let bytes = |precision: &str| {
         let p = scale_json(

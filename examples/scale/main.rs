@@ -68,6 +68,10 @@ pub struct Args {
     /// sums, and prints how far the parameters drifted apart (`DRIFT {...}`).
     #[arg(long)]
     pub drift: Option<usize>,
+    /// Multiplies the loss, and so the gradients (to push them out of f16's range in the
+    /// tests).
+    #[arg(long, default_value_t = 1.0)]
+    pub loss_scale: f64,
     /// A label recorded with the point (the script puts the network's bandwidth there).
     #[arg(long, default_value = "")]
     pub label: String,

@@ -111,6 +111,24 @@ pub fn lr(kind: OptimizerKind) -> f64 {
     }
 }
 
+/// A step's rows: inputs and labels.
+pub type Batch<B> = (Tensor<B, 2>, Tensor<B, 1, Int>);
+
+/// The loss each step trains on: cross-entropy, times `--loss-scale`.
+pub fn loss<B: AutodiffBackend>(
+    args: &Args,
+) -> impl Fn(&Mlp<B>, Batch<B>) -> Tensor<B, 1> + Sync + Copy {
+    let scale = args.loss_scale;
+    move |m, (x, y)| {
+        let loss = m.loss(x, y);
+        if scale == 1.0 {
+            loss
+        } else {
+            loss.mul_scalar(scale)
+        }
+    }
+}
+
 /// The global batch of step `step` (the same on every rank: seeded), and this rank's rows of
 /// it. The labels are a fixed random linear teacher's choices, so that training learns (and
 /// the drift of 16-bit sums is measured on a loss that falls).
@@ -119,7 +137,7 @@ pub fn batch<B: AutodiffBackend, T: Trainer<B, Mlp<B>>>(
     trainer: &T,
     device: &B::Device,
     step: u64,
-) -> anyhow::Result<(Tensor<B, 2>, Tensor<B, 1, Int>)> {
+) -> anyhow::Result<Batch<B>> {
     let config = args.model_config()?;
     B::seed(device, 0);
     let teacher = Tensor::<B, 2>::random(
@@ -170,7 +188,7 @@ where
         let t0 = Instant::now();
         let (mut compute, mut combine) = (0.0, 0.0);
         for _ in 0..args.micro_batches {
-            let stats = trainer.accumulate((x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))?;
+            let stats = trainer.accumulate((x.clone(), y.clone()), loss(args))?;
             compute += stats
                 .replicas
                 .iter()

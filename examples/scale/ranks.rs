@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn_data_parallel::dist::{DistributedTrainer, GradientPrecision, GradientTransport, Mpi};
 use burn_data_parallel::{DataParallelTrainer, ShardableRecord, Trainer};
-use dp_model::{Classifier, Mlp};
+use dp_model::Mlp;
 use serde::Serialize;
 
 pub struct Job<'a> {
@@ -186,8 +186,8 @@ where
     let mut loss = Vec::with_capacity(steps);
     for step in 0..steps {
         let batch = measure::batch::<B, _>(args, &compressed, &device, step as u64 + 1)?;
-        let a = compressed.step(lr, batch.clone(), |m, (x, y)| m.loss(x, y))?;
-        let b = exact.step(lr, batch, |m, (x, y)| m.loss(x, y))?;
+        let a = compressed.step(lr, batch.clone(), measure::loss(args))?;
+        let b = exact.step(lr, batch, measure::loss(args))?;
         loss.push((a.loss, b.loss));
         relative_by_step.push(distance(compressed.module(), exact.module()).1);
     }

@@ -17,7 +17,8 @@ use std::ffi::{c_int, c_void};
 ///
 /// Only the gradient sums across ranks are rounded: each rank's own gradients, the sum over
 /// its devices, the optimizer, the parameters and their all-gather (sharded optimizer state)
-/// stay in `f32`.
+/// stay in `f32`. The presence flag that travels with each tensor's gradient is a count of
+/// ranks, read only as "more than zero", which rounding never changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GradientPrecision {
     /// Exact: the sums of single-process training, up to the order of the additions.
@@ -40,7 +41,9 @@ impl GradientPrecision {
         }
     }
 
-    /// The unit roundoff: the largest relative error of one rounding in the normal range.
+    /// The unit roundoff of the rounding to 16 bits: the largest relative error of one
+    /// rounding in the normal range (`0` for [`F32`](Self::F32), which adds no rounding of its
+    /// own to the sums).
     pub fn unit_roundoff(self) -> f64 {
         match self {
             Self::F32 => 0.0,

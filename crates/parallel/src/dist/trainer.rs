@@ -204,11 +204,10 @@ where
     /// [`GradientPrecision::Bf16`] or [`GradientPrecision::F16`], half the bytes cross the
     /// network. **Not exact**: each element of the sum is within
     /// [`GradientPrecision::error_bound`] of the exact one, and the parameters drift from
-    /// exact training over a run (figures in BENCHMARKS.md, "Gradients in 16 bits"). The ranks
-    /// step on the same sum (they compare a fingerprint of it), so they stay in step with one
-    /// another. The sum over this
-    /// rank's devices, the optimizer and the parameters stay in `f32`, as does the all-gather
-    /// of a sharded optimizer state.
+    /// exact training over a run (figures in BENCHMARKS.md, "Scaling", "Gradient sums in 16
+    /// bits"). The ranks step on the same sum (they compare a fingerprint of it), so they stay
+    /// in step with one another. The sum over this rank's devices, the optimizer and the
+    /// parameters stay in `f32`, as does the all-gather of a sharded optimizer state.
     ///
     /// Made on MPI's host copies: refused ([`DataParallelError::PrecisionUnsupported`]) where
     /// the ranks sum through NCCL. Collective: every rank must ask for the same precision
