@@ -2,16 +2,9 @@
 //! shuffled batches of 30, each batch split across the devices by `DataParallel`.
 //!
 //! ```text
-//! cargo run --release --bin data_parallelism -- --devices 4          # CPU, 4 replicas
-//! cargo run --release --features cuda --bin data_parallelism         # every GPU
+//! cargo run --release --example data_parallelism -- --devices 4          # CPU, 4 replicas
+//! cargo run --release --features cuda --example data_parallelism         # every GPU
 //! ```
-
-#[path = "common/allocator.rs"]
-mod allocator;
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/exit.rs"]
-mod exit;
 
 use anyhow::Context;
 use burn::data::dataloader::DataLoaderBuilder;
@@ -50,17 +43,17 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    exit::report(try_main())
+    dp_backend::report(try_main())
 }
 
 fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    backend::run_on_available(args.devices.map(|n| n as usize), Tutorial(args))
+    dp_backend::run_on_available(args.devices.map(|n| n as usize), Tutorial(args))
 }
 
 struct Tutorial(Args);
 
-impl backend::Job for Tutorial {
+impl dp_backend::Job for Tutorial {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
         // The tutorial only runs forward: no autodiff graph.
         run::<B::InnerBackend>(&self.0, devices, label)

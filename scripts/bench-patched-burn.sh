@@ -35,6 +35,6 @@ patch -d "$work" -p1 --quiet < "$patch_file"
 # The patch is recorded in Cargo.lock while it builds; the lock file is put back afterwards.
 cp Cargo.lock "$work.lock"
 trap 'cp "$work.lock" Cargo.lock' EXIT
-cargo build --release --bin bench "${features[@]}" --target-dir "target/patched-$crate" \
+cargo build --release -p dp-tools --bin bench "${features[@]}" --target-dir "target/patched-$crate" \
   --config "patch.crates-io.$crate.path=\"$work\""
 "target/patched-$crate/release/bench" --workloads w3 --devices 1,2 --json "$out" "$@"

@@ -9,7 +9,7 @@
 # each step adds are counted by `dist_check --model sync-cnn` (its PASS line) and listed there.
 set -eu
 runs=${1:-2}
-cargo build --release --features mpi --bin train >&2
+cargo build --release -p dp-tools --features mpi --bin train >&2
 train=target/release/train
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -16,18 +16,18 @@ out=${2:-benchmarks/runs/w3-cpu-$(date +%F)}
 mkdir -p "$out"
 root=$(pwd)
 features=(--no-default-features --features flex,mimalloc)
-cargo build --release "${features[@]}" --bin bench >&2
+cargo build --release -p dp-tools "${features[@]}" --bin bench >&2
 v4="$root/target/release/bench"
 # The same bench without Flex's AVX-512 kernels, built apart.
 avx2_tree=$(mktemp -d)
 trap 'rm -rf "$avx2_tree"' EXIT
 git ls-files -z | xargs -0 -I{} cp --parents {} "$avx2_tree"
-sed -i 's/, "burn-flex\/x86-v4"//' "$avx2_tree/Cargo.toml"
-grep -q '^flex = .*x86-v4' "$avx2_tree/Cargo.toml" && { echo "could not remove x86-v4" >&2; exit 1; }
+sed -i 's/, "burn-flex\/x86-v4"//' "$avx2_tree/crates/backend/Cargo.toml"
+grep -q '^flex = .*x86-v4' "$avx2_tree/crates/backend/Cargo.toml" && { echo "could not remove x86-v4" >&2; exit 1; }
 (cd "$avx2_tree" && CARGO_TARGET_DIR="$root/target/bench-avx2" cargo build --release \
-  "${features[@]}" --bin bench >&2)
+  -p dp-tools "${features[@]}" --bin bench >&2)
 avx2="$root/target/bench-avx2/release/bench"
-cargo build --release --bin bench --target-dir target/bench-ndarray >&2
+cargo build --release -p dp-tools --bin bench --target-dir target/bench-ndarray >&2
 ndarray="$root/target/bench-ndarray/release/bench"
 w3=(--workloads w3 --devices 2 --burn-train false --seconds 3)
 for run in $(seq "$runs"); do

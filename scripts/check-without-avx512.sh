@@ -48,8 +48,8 @@ PY
 }
 for backend in ${@:-flex ndarray}; do
   target=target/avx512-check-$backend
-  cargo build --release --no-default-features --features "$backend,mimalloc" --target-dir "$target" \
-    --bin check --bin train >&2
+  cargo build --release -p dp-tools --no-default-features --features "$backend,mimalloc" \
+    --target-dir "$target" --bin check --bin train >&2
   echo "== $backend"
   emulated "$target/release/check" --devices 2 > "$tmp/$backend-check.txt" 2>&1 ||
     { tail -20 "$tmp/$backend-check.txt" >&2; exit 1; }

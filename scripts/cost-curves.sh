@@ -11,8 +11,8 @@
 set -euo pipefail
 out=${1:-benchmarks/runs/scaling-$(date +%F)}
 mkdir -p "$out"
-cargo build --release --no-default-features --features flex,mimalloc,mpi --bin scale >&2
-cargo build --release --features mpi --bin scale --target-dir target/bench-ndarray >&2
+cargo build --release -p dp-tools --no-default-features --features flex,mimalloc,mpi --bin scale >&2
+cargo build --release -p dp-tools --features mpi --bin scale --target-dir target/bench-ndarray >&2
 seconds=${SCALE_SECONDS:-2}
 # Each point's line, kept if the script stops early (each point has 15 minutes).
 raw="$out/curves.partial"

@@ -18,7 +18,7 @@ set -euo pipefail
 out=${1:-benchmarks/runs/scaling-$(date +%F)}
 bin=${2:-target/release/scale}
 mkdir -p "$out"
-[ -x "$bin" ] || { echo "build it first: cargo build --release --no-default-features --features flex,mimalloc,mpi --bin scale" >&2; exit 1; }
+[ -x "$bin" ] || { echo "build it first: cargo build --release -p dp-tools --no-default-features --features flex,mimalloc,mpi --bin scale" >&2; exit 1; }
 bin=$(realpath "$bin")
 for tool in unshare ip tc mpirun python3; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }

@@ -17,16 +17,21 @@ set -euo pipefail
 archive=${1:-gpu-bin.tar.gz}
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 bins=(data_parallelism check bench learner)
-cargo build --release --features cuda --bin data_parallelism --bin check --bin bench --bin learner
+cargo build --release --features cuda --example data_parallelism
+cargo build --release -p dp-tools --features cuda --bin check --bin bench --bin learner
 if [ "${GPU_BUILD_MPI:-0}" = 1 ]; then
-  cargo build --release --features cuda,mpi --bin dist_check
+  cargo build --release -p dp-tools --features cuda,mpi --bin dist_check
   bins+=(dist_check)
 fi
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
 for name in "${bins[@]}"; do
-  cp "$target/release/$name" "$staging/"
+  if [ "$name" = data_parallelism ]; then
+    cp "$target/release/examples/$name" "$staging/"
+  else
+    cp "$target/release/$name" "$staging/"
+  fi
 done
 if command -v strip >/dev/null 2>&1; then
   strip "$staging"/*

@@ -1,17 +1,11 @@
 //! The tutorial example, run as a user runs it: its lines match the tutorial's shapes.
 
-use std::process::Command;
+mod common;
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_data_parallelism"))
-        .args(args)
-        .output()
-        .expect("the example binary starts");
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let mut example = common::example("data_parallelism");
+    example.args(args);
+    common::output(example)
 }
 
 fn in_model(rows: usize) -> String {

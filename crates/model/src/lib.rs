@@ -12,6 +12,10 @@
 //!     and [`Cnn::freeze_features`] make fine-tuning models with a frozen backbone;
 //!   - [`TiedEmbeddings`]: one parameter used twice (input embedding and output projection);
 //!   - [`Branchy`]: a layer only some rows go through, so some steps give it no gradient.
+//!
+//! With feature `burn-train`, every classifier implements burn-train's `TrainStep` and
+//! `InferenceStep` on `(inputs, targets)` batches (mean cross-entropy, `ClassificationOutput`),
+//! so the same models run under `SupervisedTraining`.
 
 #![warn(missing_docs)]
 
@@ -20,6 +24,8 @@ mod classifier;
 mod cnn;
 mod mlp;
 mod tied;
+#[cfg(feature = "burn-train")]
+mod train_step;
 mod transformer;
 mod tutorial;
 

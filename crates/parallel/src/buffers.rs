@@ -127,7 +127,6 @@ impl Buffers {
 
     /// The module's buffer values on the host, one after another in visiting order: what ranks
     /// exchange to combine their statistics.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn read<B: Backend, M: Module<B>>(&self, module: &M) -> Vec<f32> {
         struct Read<'a>(&'a HashSet<ParamId>, HashSet<ParamId>, Vec<f32>);
         impl<B: Backend> ModuleVisitor<B> for Read<'_> {
@@ -148,7 +147,6 @@ impl Buffers {
     }
 
     /// Writes `values` (laid out as [`read`](Self::read) reads them) into the module's buffers.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn write<B: Backend, M: Module<B>>(&self, module: &M, values: &[f32]) {
         struct Write<'a>(&'a HashSet<ParamId>, HashSet<ParamId>, &'a [f32]);
         impl<B: Backend> ModuleMapper<B> for Write<'_> {
@@ -179,13 +177,11 @@ impl Buffers {
     }
 
     /// Whether the module has no buffer.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
 
     /// Whether `id` is a buffer's (the exchange across processes sends buffers apart).
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn contains(&self, id: &ParamId) -> bool {
         self.ids.contains(id)
     }

@@ -568,7 +568,6 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     }
 
     /// The module's buffers (found on autodiff backends only).
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn buffers(&mut self) -> &Buffers {
         let first = &self.devices[0];
         let module = self.module.as_ref().expect(LOST);

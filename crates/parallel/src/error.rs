@@ -272,12 +272,10 @@ pub enum DataParallelError {
     NothingAccumulated,
 
     /// `Mpi::init` was called a second time in this process (MPI starts once per process).
-    #[cfg(feature = "mpi")]
     #[error("MPI is already initialised in this process: call `Mpi::init` once")]
     MpiAlreadyInitialized,
 
     /// A rank asked for another gradient transport than rank 0.
-    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} asks for the {asked:?} gradient transport and rank 0 for {rank_0:?}: every \
          rank must ask for the same"
@@ -292,7 +290,6 @@ pub enum DataParallelError {
     },
 
     /// A rank asked for another precision of the gradient sums than rank 0.
-    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} asks for gradient sums in {asked:?} and rank 0 in {rank_0:?}: every rank \
          must ask for the same"
@@ -308,7 +305,6 @@ pub enum DataParallelError {
 
     /// Gradient sums in 16 bits were asked for on a transport that sums in `f32` only (NCCL
     /// here: the compression is done on MPI's host copies).
-    #[cfg(feature = "mpi")]
     #[error(
         "gradient sums in {precision:?} are made on MPI's host copies; the {transport:?} \
          transport sums in f32 (ask for GradientTransport::Mpi to compress)"
@@ -321,7 +317,6 @@ pub enum DataParallelError {
     },
 
     /// The model has more values than one MPI collective can carry (MPI counts are `int`s).
-    #[cfg(feature = "mpi")]
     #[error(
         "the model's {values} values exceed the {} one MPI collective can carry",
         i32::MAX
@@ -333,7 +328,6 @@ pub enum DataParallelError {
 
     /// A step of the gradient exchange (an MPI or NCCL collective, the copy of its buffer, or
     /// the ranks' agreement on the call) failed.
-    #[cfg(feature = "mpi")]
     #[error("{operation:?} failed: {reason}")]
     Collective {
         /// Which step.
@@ -343,7 +337,6 @@ pub enum DataParallelError {
     },
 
     /// A rank holds a model whose parameters differ in shape or number from rank 0's.
-    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} holds a different model from rank 0 ({found} parameters against {expected}, \
          or other shapes): every rank must build the same model; nothing was trained"
@@ -358,7 +351,6 @@ pub enum DataParallelError {
     },
 
     /// A rank was started with another value (a configuration) than rank 0.
-    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} has another {what} than rank 0: every rank must be started the same way; \
          nothing was trained"
@@ -372,7 +364,6 @@ pub enum DataParallelError {
 
     /// Ranks split global batches between them by different policies, so that some rows would
     /// be counted twice or not at all.
-    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} splits the global batches between the ranks otherwise than this rank (at \
          step {step}): give every rank the same `with_rank_split` policy, or none"
@@ -386,7 +377,6 @@ pub enum DataParallelError {
 
     /// With a split between the ranks (`with_rank_split`), the rows the ranks took in a
     /// micro-batch are not the policy's parts of their total.
-    #[cfg(feature = "mpi")]
     #[error(
         "at step {step} the ranks took {rows:?} rows after asking `Trainer::part` for their \
          parts of {asked:?} rows, where the split policy's parts of their total are \
@@ -406,7 +396,6 @@ pub enum DataParallelError {
 
     /// Ranks make the same call with different settings (a learning rate, the kind of loss, a
     /// seed, the rows of a held-out set): the result would differ from one process's.
-    #[cfg(feature = "mpi")]
     #[error(
         "at step {step}, rank {rank} {call} with {setting} {found} where this rank has \
          {this_rank}: every rank must make each call with the same settings; nothing of this \
@@ -428,7 +417,6 @@ pub enum DataParallelError {
     },
 
     /// Ranks disagree on the step they are taking.
-    #[cfg(feature = "mpi")]
     #[error("rank {rank} is at step {found} while this rank is at step {expected}")]
     StepMismatch {
         /// The rank out of step.
@@ -441,7 +429,6 @@ pub enum DataParallelError {
 
     /// Ranks disagree on what they are doing: one accumulates another micro-batch, evaluates or
     /// shards its optimizer state while another does something else.
-    #[cfg(feature = "mpi")]
     #[error(
         "at step {step}, rank {rank} {found} while this rank {expected}: every rank must make the \
          same calls in the same order (the same number of `accumulate`s before each `apply`)"
@@ -466,7 +453,6 @@ pub enum DataParallelError {
     },
 
     /// A rank finished training while others still take steps (uneven data).
-    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} finished training after {step} steps while others go on: every rank must \
          take the same number of steps (a ShardedSampler gives them that)"
@@ -479,7 +465,6 @@ pub enum DataParallelError {
     },
 
     /// This rank finished training while another still takes steps (uneven data).
-    #[cfg(feature = "mpi")]
     #[error(
         "rank {rank} is still training (at step {step}) while this rank finished after \
          {finished_after} steps: every rank must take the same number of steps"
@@ -494,7 +479,6 @@ pub enum DataParallelError {
     },
 
     /// NCCL was asked for but a rank cannot use it.
-    #[cfg(feature = "mpi")]
     #[error("rank {rank} cannot reduce gradients through NCCL: {reason}")]
     NcclUnavailable {
         /// The lowest rank that cannot.
@@ -504,7 +488,6 @@ pub enum DataParallelError {
     },
 
     /// Another rank failed this step; no step was taken.
-    #[cfg(feature = "mpi")]
     #[error("rank {rank} failed at step {step} ({reason}); no step was taken")]
     PeerFailed {
         /// The lowest failing rank.

@@ -199,7 +199,6 @@ mod by_id;
 mod cpu_threads;
 mod data_parallel;
 mod devices;
-#[cfg(feature = "mpi")]
 pub mod dist;
 mod error;
 #[cfg(feature = "burn-train")]

@@ -4,7 +4,7 @@
 //! held-out set). A rank that is not gets an error on every rank instead of a collective that
 //! pairs with the wrong one and hangs, mixes data or returns a wrong number.
 
-use super::Mpi;
+use super::Communicator;
 use crate::{DataParallelError, Result};
 
 /// The calls ranks make together.
@@ -134,7 +134,7 @@ impl Call {
 
 /// Every rank's call, once checked to be the same as `call`; on every rank, an error naming
 /// the first rank that differs otherwise. Collective.
-pub(crate) fn agree(mpi: &Mpi, call: Call) -> Result<Vec<Call>> {
+pub(crate) fn agree(comm: &dyn Communicator, call: Call) -> Result<Vec<Call>> {
     let mut sent = vec![
         call.phase as u64,
         call.step as u64,
@@ -142,8 +142,8 @@ pub(crate) fn agree(mpi: &Mpi, call: Call) -> Result<Vec<Call>> {
         call.value,
     ];
     sent.extend(call.settings);
-    let all = mpi.all_gather_u64(&sent);
-    let mut calls = Vec::with_capacity(mpi.size());
+    let all = comm.all_gather_u64(&sent);
+    let mut calls = Vec::with_capacity(comm.size());
     for (rank, words) in all.chunks_exact(4 + SETTINGS).enumerate() {
         let Some(phase) = Phase::from(words[0]) else {
             return Err(DataParallelError::Collective {

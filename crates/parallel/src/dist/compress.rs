@@ -10,6 +10,7 @@
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
+#[cfg(feature = "mpi")]
 use std::ffi::{c_int, c_void};
 
 /// The precision in which the ranks sum their gradients
@@ -120,6 +121,13 @@ impl GradientPrecision {
         }
     }
 
+    /// `bits` widened to `f32` (exact), infinities included.
+    pub(crate) fn widened(self, bits: &[u16]) -> Vec<f32> {
+        let mut values = vec![0.0; bits.len()];
+        self.widen(bits, &mut values);
+        values
+    }
+
     /// `bits` widened into `values`.
     fn widen(self, bits: &[u16], values: &mut [f32]) {
         match self {
@@ -130,6 +138,7 @@ impl GradientPrecision {
 
     /// The MPI user function that adds `invec` into `inoutvec`, element by element, in this
     /// precision.
+    #[cfg(feature = "mpi")]
     pub(crate) fn sum_function(self) -> mpi::collective::UnsafeUserFunction {
         match self {
             Self::F16 => sum::<true>,
@@ -152,6 +161,7 @@ pub(crate) fn fingerprint(bits: &[u16]) -> u64 {
 }
 
 /// `into[i] = round(from[i] + into[i])`, the addition in `f32`.
+#[cfg(any(feature = "mpi", test))]
 pub(crate) fn add_into(precision: GradientPrecision, from: &[u16], into: &mut [u16]) {
     const CHUNK: usize = 1024;
     let (mut a, mut b) = ([0f32; CHUNK], [0f32; CHUNK]);
@@ -167,6 +177,7 @@ pub(crate) fn add_into(precision: GradientPrecision, from: &[u16], into: &mut [u
 }
 
 /// The MPI user operation over `u16` buffers: f16 values if `F16`, bf16 otherwise.
+#[cfg(feature = "mpi")]
 unsafe extern "C" fn sum<const F16: bool>(
     invec: *mut c_void,
     inoutvec: *mut c_void,
@@ -322,6 +333,7 @@ mod tests {
         assert_ne!(fingerprint(&bits), fingerprint(&bits[..36]));
     }
 
+    #[cfg(feature = "mpi")]
     #[test]
     fn the_mpi_function_adds_in_place_and_ignores_empty_blocks() {
         let precision = GradientPrecision::Bf16;

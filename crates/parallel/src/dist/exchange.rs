@@ -4,7 +4,7 @@
 //! take part in the same calls whatever it finds locally, so each says whether it could use
 //! NCCL and they go the same way.
 
-use super::{GradientPrecision, Mpi};
+use super::{Communicator, GradientPrecision};
 use crate::{DataParallelError, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -90,12 +90,12 @@ impl Exchange {
 
     /// Picks the transport for gradients that live on `device`. Collective.
     pub(crate) fn open<B: Backend>(
-        mpi: &Mpi,
+        group: &dyn Communicator,
         device: &B::Device,
         wanted: GradientTransport,
     ) -> Result<Self> {
         // The same message on every rank, whichever rank's Open MPI lets print.
-        let asked = mpi.all_gather_u64(&[wanted as u64]);
+        let asked = group.all_gather_u64(&[wanted as u64]);
         if let Some(rank) = asked.iter().position(|&a| a != asked[0]) {
             let of = |code: u64| {
                 use GradientTransport::*;
@@ -119,7 +119,7 @@ impl Exchange {
         };
         #[cfg(feature = "cuda")]
         {
-            match super::nccl::NcclComm::negotiate::<B>(mpi, device) {
+            match super::nccl::NcclComm::negotiate::<B>(group, device) {
                 Ok(comm) => Ok(Self::new(Engine::Nccl(comm))),
                 Err(refusal) => refuse(refusal),
             }
@@ -128,10 +128,13 @@ impl Exchange {
         {
             let _ = device;
             // The first calls of `NcclComm::negotiate`, so that ranks of both builds agree.
-            let ready = mpi.all_gather_u64(&[0]);
+            let ready = group.all_gather_u64(&[0]);
             let rank = ready.iter().position(|&r| r == 0).unwrap_or(0);
             let reason = "this build has no `cuda` feature".to_string();
-            refuse((rank, mpi.share_text_from(rank, Some(reason))))
+            refuse((
+                rank,
+                super::communicator::share_text_from(group, rank, Some(reason)),
+            ))
         }
     }
 
@@ -147,32 +150,32 @@ impl Exchange {
     /// The element-wise sum of every rank's `flat`. Collective.
     pub(crate) fn all_reduce_sum<B: Backend>(
         &mut self,
-        mpi: &Mpi,
+        group: &dyn Communicator,
         flat: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>> {
-        self.run(mpi, flat, Collective::AllReduce)
+        self.run(group, flat, Collective::AllReduce)
     }
 
     /// `flat`, cut into blocks of `counts` values (one per rank), with block `rank` replaced
     /// by the sum of every rank's block `rank`. Collective.
     pub(crate) fn reduce_scatter_sum<B: Backend>(
         &mut self,
-        mpi: &Mpi,
+        group: &dyn Communicator,
         flat: Tensor<B, 1>,
         counts: &[usize],
     ) -> Result<Tensor<B, 1>> {
-        self.run(mpi, flat, Collective::ReduceScatter(counts))
+        self.run(group, flat, Collective::ReduceScatter(counts))
     }
 
     /// `flat`, cut into blocks of `counts` values, with every block `r` replaced by rank `r`'s.
     /// Collective.
     pub(crate) fn all_gather<B: Backend>(
         &mut self,
-        mpi: &Mpi,
+        group: &dyn Communicator,
         flat: Tensor<B, 1>,
         counts: &[usize],
     ) -> Result<Tensor<B, 1>> {
-        self.run(mpi, flat, Collective::AllGather(counts))
+        self.run(group, flat, Collective::AllGather(counts))
     }
 
     /// Whether the engine needs blocks of one size (NCCL); MPI takes any.
@@ -182,13 +185,13 @@ impl Exchange {
 
     fn run<B: Backend>(
         &mut self,
-        mpi: &Mpi,
+        group: &dyn Communicator,
         flat: Tensor<B, 1>,
         collective: Collective<'_>,
     ) -> Result<Tensor<B, 1>> {
         let values = flat.dims()[0];
         if let Collective::ReduceScatter(counts) | Collective::AllGather(counts) = collective
-            && (counts.len() != mpi.size() || counts.iter().sum::<usize>() != values)
+            && (counts.len() != group.size() || counts.iter().sum::<usize>() != values)
         {
             return Err(DataParallelError::Collective {
                 operation: collective.op(),
@@ -201,7 +204,7 @@ impl Exchange {
             Collective::AllGather(_) => GradientPrecision::F32,
             _ => self.precision,
         };
-        let (out, host_time) = self.engine.run(mpi, flat, collective, precision)?;
+        let (out, host_time) = self.engine.run(group, flat, collective, precision)?;
         self.stats.time += start.elapsed();
         self.stats.host_time += host_time;
         self.stats.bytes += values * precision.bytes();
@@ -258,7 +261,7 @@ impl Engine {
     /// The collective's result, and the time spent copying to and from the host.
     fn run<B: Backend>(
         &self,
-        mpi: &Mpi,
+        group: &dyn Communicator,
         flat: Tensor<B, 1>,
         collective: Collective<'_>,
         precision: GradientPrecision,
@@ -270,7 +273,7 @@ impl Engine {
                 let values = flat.into_data().convert::<f32>().into_vec::<f32>();
                 let mut host_time = copy.elapsed();
                 // A rank that cannot read its buffer says so before anyone waits in MPI.
-                let ready = mpi.all_gather_u64(&[u64::from(values.is_ok())]);
+                let ready = group.all_gather_u64(&[u64::from(values.is_ok())]);
                 let mut values = values.map_err(|err| DataParallelError::Collective {
                     operation: CollectiveOp::HostCopy,
                     reason: format!("{err:?}"),
@@ -284,20 +287,20 @@ impl Engine {
                 if precision == GradientPrecision::F32 {
                     match collective {
                         // Into a new buffer: the values are not copied once more to be sent.
-                        Collective::AllReduce => values = mpi.all_reduce_sum_f32(&values),
+                        Collective::AllReduce => values = group.all_reduce_sum_f32(&values),
                         Collective::ReduceScatter(counts) => {
-                            mpi.reduce_scatter_sum_f32(&mut values, counts)
+                            group.reduce_scatter_sum_f32(&mut values, counts)
                         }
-                        Collective::AllGather(counts) => mpi.all_gather_f32(&mut values, counts),
+                        Collective::AllGather(counts) => group.all_gather_f32(&mut values, counts),
                     }
                 } else {
                     let rounding = std::time::Instant::now();
                     let mut bits = precision.encode(&values);
                     host_time += rounding.elapsed();
                     match collective {
-                        Collective::AllReduce => bits = mpi.all_reduce_sum_u16(&bits, precision),
+                        Collective::AllReduce => bits = group.all_reduce_sum_u16(&bits, precision),
                         Collective::ReduceScatter(counts) => {
-                            mpi.reduce_scatter_sum_u16(&mut bits, counts, precision)
+                            group.reduce_scatter_sum_u16(&mut bits, counts, precision)
                         }
                         Collective::AllGather(_) => unreachable!("parameters are gathered in f32"),
                     }
@@ -305,8 +308,8 @@ impl Engine {
                     // Only this rank's block of a reduce-scatter is read (and summed).
                     let (at, end) = match collective {
                         Collective::ReduceScatter(counts) => {
-                            let at: usize = counts[..mpi.rank()].iter().sum();
-                            (at, at + counts[mpi.rank()])
+                            let at: usize = counts[..group.rank()].iter().sum();
+                            (at, at + counts[group.rank()])
                         }
                         _ => (0, bits.len()),
                     };
@@ -321,7 +324,7 @@ impl Engine {
                         Collective::AllReduce => super::compress::fingerprint(&bits),
                         _ => 0,
                     };
-                    let told = mpi.all_gather_u64(&[u64::from(block.is_some()), fingerprint]);
+                    let told = group.all_gather_u64(&[u64::from(block.is_some()), fingerprint]);
                     let fits = told.chunks_exact(2).all(|rank| rank[0] == 1);
                     let (Some(block), true) = (block, fits) else {
                         return Err(DataParallelError::Collective {
@@ -336,7 +339,7 @@ impl Engine {
                             operation: collective.op(),
                             reason: format!(
                                 "rank {rank} received other bits of the 16-bit sum than rank {}",
-                                mpi.rank()
+                                group.rank()
                             ),
                         });
                     }
@@ -348,7 +351,10 @@ impl Engine {
                 Ok((tensor, host_time + back.elapsed()))
             }
             #[cfg(feature = "cuda")]
-            Self::Nccl(comm) => Ok((comm.run(mpi, flat, collective)?, std::time::Duration::ZERO)),
+            Self::Nccl(comm) => Ok((
+                comm.run(group, flat, collective)?,
+                std::time::Duration::ZERO,
+            )),
         }
     }
 }

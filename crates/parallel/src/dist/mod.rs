@@ -17,6 +17,7 @@
 //! instead, at the price of exactness: see [`GradientPrecision`].
 
 mod agree;
+mod communicator;
 mod compress;
 mod exchange;
 mod flat;
@@ -25,12 +26,15 @@ mod nccl;
 mod norm_sums;
 mod ranks;
 mod trainer;
+#[cfg(feature = "mpi")]
 mod world;
 
 #[cfg(feature = "burn-train")]
 pub(crate) use ranks::Ranks;
 
+pub use communicator::{Communicator, ThreadCollectives};
 pub use compress::GradientPrecision;
 pub use exchange::{CollectiveOp, ExchangeStats, GradientTransport};
 pub use trainer::DistributedTrainer;
+#[cfg(feature = "mpi")]
 pub use world::Mpi;

@@ -11,7 +11,7 @@
 //! could differ between ranks (can this rank use NCCL, is its buffer ready) is first shared
 //! over MPI, and all ranks go the same way.
 
-use super::Mpi;
+use super::Communicator;
 use super::exchange::Collective;
 use crate::{DataParallelError, Result};
 use burn::backend::Cuda;
@@ -49,19 +49,22 @@ impl NcclComm {
     /// Collective over MPI: the first call is an all-gather of one flag, as a build without
     /// NCCL makes.
     pub(crate) fn negotiate<B: Backend>(
-        mpi: &Mpi,
+        group: &dyn Communicator,
         device: &B::Device,
     ) -> std::result::Result<Self, Refusal> {
         let gpu = ordinal::<B>(device).and_then(Gpu::open);
-        let ready = mpi.all_gather_u64(&[u64::from(gpu.is_ok())]);
+        let ready = group.all_gather_u64(&[u64::from(gpu.is_ok())]);
         if let Some(rank) = ready.iter().position(|&r| r == 0) {
-            return Err((rank, mpi.share_text_from(rank, gpu.err())));
+            return Err((
+                rank,
+                super::communicator::share_text_from(group, rank, gpu.err()),
+            ));
         }
         let gpu = gpu.expect("this rank said it was ready");
 
         // NCCL refuses two ranks on one GPU, on those ranks only: the others would wait.
-        let uuids = mpi.all_gather_u64(&gpu.uuid);
-        for rank in 1..mpi.size() {
+        let uuids = group.all_gather_u64(&gpu.uuid);
+        for rank in 1..group.size() {
             if let Some(other) =
                 (0..rank).find(|&o| uuids[2 * o..2 * o + 2] == uuids[2 * rank..2 * rank + 2])
             {
@@ -74,19 +77,22 @@ impl NcclComm {
             }
         }
 
-        let comm = Self::join(mpi, gpu);
-        let joined = mpi.all_gather_u64(&[u64::from(comm.is_ok())]);
+        let comm = Self::join(group, gpu);
+        let joined = group.all_gather_u64(&[u64::from(comm.is_ok())]);
         match joined.iter().position(|&j| j == 0) {
             None => Ok(comm.expect("this rank said it joined")),
-            Some(rank) => Err((rank, mpi.share_text_from(rank, comm.err()))),
+            Some(rank) => Err((
+                rank,
+                super::communicator::share_text_from(group, rank, comm.err()),
+            )),
         }
     }
 
     /// Rank 0 makes NCCL's id and broadcasts it; every rank then joins. Collective.
-    fn join(mpi: &Mpi, gpu: Gpu) -> std::result::Result<Self, String> {
+    fn join(group: &dyn Communicator, gpu: Gpu) -> std::result::Result<Self, String> {
         // Byte 0 says whether rank 0 could make an id; the others follow it either way.
         let mut message = [0u8; 1 + ID_BYTES];
-        if mpi.rank() == 0
+        if group.rank() == 0
             && let Ok(id) = result::get_uniqueid()
         {
             message[0] = 1;
@@ -94,7 +100,7 @@ impl NcclComm {
                 *byte = c as u8;
             }
         }
-        mpi.broadcast_bytes_from_0(&mut message);
+        group.broadcast_bytes_from(0, &mut message);
         if message[0] == 0 {
             return Err("rank 0 could not create an NCCL id".into());
         }
@@ -111,8 +117,13 @@ impl NcclComm {
         // SAFETY: `comm` is written by NCCL before it is read; the id came from rank 0, and
         // every rank reaches this call (a failure before it was shared above).
         let comm = unsafe {
-            result::comm_init_rank(comm.as_mut_ptr(), mpi.size() as i32, id, mpi.rank() as i32)
-                .map_err(|err| format!("NCCL: {err:?}"))?;
+            result::comm_init_rank(
+                comm.as_mut_ptr(),
+                group.size() as i32,
+                id,
+                group.rank() as i32,
+            )
+            .map_err(|err| format!("NCCL: {err:?}"))?;
             comm.assume_init()
         };
         Ok(Self {
@@ -125,7 +136,7 @@ impl NcclComm {
     /// Runs `collective` in place on `flat` on the GPU. Collective over MPI and NCCL.
     pub(crate) fn run<B: Backend>(
         &self,
-        mpi: &Mpi,
+        group: &dyn Communicator,
         flat: Tensor<B, 1>,
         collective: Collective<'_>,
     ) -> Result<Tensor<B, 1>> {
@@ -171,7 +182,7 @@ impl NcclComm {
             Ok(resource)
         })();
         // A rank that cannot take part says so before anyone waits in NCCL.
-        let ready = mpi.all_gather_u64(&[u64::from(buffer.is_ok())]);
+        let ready = group.all_gather_u64(&[u64::from(buffer.is_ok())]);
         let resource = buffer?;
         if let Some(rank) = ready.iter().position(|&r| r == 0) {
             return Err(fail(format!(
@@ -203,14 +214,14 @@ impl NcclComm {
                 }
                 Collective::ReduceScatter(_) => {
                     let mine = pointer
-                        .wrapping_add(mpi.rank() * block)
+                        .wrapping_add(group.rank() * block)
                         .cast::<core::ffi::c_void>();
                     let all = pointer.cast::<core::ffi::c_void>();
                     result::reduce_scatter(all, mine, block, f32s, sum, self.comm, stream)
                 }
                 Collective::AllGather(_) => {
                     let mine = pointer
-                        .wrapping_add(mpi.rank() * block)
+                        .wrapping_add(group.rank() * block)
                         .cast::<core::ffi::c_void>();
                     let all = pointer.cast::<core::ffi::c_void>();
                     result::all_gather(mine, all, block, f32s, self.comm, stream)
@@ -224,7 +235,7 @@ impl NcclComm {
                 .map_err(|err| fail(format!("{err:?}")))
         });
         // A rank whose NCCL call failed says so before the others go on to the next call.
-        let done = mpi.all_gather_u64(&[u64::from(outcome.is_ok())]);
+        let done = group.all_gather_u64(&[u64::from(outcome.is_ok())]);
         outcome?;
         if let Some(rank) = done.iter().position(|&d| d == 0) {
             return Err(fail(format!("rank {rank} could not complete it")));

@@ -1,4 +1,5 @@
-//! Synchronized batch norms across ranks: the totals of each rank's replicas summed over MPI.
+//! Synchronized batch norms across ranks: the totals of each rank's replicas summed through
+//! the communicator's [`ThreadCollectives`].
 //!
 //! Each sum is two collectives: a small all-reduce (maximum) of a header saying whether each
 //! rank is still computing, has failed, or is done, and the size of its values, then, only if
@@ -9,14 +10,13 @@
 //! same header whether the values follow.
 //!
 //! The calls come from replica threads (the last replica of the process to bring its part),
-//! while the thread that started MPI waits for the replicas: hence MPI's `Serialized` threading.
+//! while the thread owning the communicator waits for the replicas (MPI: `Serialized`
+//! threading).
 
 use super::ExchangeStats;
+use super::ThreadCollectives;
 use crate::SyncNormError;
 use crate::sync_norm::{Finish, RankSum};
-use mpi::collective::SystemOperation;
-use mpi::topology::SimpleCommunicator;
-use mpi::traits::*;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,16 +37,19 @@ struct NormCounts {
 }
 
 /// [`RankSum`] over MPI's world, one per trainer.
-pub(crate) struct MpiNormSums {
-    /// Whether MPI lets replica threads call it (one at a time).
-    threads: bool,
+pub(crate) struct RankNormSums {
+    /// The ranks' collectives, from a replica thread; `None` where the communicator has none.
+    threads: Option<Box<dyn ThreadCollectives>>,
+    /// This process's rank.
+    rank: usize,
     counts: NormCounts,
 }
 
-impl MpiNormSums {
-    pub(crate) fn new(threads: bool) -> Self {
+impl RankNormSums {
+    pub(crate) fn new(threads: Option<Box<dyn ThreadCollectives>>, rank: usize) -> Self {
         Self {
             threads,
+            rank,
             counts: NormCounts::default(),
         }
     }
@@ -60,16 +63,19 @@ impl MpiNormSums {
 
     /// One sum: the header `mine`, every rank's maximum of which comes back, and `values`
     /// summed over the ranks where every header says they follow.
-    fn exchange(&self, mine: [i64; 5], values: &mut Vec<f64>) -> [i64; 5] {
+    fn exchange(
+        &self,
+        threads: &dyn ThreadCollectives,
+        mine: [i64; 5],
+        values: &mut Vec<f64>,
+    ) -> [i64; 5] {
         let start = Instant::now();
-        let world = SimpleCommunicator::world();
-        let mut all = [0i64; 5];
-        world.all_reduce_into(&mine[..], &mut all[..], SystemOperation::max());
+        let mut all = mine;
+        threads.all_reduce_max_i64(&mut all);
         if all[COMPUTING] > 0 && verdict(&all).is_ok() {
             // A rank not computing adds zeros of the computing ranks' length.
             values.resize(all[LEN] as usize, 0.0);
-            let send = values.clone();
-            world.all_reduce_into(&send[..], &mut values[..], SystemOperation::sum());
+            threads.all_reduce_sum_f64(values);
             self.counts
                 .values
                 .fetch_add(values.len(), Ordering::Relaxed);
@@ -107,22 +113,24 @@ fn verdict(all: &[i64; 5]) -> Result<(), SyncNormError> {
     Ok(())
 }
 
-impl RankSum for MpiNormSums {
+impl RankSum for RankNormSums {
     fn sum(&self, values: &mut Vec<f64>) -> Result<(), SyncNormError> {
-        if !self.threads {
+        let Some(threads) = &self.threads else {
             return Err(SyncNormError::Transport(
-                "this MPI library gives no MPI_THREAD_SERIALIZED support".to_owned(),
+                "the communicator cannot be called from replica threads (MPI: this library \
+                 gives no MPI_THREAD_SERIALIZED support)"
+                    .to_owned(),
             ));
-        }
+        };
         let len = values.len() as i64;
-        verdict(&self.exchange([1, 0, 0, len, -len], values))
+        verdict(&self.exchange(threads.as_ref(), [1, 0, 0, len, -len], values))
     }
 
     fn finish(&self, how: Finish) {
-        if !self.threads {
+        let Some(threads) = &self.threads else {
             return;
-        }
-        let rank = SimpleCommunicator::world().rank() as i64;
+        };
+        let rank = self.rank as i64;
         let mine = [
             0,
             if how == Finish::Failed { rank + 1 } else { 0 },
@@ -135,7 +143,7 @@ impl RankSum for MpiNormSums {
         let mut zeros = Vec::new();
         loop {
             zeros.clear();
-            if self.exchange(mine, &mut zeros)[COMPUTING] == 0 {
+            if self.exchange(threads.as_ref(), mine, &mut zeros)[COMPUTING] == 0 {
                 return;
             }
         }

@@ -2,7 +2,7 @@
 //! gradients once per optimizer step, with one all-reduce, or with a reduce-scatter and an
 //! all-gather when each rank keeps the optimizer state of its shard only (ZeRO stage 1).
 
-use super::Mpi;
+use super::Communicator;
 use super::agree::{Call, Phase, agree};
 use super::exchange::Exchange;
 use super::flat::Layout;
@@ -20,8 +20,8 @@ use std::time::Duration;
 const UNREADABLE: u64 = u64::MAX;
 
 /// This rank among the others, for the life of a trainer.
-pub(crate) struct Ranks<'a> {
-    pub(crate) mpi: &'a Mpi,
+pub(crate) struct Ranks {
+    pub(crate) comm: std::rc::Rc<dyn Communicator>,
     pub(crate) exchange: Exchange,
     pub(crate) layout: Layout,
     /// Each rank steps only the parameters of its block of `layout`.
@@ -38,16 +38,16 @@ pub(crate) struct Ranks<'a> {
     pub(crate) asked: AtomicU64,
     /// Where the module's synchronized batch norms sum their statistics across the ranks
     /// (with what those sums carried); `None` without such a layer or with one rank.
-    pub(crate) norm: Option<std::sync::Arc<super::norm_sums::MpiNormSums>>,
+    pub(crate) norm: Option<std::sync::Arc<super::norm_sums::RankNormSums>>,
 }
 
 /// No part asked for.
 pub(crate) const NOT_ASKED: u64 = u64::MAX;
 
-impl Ranks<'_> {
+impl Ranks {
     /// This rank's rows of a global batch of `rows` rows.
     pub(crate) fn part(&self, rows: usize) -> Result<Range<usize>> {
-        let (rank, ranks) = (self.mpi.rank(), self.mpi.size());
+        let (rank, ranks) = (self.comm.rank(), self.comm.size());
         self.asked.store(rows as u64, Ordering::Relaxed);
         let Some(policy) = &self.split else {
             return Ok(rank * rows / ranks..(rank + 1) * rows / ranks);
@@ -78,9 +78,8 @@ impl Ranks<'_> {
         step: usize,
         own: Option<DataParallelError>,
     ) -> DataParallelError {
-        let reason = self
-            .mpi
-            .share_text_from(rank, own.as_ref().map(ToString::to_string));
+        let own_text = own.as_ref().map(ToString::to_string);
+        let reason = super::communicator::share_text_from(self.comm.as_ref(), rank, own_text);
         own.unwrap_or(DataParallelError::PeerFailed { rank, step, reason })
     }
 
@@ -101,7 +100,7 @@ impl Ranks<'_> {
         let call = Call::new(Phase::Apply, accumulated.step, accumulated.micro_batches)
             .with_value(accumulated.grads.len() as u64)
             .with_settings([lr.to_bits(), 0]);
-        let calls = match agree(self.mpi, call) {
+        let calls = match agree(self.comm.as_ref(), call) {
             Ok(calls) => calls,
             Err(err) => return Err((module, err)),
         };
@@ -109,12 +108,12 @@ impl Ranks<'_> {
             let step = accumulated.step;
             return Err((module, DataParallelError::NoGradient { step }));
         }
-        let (mpi, layout) = (self.mpi, &self.layout);
+        let (comm, layout) = (self.comm.as_ref(), &self.layout);
         let flat = layout.pack::<B, M>(&module, &accumulated.grads);
         drop(accumulated);
         // One rank owns every block: sharding would only add a second collective.
-        if !self.sharded || mpi.size() == 1 {
-            let summed = match self.exchange.all_reduce_sum(mpi, flat) {
+        if !self.sharded || comm.size() == 1 {
+            let summed = match self.exchange.all_reduce_sum(comm, flat) {
                 Ok(summed) => summed,
                 Err(err) => return Err((module, err)),
             };
@@ -122,8 +121,8 @@ impl Ranks<'_> {
             return Ok(optimizer.step(lr, module, grads));
         }
         let counts = layout.counts();
-        let rank = mpi.rank();
-        let mine = match self.exchange.reduce_scatter_sum(mpi, flat, &counts) {
+        let rank = comm.rank();
+        let mine = match self.exchange.reduce_scatter_sum(comm, flat, &counts) {
             Ok(mine) => mine,
             Err(err) => return Err((module, err)),
         };
@@ -132,14 +131,14 @@ impl Ranks<'_> {
         let grads = layout.unpack::<B, M>(&module, mine, rank);
         let module = optimizer.step(lr, module, grads);
         let values = layout.pack_values::<B, M>(&module, rank);
-        match self.exchange.all_gather(mpi, values, &counts) {
+        match self.exchange.all_gather(comm, values, &counts) {
             Ok(all) => Ok(layout.with_values::<B, M>(module, all)),
             Err(err) => Err((module, err)),
         }
     }
 }
 
-impl<B, M, O> Peers<B, M, O> for Ranks<'_>
+impl<B, M, O> Peers<B, M, O> for Ranks
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -157,7 +156,7 @@ where
         let call = Call::new(Phase::MicroBatch, step, micro_batch)
             .with_value(local.as_ref().map_or(UNREADABLE, |&rows| rows as u64))
             .with_settings([settings.loss, settings.seed]);
-        let calls = agree(self.mpi, call)?;
+        let calls = agree(self.comm.as_ref(), call)?;
         if let Some(rank) = calls.iter().position(|c| c.value == UNREADABLE) {
             return Err(self.peer_failed(rank, step, local.err()));
         }
@@ -175,7 +174,7 @@ where
     }
 
     fn combines_buffers(&self) -> bool {
-        self.buffers && self.mpi.size() > 1
+        self.buffers && self.comm.size() > 1
     }
 
     fn outcome(&mut self, step: usize, contribution: Contribution) -> Result<Outcome> {
@@ -197,8 +196,8 @@ where
         };
         // Every rank sends as many values: the models match, and a failed rank sends its
         // statistics as they were.
-        let shared = self.buffers && self.mpi.size() > 1;
-        let rank = self.mpi.rank();
+        let shared = self.buffers && self.comm.size() > 1;
+        let rank = self.comm.rank();
         let total: usize = self.rows.iter().sum();
         let share = self.rows.get(rank).copied().unwrap_or(0) as f64 / total.max(1) as f64;
         if shared {
@@ -206,7 +205,7 @@ where
             sent.push(count as u64);
             sent.extend(buffers.iter().map(|&v| (f64::from(v) * share).to_bits()));
         }
-        let all = self.mpi.all_gather_u64(&sent);
+        let all = self.comm.all_gather_u64(&sent);
         let words = sent.len();
         let ranks: Vec<&[u64]> = all.chunks_exact(words).collect();
         if let Some(rank) = ranks.iter().position(|w| w[0] != 0) {

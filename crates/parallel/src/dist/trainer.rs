@@ -1,24 +1,24 @@
 //! `DistributedTrainer`: the data-parallel training step across MPI ranks.
 
-use super::GradientPrecision;
-use super::Mpi;
 use super::agree::{Call, Phase, agree};
 use super::exchange::{Exchange, ExchangeStats, GradientTransport};
 use super::flat::Layout;
 use super::ranks::Ranks;
+use super::{Communicator, GradientPrecision};
 use crate::train::{BatchStats, DataParallelTrainer, ShardableRecord, Trainer, record};
 use crate::{DataParallelError, Metric, Replicate, Result, Scatter, SplitPolicy, TrainLoss};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use std::ops::Range;
+use std::rc::Rc;
 
 /// The record of optimizer `O` of module `M`.
 type OptimizerRecord<B, M, O> = <O as Optimizer<M, B>>::Record;
 
 /// Gathers the shards of an optimizer record on rank 0.
-type Gather<B, M, O> = fn(
-    &Mpi,
+type GatherShards<B, M, O> = fn(
+    &dyn Communicator,
     OptimizerRecord<B, M, O>,
     &burn::tensor::Device<B>,
 ) -> Result<Option<OptimizerRecord<B, M, O>>>;
@@ -52,11 +52,11 @@ type Gather<B, M, O> = fn(
 /// use burn_data_parallel::{DataParallelTrainer, Trainer};
 ///
 /// type B = Autodiff<NdArray>;
-/// let mpi = Mpi::init()?; // started by `mpirun -n 2 ...`
+/// let mpi = std::rc::Rc::new(Mpi::init()?); // started by `mpirun -n 2 ...`
 /// let device = Default::default();
 /// let model = LinearConfig::new(4, 1).init::<B>(&device);
 /// let local = DataParallelTrainer::new(model, AdamConfig::new().init(), vec![device])?;
-/// let mut trainer = DistributedTrainer::new(&mpi, local)?.with_sharded_optimizer()?;
+/// let mut trainer = DistributedTrainer::new(mpi.clone(), local)?.with_sharded_optimizer()?;
 /// for _ in 0..2 {
 ///     // This rank's rows of the global micro-batch.
 ///     let x = Tensor::<B, 2>::random([8, 4], Distribution::Default, &device);
@@ -68,13 +68,13 @@ type Gather<B, M, O> = fn(
 /// let (model, _) = trainer.finish()?;
 /// # Ok::<(), burn_data_parallel::DataParallelError>(())
 /// ```
-pub struct DistributedTrainer<'a, B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> {
+pub struct DistributedTrainer<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> {
     local: DataParallelTrainer<B, M, O>,
-    ranks: Ranks<'a>,
-    gather: Option<Gather<B, M, O>>,
+    ranks: Ranks,
+    gather: Option<GatherShards<B, M, O>>,
 }
 
-impl<'a, B, M, O> DistributedTrainer<'a, B, M, O>
+impl<B, M, O> DistributedTrainer<B, M, O>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Replicate<B> + Sync,
@@ -87,15 +87,15 @@ where
     /// is `local`'s ([`DataParallelTrainer::with_loss_reduction`]). Gradients go through NCCL
     /// where every rank can use it, else through MPI ([`GradientTransport::Auto`]).
     /// Collective: every rank must call it.
-    pub fn new(mpi: &'a Mpi, local: DataParallelTrainer<B, M, O>) -> Result<Self> {
-        Self::with_transport(mpi, local, GradientTransport::Auto)
+    pub fn new(comm: Rc<dyn Communicator>, local: DataParallelTrainer<B, M, O>) -> Result<Self> {
+        Self::with_transport(comm, local, GradientTransport::Auto)
     }
 
     /// [`new`](Self::new), with the engine that sums the gradients chosen by `transport`.
     /// Collective; a rank asking for another transport than the others is an error on every
     /// rank.
     pub fn with_transport(
-        mpi: &'a Mpi,
+        comm: Rc<dyn Communicator>,
         mut local: DataParallelTrainer<B, M, O>,
         transport: GradientTransport,
     ) -> Result<Self> {
@@ -104,24 +104,24 @@ where
         let count = layout.values();
         fits_mpi_count(&[count])?;
         let signature = [super::agree::fingerprint(&layout.signature()), count as u64];
-        let all = mpi.all_gather_u64(&signature);
-        if let Some(rank) = (1..mpi.size()).find(|&r| all[2 * r..2 * r + 2] != all[0..2]) {
+        let all = comm.all_gather_u64(&signature);
+        if let Some(rank) = (1..comm.size()).find(|&r| all[2 * r..2 * r + 2] != all[0..2]) {
             return Err(DataParallelError::ModelMismatch {
                 rank,
                 expected: all[1] as usize,
                 found: all[2 * rank + 1] as usize,
             });
         }
-        let (mut buffer, mut ids) = if mpi.rank() == 0 {
+        let (mut buffer, mut ids) = if comm.rank() == 0 {
             (layout.params::<B, M>(local.module()), layout.ids())
         } else {
             (vec![0.0; count], vec![0; layout.ids().len()])
         };
-        mpi.broadcast_f32_from_0(&mut buffer);
-        mpi.broadcast_u64_from_0(&mut ids);
+        comm.broadcast_f32_from(0, &mut buffer);
+        comm.broadcast_u64_from(0, &mut ids);
         let module = layout.with_params::<B, M>(local.module().clone(), &buffer, &ids);
         local.replace_module(module);
-        local.set_rank(mpi.rank());
+        local.set_rank(comm.rank());
         let buffers = local.buffers().clone();
         let layout = Layout::of::<B, M>(local.module(), &buffers, 1, false);
         // The gradients are gathered where the module's first parameter lives.
@@ -131,14 +131,16 @@ where
             .into_iter()
             .next()
             .unwrap_or_else(|| local.devices()[0].clone());
-        let exchange = Exchange::open::<B::InnerBackend>(mpi, &device, transport)?;
+        let exchange = Exchange::open::<B::InnerBackend>(comm.as_ref(), &device, transport)?;
         // Every rank holds the same model (checked above): all decide alike.
-        let norm = (mpi.size() > 1 && crate::sync_norm::contains(local.module()))
-            .then(|| std::sync::Arc::new(super::norm_sums::MpiNormSums::new(mpi.serialized)));
+        let norm = (comm.size() > 1 && crate::sync_norm::contains(local.module())).then(|| {
+            let threads = comm.thread_collectives();
+            std::sync::Arc::new(super::norm_sums::RankNormSums::new(threads, comm.rank()))
+        });
         Ok(Self {
             local,
             ranks: Ranks {
-                mpi,
+                comm,
                 exchange,
                 layout,
                 sharded: false,
@@ -165,12 +167,12 @@ where
     where
         O::Record: ShardableRecord<B>,
     {
-        let mpi = self.ranks.mpi;
-        agree(mpi, Call::new(Phase::Shard, self.local.steps(), 0))?;
+        let comm = self.ranks.comm.as_ref();
+        agree(comm, Call::new(Phase::Shard, self.local.steps(), 0))?;
         let buffers = self.local.buffers().clone();
         let equal = self.ranks.exchange.needs_equal_blocks();
-        let layout = Layout::of::<B, M>(self.local.module(), &buffers, mpi.size(), equal);
-        let mine = layout.owned_by(mpi.rank());
+        let layout = Layout::of::<B, M>(self.local.module(), &buffers, comm.size(), equal);
+        let mine = layout.owned_by(comm.rank());
         self.local = self.local.map_optimizer(|optimizer| {
             let record = optimizer.to_record().retain_params(&mine);
             optimizer.load_record(record)
@@ -220,18 +222,18 @@ where
     /// use burn_data_parallel::dist::{DistributedTrainer, GradientPrecision, GradientTransport, Mpi};
     /// # use burn_data_parallel::DataParallelTrainer;
     /// # type B = Autodiff<NdArray>;
-    /// # let mpi = Mpi::init()?;
+    /// # let mpi = std::rc::Rc::new(Mpi::init()?);
     /// # let device = Default::default();
     /// # let model = LinearConfig::new(4, 1).init::<B>(&device);
     /// # let local = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device])?;
-    /// let trainer = DistributedTrainer::with_transport(&mpi, local, GradientTransport::Mpi)?
+    /// let trainer = DistributedTrainer::with_transport(mpi, local, GradientTransport::Mpi)?
     ///     .with_gradient_precision(GradientPrecision::Bf16)?;
     /// # Ok::<(), burn_data_parallel::DataParallelError>(())
     /// ```
     pub fn with_gradient_precision(mut self, precision: GradientPrecision) -> Result<Self> {
-        let mpi = self.ranks.mpi;
+        let comm = self.ranks.comm.as_ref();
         let call = Call::new(Phase::Precision, self.local.steps(), 0).with_value(precision.code());
-        let asked = agree(mpi, call)?;
+        let asked = agree(comm, call)?;
         if let Some(rank) = asked.iter().position(|c| c.value != asked[0].value) {
             return Err(DataParallelError::PrecisionMismatch {
                 rank,
@@ -279,13 +281,13 @@ where
     /// The trainer of this rank's devices and the ranks it steps with, apart (for a loop
     /// that calls them itself: burn-train's strategy).
     #[cfg(feature = "burn-train")]
-    pub(crate) fn into_parts(self) -> (DataParallelTrainer<B, M, O>, Ranks<'a>) {
+    pub(crate) fn into_parts(self) -> (DataParallelTrainer<B, M, O>, Ranks) {
         (self.local, self.ranks)
     }
 
-    /// The MPI job.
-    pub fn mpi(&self) -> &Mpi {
-        self.ranks.mpi
+    /// The process group this trainer steps with.
+    pub fn communicator(&self) -> &dyn Communicator {
+        self.ranks.comm.as_ref()
     }
 
     /// The optimizer as this rank holds it: with a sharded state, its shard only.
@@ -311,14 +313,14 @@ fn fits_mpi_count(counts: &[usize]) -> Result<()> {
 
 /// Every rank's record on rank 0, merged. Collective.
 fn gather_shards<B: AutodiffBackend, R: ShardableRecord<B>>(
-    mpi: &Mpi,
+    comm: &dyn Communicator,
     mine: R,
     device: &B::Device,
 ) -> Result<Option<R>> {
     // A rank that cannot write its shard sends nothing rather than leave rank 0 waiting.
     let bytes = record::to_bytes::<B, R>(mine);
     let sent = bytes.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
-    let all = mpi.gather_bytes_to_0(sent);
+    let all = comm.gather_bytes_to_0(sent);
     bytes?;
     let mut merged: Option<R> = None;
     for (rank, bytes) in all.into_iter().enumerate() {
@@ -336,7 +338,7 @@ fn gather_shards<B: AutodiffBackend, R: ShardableRecord<B>>(
     Ok(merged)
 }
 
-impl<B, M, O> Trainer<B, M> for DistributedTrainer<'_, B, M, O>
+impl<B, M, O> Trainer<B, M> for DistributedTrainer<B, M, O>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Replicate<B> + Sync,
@@ -382,24 +384,24 @@ where
     }
 
     fn rank(&self) -> usize {
-        self.ranks.mpi.rank()
+        self.ranks.comm.rank()
     }
 
     fn world_size(&self) -> usize {
-        self.ranks.mpi.size()
+        self.ranks.comm.size()
     }
 
     /// Collective when the state is sharded: the whole state, on rank 0.
     fn optimizer_record(&self) -> Result<Option<O::Record>> {
-        let mpi = self.ranks.mpi;
+        let comm = self.ranks.comm.as_ref();
         let Some(gather) = self.gather else {
-            return Ok((mpi.rank() == 0).then(|| self.local.optimizer().to_record()));
+            return Ok((comm.rank() == 0).then(|| self.local.optimizer().to_record()));
         };
-        agree(mpi, Call::new(Phase::Record, self.local.steps(), 0))?;
+        agree(comm, Call::new(Phase::Record, self.local.steps(), 0))?;
         let device = self.local.devices()[0].clone();
-        let gathered = gather(mpi, self.local.optimizer().to_record(), &device);
+        let gathered = gather(comm, self.local.optimizer().to_record(), &device);
         // Only the failing rank and rank 0 know of a failure: every rank learns of it.
-        let failed = mpi.all_gather_u64(&[u64::from(gathered.is_err())]);
+        let failed = comm.all_gather_u64(&[u64::from(gathered.is_err())]);
         if let Some(rank) = failed.iter().position(|&f| f != 0) {
             return Err(self
                 .ranks
@@ -418,8 +420,8 @@ where
         V: Into<Metric> + Send,
         F: Fn(&M::InnerModule, I) -> [V; K] + Sync,
     {
-        let mpi = self.ranks.mpi;
-        let (rank, size) = (mpi.rank(), mpi.size());
+        let comm = self.ranks.comm.as_ref();
+        let (rank, size) = (comm.rank(), comm.size());
         let dim = self.local.dim();
         let rows = set.rows(dim).map(|rows| rows.unwrap_or(0));
         let set_rows = rows.as_ref().map_or(u64::MAX, |&rows| rows as u64);
@@ -433,21 +435,21 @@ where
         let call = Call::new(Phase::Evaluate, self.local.steps(), K)
             .with_value(u64::from(local.is_err()))
             .with_settings([set_rows, 0]);
-        let calls = agree(mpi, call)?;
+        let calls = agree(comm, call)?;
         if let Some(failed) = calls.iter().position(|c| c.value != 0) {
             return Err(self
                 .ranks
                 .peer_failed(failed, self.local.steps(), local.err()));
         }
         let mut partial = local?;
-        mpi.all_reduce_sum_f64s(&mut partial.0);
+        comm.all_reduce_sum_f64(&mut partial.0);
         partial.finish()
     }
 
     /// Collective: checks that every rank ends after the same number of steps.
     fn finish(self) -> Result<(M, O)> {
         agree(
-            self.ranks.mpi,
+            self.ranks.comm.as_ref(),
             Call::new(Phase::Finish, self.local.steps(), 0),
         )?;
         Ok(self.local.into_parts())

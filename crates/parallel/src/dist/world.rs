@@ -1,10 +1,11 @@
 //! The MPI environment: one per process, for the life of the process.
 
+use super::{Communicator, ThreadCollectives};
 use crate::{DataParallelError, Result};
 use mpi::collective::{SystemOperation, UnsafeUserOperation};
 use mpi::datatype::{Equivalence, PartitionMut};
 use mpi::raw::AsRaw;
-use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::traits::*;
 
 /// This process's place in the MPI job.
@@ -26,7 +27,7 @@ pub struct Mpi {
     _universe: mpi::environment::Universe,
     world: SimpleCommunicator,
     /// Whether MPI lets any thread call it, one at a time.
-    pub(crate) serialized: bool,
+    serialized: bool,
     local_rank: usize,
     local_size: usize,
 }
@@ -110,7 +111,7 @@ impl Mpi {
     ///
     /// `what` names the value in the error ("configuration").
     pub fn ensure_same(&self, what: &str, value: &[u8]) -> Result<()> {
-        let all = self.all_gather_u64(&[super::agree::fingerprint(value)]);
+        let all = self.all_gather(&[super::agree::fingerprint(value)]);
         match all.iter().position(|&hash| hash != all[0]) {
             None => Ok(()),
             Some(rank) => Err(DataParallelError::RankDisagrees {
@@ -128,64 +129,14 @@ impl Mpi {
     /// Every rank's `values`, in rank order, on every rank (each rank passing as many).
     /// Collective.
     pub fn all_gather(&self, values: &[u64]) -> Vec<u64> {
-        self.all_gather_u64(values)
-    }
-
-    pub(crate) fn all_gather_u64(&self, values: &[u64]) -> Vec<u64> {
-        let mut out = vec![0u64; values.len() * self.size()];
-        self.world.all_gather_into(values, &mut out[..]);
-        out
-    }
-
-    /// The element-wise sum of every rank's `values`. Collective.
-    pub(crate) fn all_reduce_sum_f32(&self, values: &[f32]) -> Vec<f32> {
-        let mut sum = vec![0.0f32; values.len()];
-        self.world
-            .all_reduce_into(values, &mut sum[..], SystemOperation::sum());
-        sum
-    }
-
-    /// Rank `r`'s block of the element-wise sum of every rank's `buffer` (the `counts[r]`
-    /// values after those of the blocks before it), written in place there; the rest of
-    /// `buffer` is left as it was. Blocks may differ in size: nothing is padded.
-    pub(crate) fn reduce_scatter_sum_f32(&self, buffer: &mut [f32], counts: &[usize]) {
-        // SAFETY: MPI's own sum applies to `f32`.
-        unsafe { self.reduce_scatter(buffer, counts, SystemOperation::sum().as_raw()) };
-    }
-
-    /// The element-wise sum of every rank's 16-bit `values`, added in `precision` (see
-    /// `compress`). Collective.
-    pub(crate) fn all_reduce_sum_u16(
-        &self,
-        values: &[u16],
-        precision: super::GradientPrecision,
-    ) -> Vec<u16> {
-        let mut sum = vec![0u16; values.len()];
-        // SAFETY: the function adds two buffers of `u16`, the type of both buffers here.
-        let op = unsafe { UnsafeUserOperation::commutative(precision.sum_function()) };
-        self.world.all_reduce_into(values, &mut sum[..], &op);
-        sum
-    }
-
-    /// [`reduce_scatter_sum_f32`](Self::reduce_scatter_sum_f32) over 16-bit values added in
-    /// `precision`.
-    pub(crate) fn reduce_scatter_sum_u16(
-        &self,
-        buffer: &mut [u16],
-        counts: &[usize],
-        precision: super::GradientPrecision,
-    ) {
-        // SAFETY: the function adds two buffers of `u16`, the type of `buffer`.
-        let op = unsafe { UnsafeUserOperation::commutative(precision.sum_function()) };
-        // SAFETY: `op` applies to `u16`, and lives until the call returns.
-        unsafe { self.reduce_scatter(buffer, counts, op.as_raw()) };
+        Communicator::all_gather_u64(self, values)
     }
 
     /// `MPI_Reduce_scatter` of `buffer` by `op`, this rank's block written in place.
     ///
     /// # Safety
     /// `op` must be a valid MPI operation on `T`'s datatype.
-    unsafe fn reduce_scatter<T: Equivalence + Copy + Default>(
+    unsafe fn reduce_scatter_by<T: Equivalence + Copy + Default>(
         &self,
         buffer: &mut [T],
         counts: &[usize],
@@ -210,10 +161,66 @@ impl Mpi {
         }
         buffer[at..at + mine].copy_from_slice(&out);
     }
+}
+
+/// MPI's collectives, each the MPI call of the same name on the job's world.
+impl Communicator for Mpi {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn all_gather_u64(&self, values: &[u64]) -> Vec<u64> {
+        let mut out = vec![0u64; values.len() * self.size()];
+        self.world.all_gather_into(values, &mut out[..]);
+        out
+    }
+
+    fn all_reduce_sum_f32(&self, values: &[f32]) -> Vec<f32> {
+        let mut sum = vec![0.0f32; values.len()];
+        self.world
+            .all_reduce_into(values, &mut sum[..], SystemOperation::sum());
+        sum
+    }
+
+    /// Rank `r`'s block of the element-wise sum of every rank's `buffer` (the `counts[r]`
+    /// values after those of the blocks before it), written in place there; the rest of
+    /// `buffer` is left as it was. Blocks may differ in size: nothing is padded.
+    fn reduce_scatter_sum_f32(&self, buffer: &mut [f32], counts: &[usize]) {
+        // SAFETY: MPI's own sum applies to `f32`.
+        unsafe { self.reduce_scatter_by(buffer, counts, SystemOperation::sum().as_raw()) };
+    }
+
+    /// The element-wise sum of every rank's 16-bit `values`, added in `precision` (see
+    /// `compress`). Collective.
+    fn all_reduce_sum_u16(&self, values: &[u16], precision: super::GradientPrecision) -> Vec<u16> {
+        let mut sum = vec![0u16; values.len()];
+        // SAFETY: the function adds two buffers of `u16`, the type of both buffers here.
+        let op = unsafe { UnsafeUserOperation::commutative(precision.sum_function()) };
+        self.world.all_reduce_into(values, &mut sum[..], &op);
+        sum
+    }
+
+    /// [`reduce_scatter_sum_f32`](Self::reduce_scatter_sum_f32) over 16-bit values added in
+    /// `precision`.
+    fn reduce_scatter_sum_u16(
+        &self,
+        buffer: &mut [u16],
+        counts: &[usize],
+        precision: super::GradientPrecision,
+    ) {
+        // SAFETY: the function adds two buffers of `u16`, the type of `buffer`.
+        let op = unsafe { UnsafeUserOperation::commutative(precision.sum_function()) };
+        // SAFETY: `op` applies to `u16`, and lives until the call returns.
+        unsafe { self.reduce_scatter_by(buffer, counts, op.as_raw()) };
+    }
 
     /// Every rank's block of `buffer` (rank `r`'s being the `counts[r]` values after those of
     /// the blocks before it), in every rank's `buffer`.
-    pub(crate) fn all_gather_f32(&self, buffer: &mut [f32], counts: &[usize]) {
+    fn all_gather_f32(&self, buffer: &mut [f32], counts: &[usize]) {
         let (at, mine) = block_of(counts, self.rank());
         let send = buffer[at..at + mine].to_vec();
         let displs: Vec<mpi::Count> = (0..counts.len())
@@ -225,14 +232,14 @@ impl Mpi {
     }
 
     /// The element-wise sum of every rank's `values`, in every rank's.
-    pub(crate) fn all_reduce_sum_f64s(&self, values: &mut [f64]) {
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) {
         let send = values.to_vec();
         self.world
             .all_reduce_into(&send[..], values, SystemOperation::sum());
     }
 
     /// Every rank's `bytes` on rank 0 (in rank order; empty elsewhere). Collective.
-    pub(crate) fn gather_bytes_to_0(&self, bytes: Vec<u8>) -> Vec<Vec<u8>> {
+    fn gather_bytes_to_0(&self, bytes: Vec<u8>) -> Vec<Vec<u8>> {
         if self.rank() != 0 {
             self.world.process_at_rank(0).send(&bytes[..]);
             return Vec::new();
@@ -245,36 +252,43 @@ impl Mpi {
         all
     }
 
-    pub(crate) fn broadcast_f32_from_0(&self, buffer: &mut [f32]) {
-        self.world.process_at_rank(0).broadcast_into(buffer);
-    }
-
-    pub(crate) fn broadcast_u64_from_0(&self, buffer: &mut [u64]) {
-        self.world.process_at_rank(0).broadcast_into(buffer);
-    }
-
-    /// `text` as rank `root` has it, on every rank (its first 512 bytes): so that every rank's
-    /// error says why, even when Open MPI ends the job before `root` has printed its own.
-    /// Collective.
-    pub(crate) fn share_text_from(&self, root: usize, text: Option<String>) -> String {
-        let mut buffer = [0u8; 512];
-        if self.rank() == root
-            && let Some(text) = text
-        {
-            let bytes = text.as_bytes();
-            let len = bytes.len().min(buffer.len());
-            buffer[..len].copy_from_slice(&bytes[..len]);
-        }
+    fn broadcast_bytes_from(&self, root: usize, buffer: &mut [u8]) {
         self.world
             .process_at_rank(root as i32)
-            .broadcast_into(&mut buffer[..]);
-        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-        String::from_utf8_lossy(&buffer[..end]).into_owned()
+            .broadcast_into(buffer);
     }
 
-    #[cfg(feature = "cuda")]
-    pub(crate) fn broadcast_bytes_from_0(&self, buffer: &mut [u8]) {
-        self.world.process_at_rank(0).broadcast_into(buffer);
+    fn broadcast_u64_from(&self, root: usize, values: &mut [u64]) {
+        self.world
+            .process_at_rank(root as i32)
+            .broadcast_into(values);
+    }
+
+    fn broadcast_f32_from(&self, root: usize, values: &mut [f32]) {
+        self.world
+            .process_at_rank(root as i32)
+            .broadcast_into(values);
+    }
+
+    fn thread_collectives(&self) -> Option<Box<dyn ThreadCollectives>> {
+        self.serialized
+            .then(|| Box::new(WorldFromAnyThread) as Box<dyn ThreadCollectives>)
+    }
+}
+
+/// The job's world, reached from a replica thread: MPI was started with `Serialized`
+/// threading, and the trainer's thread waits for the replicas while one of them calls.
+struct WorldFromAnyThread;
+
+impl ThreadCollectives for WorldFromAnyThread {
+    fn all_reduce_max_i64(&self, values: &mut [i64]) {
+        let send = values.to_vec();
+        SimpleCommunicator::world().all_reduce_into(&send[..], values, SystemOperation::max());
+    }
+
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) {
+        let send = values.to_vec();
+        SimpleCommunicator::world().all_reduce_into(&send[..], values, SystemOperation::sum());
     }
 }
 

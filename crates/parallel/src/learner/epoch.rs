@@ -84,11 +84,10 @@ where
         run.dataloader_train = run.dataloader_train.to_device(&first);
         run.dataloader_valid = run.dataloader_valid.to_device(&first);
         let trainer = new_trainer(strategy, learner);
-        #[cfg(feature = "mpi")]
-        if let Some(mpi) = strategy.mpi() {
+        if let Some(comm) = strategy.communicator() {
             // Every rank learns whether every rank has its trainer before joining them: one
             // that failed alone must not leave the others waiting.
-            let ready = mpi.all_gather(&[u64::from(trainer.is_ok())]);
+            let ready = comm.all_gather_u64(&[u64::from(trainer.is_ok())]);
             let failed = ready.iter().position(|&ok| ok == 0);
             let trainer = match (trainer, failed) {
                 (Ok(trainer), None) => trainer,
@@ -105,7 +104,7 @@ where
                     return (fallback, run.components.event_processor);
                 }
             };
-            let joined = crate::dist::DistributedTrainer::new(mpi, trainer);
+            let joined = crate::dist::DistributedTrainer::new(comm, trainer);
             let (mut trainer, mut ranks) = match joined {
                 Ok(joined) => joined.into_parts(),
                 Err(err) => {

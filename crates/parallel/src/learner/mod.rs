@@ -6,7 +6,6 @@ mod epoch;
 mod optimizer;
 mod output;
 mod participants;
-#[cfg(feature = "mpi")]
 mod ranks;
 mod strategy;
 

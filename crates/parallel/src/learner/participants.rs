@@ -1,5 +1,5 @@
 //! Who takes part in a burn-train run besides this process: nobody in one process, the other
-//! MPI ranks with `DataParallelStrategy::with_mpi`. Each rank runs the user's whole program
+//! MPI ranks with `DataParallelStrategy::with_communicator`. Each rank runs the user's whole program
 //! (its loaders give every rank every batch); what differs is answered here: which rows of a
 //! batch this process runs, who feeds the metrics, and who decides to stop.
 

@@ -16,18 +16,18 @@ const FAILED: u64 = 2;
 /// Sent in place of its output by a rank whose batch failed (no encoded output is one byte).
 const FAILED_MARK: u8 = 0xff;
 
-impl Participants for Ranks<'_> {
+impl Participants for Ranks {
     fn part_of<B: Backend, I: Scatter<B>>(
         &self,
         batch: I,
         device: &B::Device,
     ) -> Result<Option<I>> {
-        let (rank, size) = (self.mpi.rank(), self.mpi.size());
+        let (rank, size) = (self.comm.rank(), self.comm.size());
         crate::train::part_of(batch, 0, rank, size, std::slice::from_ref(device))
     }
 
     fn leads(&self) -> bool {
-        self.mpi.rank() == 0
+        self.comm.rank() == 0
     }
 
     fn end_batch<B: Backend, T: StepOutput<B>>(
@@ -37,7 +37,7 @@ impl Participants for Ranks<'_> {
         stop: bool,
         step: usize,
     ) -> Result<(Option<T>, bool)> {
-        let mpi = self.mpi;
+        let comm = self.comm.as_ref();
         let output = std::any::type_name::<T>();
         let cannot = |rank| DataParallelError::OutputCannotTravel { rank, output };
         // What this rank sends: its output's bytes, nothing (no rows), or a failure marker.
@@ -46,18 +46,18 @@ impl Participants for Ranks<'_> {
             Some((output, weight)) => output
                 .into_data()
                 .and_then(|data| encode(weight, &data))
-                .ok_or_else(|| cannot(mpi.rank())),
+                .ok_or_else(|| cannot(comm.rank())),
         });
         let bytes = sent
             .as_ref()
             .map_or_else(|_| vec![FAILED_MARK], Clone::clone);
-        let all = mpi.gather_bytes_to_0(bytes);
+        let all = comm.gather_bytes_to_0(bytes);
         let mut verdict = [if stop { STOP } else { GO_ON }];
-        let merged = (mpi.rank() == 0).then(|| merge::<B, T>(all, device, step));
+        let merged = (comm.rank() == 0).then(|| merge::<B, T>(all, device, step));
         if matches!(merged, Some(Err(_))) {
             verdict[0] = FAILED;
         }
-        mpi.broadcast_u64_from_0(&mut verdict);
+        comm.broadcast_u64_from(0, &mut verdict);
         // A rank that failed reports its own error; the others learn of the failure.
         sent?;
         match (merged, verdict[0]) {
@@ -73,7 +73,7 @@ impl Participants for Ranks<'_> {
 
     fn stop_after_epoch(&self, stop: bool) -> bool {
         let mut verdict = [u64::from(stop)];
-        self.mpi.broadcast_u64_from_0(&mut verdict);
+        self.comm.broadcast_u64_from(0, &mut verdict);
         verdict[0] != 0
     }
 }

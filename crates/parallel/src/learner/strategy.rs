@@ -148,8 +148,7 @@ pub struct DataParallelStrategy<B: AutodiffBackend> {
     seed: Option<u64>,
     threads_per_replica: Option<usize>,
     error: Mutex<Option<DataParallelError>>,
-    #[cfg(feature = "mpi")]
-    mpi: Option<std::rc::Rc<crate::dist::Mpi>>,
+    comm: Option<std::rc::Rc<dyn crate::dist::Communicator>>,
 }
 
 impl<B: AutodiffBackend> DataParallelStrategy<B> {
@@ -162,8 +161,7 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
             seed: None,
             threads_per_replica: None,
             error: Mutex::new(None),
-            #[cfg(feature = "mpi")]
-            mpi: None,
+            comm: None,
         }
     }
 
@@ -192,7 +190,8 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
         self
     }
 
-    /// Trains across the ranks of `mpi` (feature `mpi`): every rank runs the same program
+    /// Trains across the ranks of `comm` (an [`Mpi`](crate::dist::Mpi) job, feature `mpi`, or
+    /// any [`Communicator`](crate::dist::Communicator)): every rank runs the same program
     /// (its loaders give every rank every batch, in the same order), runs its equal share
     /// of each batch's rows on its own devices, and every rank takes the step one process
     /// takes on the whole batch (the gradients summed by one all-reduce per optimizer step,
@@ -206,17 +205,16 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
     /// A resumed run (`SupervisedTraining::checkpoint`) loads the checkpoint on every rank:
     /// give every rank the same directory (one machine, or a shared file system).
     ///
-    /// The MPI job stays on the thread that started it (an `Rc`), and so does a strategy that
-    /// holds it: launch the training on that thread.
-    #[cfg(feature = "mpi")]
-    pub fn with_mpi(mut self, mpi: std::rc::Rc<crate::dist::Mpi>) -> Self {
-        self.mpi = Some(mpi);
+    /// The communicator stays on the thread that made it (an `Rc`: an MPI job cannot be
+    /// called from any thread), and so does a strategy that holds it: launch the training on
+    /// that thread.
+    pub fn with_communicator(mut self, comm: std::rc::Rc<dyn crate::dist::Communicator>) -> Self {
+        self.comm = Some(comm);
         self
     }
 
-    #[cfg(feature = "mpi")]
-    pub(super) fn mpi(&self) -> Option<&crate::dist::Mpi> {
-        self.mpi.as_deref()
+    pub(super) fn communicator(&self) -> Option<std::rc::Rc<dyn crate::dist::Communicator>> {
+        self.comm.clone()
     }
 
     /// The devices, in replica order.

@@ -26,7 +26,6 @@ use burn::module::{Module, ModuleVisitor};
 use burn::tensor::backend::Backend;
 
 /// Whether `module` holds a [`SyncBatchNorm`] (asked where ranks decide whether to exchange).
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn contains<B: Backend, M: Module<B>>(module: &M) -> bool {
     struct Find(bool);
     impl<B: Backend> ModuleVisitor<B> for Find {

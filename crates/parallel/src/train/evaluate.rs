@@ -53,7 +53,6 @@ where
 
 /// Rows `rank * n / ranks .. (rank + 1) * n / ranks` of `set` along `dim`, on `devices[0]`, or
 /// `None` where that is no row: every row in exactly one rank's part.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn part_of<B: Backend, I: Scatter<B>>(
     set: I,
     dim: usize,

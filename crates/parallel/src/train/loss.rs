@@ -154,7 +154,6 @@ impl Denominator {
 }
 
 /// Names a [`Denominator`]'s code, for errors across ranks.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn describe_loss_kind(code: u64) -> String {
     [
         Denominator::Rows,

@@ -16,18 +16,14 @@ mod step;
 mod stepped;
 mod trainer;
 
-#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use evaluate::part_of;
-#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use loss::describe_loss_kind;
 pub use loss::{LossReduction, TrainLoss, WeightedMean};
 pub use metric::Metric;
-#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use metric::Partial;
 pub use owners::StepTraffic;
 #[cfg(feature = "burn-train")]
 pub(crate) use peers::Alone;
-#[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 pub(crate) use peers::{Accumulated, Contribution, MicroBatch, Outcome, Peers, Rows};
 pub use record::ShardableRecord;
 pub use step::{BatchStats, DataParallelTrainer};

@@ -35,11 +35,9 @@ pub(crate) struct Contribution {
     /// stated weights; or why it failed.
     pub sums: Result<(f64, f64)>,
     /// The time it spent on its rows (what a split between processes learns from).
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub busy: Duration,
     /// Its buffer values after the micro-batch (their row-weighted mean over its replicas),
     /// where [`Peers::combines_buffers`] asks for them.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub buffers: Vec<f32>,
 }
 
@@ -56,7 +54,6 @@ pub(crate) struct Outcome {
 }
 
 /// What an optimizer step combines (in one process, only the gradients).
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) struct Accumulated {
     /// The optimizer steps taken before this one.
     pub step: usize,

@@ -50,7 +50,6 @@ pub(crate) fn to_bytes<B: Backend, R: Record<B>>(record: R) -> Result<Vec<u8>> {
 }
 
 /// A record written by [`to_bytes`], with its tensors on `device`.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn from_bytes<B: Backend, R: Record<B>>(
     bytes: Vec<u8>,
     device: &B::Device,

@@ -276,7 +276,6 @@ where
     }
 
     /// Seeds this process's replicas as rank `rank`'s.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn set_rank(&mut self, rank: usize) {
         self.rank = rank;
     }
@@ -798,7 +797,6 @@ where
     }
 
     /// The module's buffers.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn buffers(&mut self) -> &crate::buffers::Buffers {
         self.parallel.buffers()
     }
@@ -819,13 +817,11 @@ where
     }
 
     /// The dimension batches are split along.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn dim(&self) -> usize {
         self.parallel.dim()
     }
 
     /// This trainer with its optimizer replaced by `f(optimizer)`.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn map_optimizer(self, f: impl FnOnce(O) -> O) -> Self {
         Self {
             optimizer: f(self.optimizer),
@@ -839,7 +835,6 @@ where
     }
 
     /// Replaces the module, keeping the optimizer (all processes start from one set of weights).
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn replace_module(&mut self, module: M) {
         self.parallel.set_module(module);
         if let Some((_, owners)) = &mut self.sharded {

@@ -5,8 +5,8 @@
 //! exchange between the ranks, the copies to and from the host, and the optimizer step.
 //!
 //! ```text
-//! cargo run --release --bin scale -- --model mlp-4096 --batch 256 --devices 2
-//! cargo build --release --features mpi --bin scale
+//! cargo run --release -p dp-tools --bin scale -- --model mlp-4096 --batch 256 --devices 2
+//! cargo build --release -p dp-tools --features mpi --bin scale
 //! mpirun -n 4 target/release/scale --mpi --model w3 --precision bf16
 //! mpirun -n 2 target/release/scale --mpi --drift 50 --precision bf16   # drift from f32
 //! ```
@@ -14,12 +14,6 @@
 //! `scripts/cost-curves.sh` sweeps these points, `scripts/emulated-cluster.sh` runs them over a
 //! rate-limited network, and `benchmarks/scaling.py` draws the curves and fits the cost model.
 
-#[path = "../common/allocator.rs"]
-mod allocator;
-#[path = "../common/backend.rs"]
-mod backend;
-#[path = "../common/exit.rs"]
-mod exit;
 mod measure;
 #[cfg(feature = "mpi")]
 mod ranks;
@@ -109,7 +103,7 @@ impl Args {
 }
 
 fn main() -> std::process::ExitCode {
-    exit::report(try_main())
+    dp_backend::report(try_main())
 }
 
 fn try_main() -> anyhow::Result<()> {
@@ -122,10 +116,10 @@ fn try_main() -> anyhow::Result<()> {
         #[cfg(feature = "mpi")]
         {
             // Before MPI starts its threads.
-            backend::share_cpu_threads(Some(args.devices));
-            let mpi = burn_data_parallel::dist::Mpi::init()?;
+            dp_backend::share_cpu_threads(Some(args.devices));
+            let mpi = std::rc::Rc::new(burn_data_parallel::dist::Mpi::init()?);
             let devices = args.devices;
-            return backend::run_on_available(Some(devices), ranks::Job { args, mpi: &mpi });
+            return dp_backend::run_on_available(Some(devices), ranks::Job { args, mpi: &mpi });
         }
         #[cfg(not(feature = "mpi"))]
         anyhow::bail!("--mpi needs a build with `--features mpi`");
@@ -135,13 +129,13 @@ fn try_main() -> anyhow::Result<()> {
         "--drift, --precision and --shard-optimizer are for training across ranks: add --mpi"
     );
     let devices = args.devices;
-    backend::run_on_available(Some(devices), Local(args))
+    dp_backend::run_on_available(Some(devices), Local(args))
 }
 
 /// The point measured in this one process.
 struct Local(Args);
 
-impl backend::Job for Local {
+impl dp_backend::Job for Local {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, _label: &str) -> anyhow::Result<()> {
         let args = self.0;
         // Seeded, so that a point's run repeats.

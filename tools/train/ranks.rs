@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Ranks {
     #[cfg(feature = "mpi")]
-    mpi: Option<burn_data_parallel::dist::Mpi>,
+    mpi: Option<std::rc::Rc<burn_data_parallel::dist::Mpi>>,
     rank: usize,
     size: usize,
     log_all: bool,
@@ -29,7 +29,7 @@ impl Ranks {
         }
         #[cfg(feature = "mpi")]
         {
-            let mpi = burn_data_parallel::dist::Mpi::init()?;
+            let mpi = std::rc::Rc::new(burn_data_parallel::dist::Mpi::init()?);
             Ok(Self {
                 rank: mpi.rank(),
                 size: mpi.size(),
@@ -155,7 +155,7 @@ impl Ranks {
     {
         #[cfg(feature = "mpi")]
         if let Some(mpi) = &self.mpi {
-            let mut joined = burn_data_parallel::dist::DistributedTrainer::new(mpi, local)?;
+            let mut joined = burn_data_parallel::dist::DistributedTrainer::new(mpi.clone(), local)?;
             if shard {
                 joined = joined.with_sharded_optimizer()?;
             }

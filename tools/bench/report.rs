@@ -560,7 +560,7 @@ fn unequal_devices(ms: &[Measurement]) -> Vec<Ratio> {
         .collect();
     let chunk = splits
         .iter()
-        .find(|m| m.spec.split == crate::split::Split::Chunk);
+        .find(|m| m.spec.split == dp_tools::split::Split::Chunk);
     let equal = ms
         .iter()
         .find(|m| m.spec.workload == w && m.spec.runner == Runner::EqualReplicas);

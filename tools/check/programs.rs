@@ -4,14 +4,13 @@
 //! and a refused batch that leaves the statistics as they were.
 
 use crate::Outcome;
-use crate::batches;
-use crate::compare::max_param_diff;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn_data_parallel::{DataParallelTrainer, WeightedMean};
 use dp_model::{Classifier, Cnn, CnnConfig, MlpConfig, TextClassifier, TextClassifierConfig};
+use dp_tools::compare::max_param_diff;
 
 pub fn checks<B: AutodiffBackend>(
     devices: &[B::Device],
@@ -54,12 +53,12 @@ fn ragged_statistics<B: AutodiffBackend>(
         devices.to_vec(),
     )?;
     for (i, &rows) in sizes.iter().enumerate() {
-        let batch = batches::uniform::<B, 4>(500 + i as u64, [rows, 1, 6, 6], 3, d);
+        let batch = dp_tools::batches::uniform::<B, 4>(500 + i as u64, [rows, 1, 6, 6], 3, d);
         let _ = plain.logits(batch.0.clone());
         trainer.accumulate(batch, |m: &Cnn<B>, (x, y)| m.loss(x, y))?;
     }
     trainer.apply(0.1)?;
-    let diff = crate::compare::max_abs_diff(first_mean(trainer.module()), first_mean(&plain));
+    let diff = dp_tools::compare::max_abs_diff(first_mean(trainer.module()), first_mean(&plain));
     Ok(Outcome::new(
         format!("batch norm: micro-batches of {sizes:?} rows leave one device's running mean"),
         diff,
@@ -80,7 +79,7 @@ fn token_mean<B: AutodiffBackend>(
         .init::<B>(d)
         .fork(d);
     let rows = 3 * devices.len() + 1;
-    let (x, y) = batches::tokens::<B>(77, rows, 12, 6, 3, d);
+    let (x, y) = dp_tools::batches::tokens::<B>(77, rows, 12, 6, 3, d);
     let loss = |m: &TextClassifier<B>, (x, y)| {
         let (sum, count) = m.token_loss_sum(x, y);
         WeightedMean::new(sum, count)
@@ -117,7 +116,8 @@ fn seeded_dropout<B: AutodiffBackend>(
             DataParallelTrainer::new(module, SgdConfig::new().init(), devices.to_vec())?
                 .with_seed(21);
         for step in 0..3 {
-            let batch = batches::uniform::<B, 2>(600 + step, [4 * devices.len() + 3, 8], 3, d);
+            let batch =
+                dp_tools::batches::uniform::<B, 2>(600 + step, [4 * devices.len() + 3, 8], 3, d);
             trainer.step(0.1, batch, |m: &dp_model::Mlp<B>, (x, y)| m.loss(x, y))?;
         }
         Ok(trainer.into_parts().0)
@@ -135,7 +135,7 @@ fn refused_batch<B: AutodiffBackend>(devices: &[B::Device]) -> anyhow::Result<Ou
     let mut trainer =
         DataParallelTrainer::new(cnn::<B>(d), SgdConfig::new().init(), devices.to_vec())?;
     let rows = 2 * devices.len();
-    let (x, y) = batches::uniform::<B, 4>(700, [rows, 1, 6, 6], 3, d);
+    let (x, y) = dp_tools::batches::uniform::<B, 4>(700, [rows, 1, 6, 6], 3, d);
     let before = first_mean(trainer.module()).into_data();
     // A NaN in the input: the loss is NaN, the batch must leave no trace.
     let poisoned = x.clone().add_scalar(f32::NAN);

@@ -26,7 +26,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
     use burn_data_parallel::dist::Mpi;
 
     type B = Autodiff<Cpu>;
-    let mpi = Mpi::init()?;
+    let mpi = std::rc::Rc::new(Mpi::init()?);
     let device = Default::default();
     let model = mlp_config().init::<B>(&device).fork(&device);
     let model = if spec.runner == Runner::MpiRanksFineTune {
@@ -46,7 +46,7 @@ pub fn measure(spec: &Spec) -> anyhow::Result<()> {
 #[cfg(feature = "mpi")]
 fn run<B, M, O>(
     spec: &Spec,
-    mpi: &burn_data_parallel::dist::Mpi,
+    mpi: &std::rc::Rc<burn_data_parallel::dist::Mpi>,
     model: M,
     optimizer: O,
     sharded: bool,
@@ -68,7 +68,7 @@ where
 
     let device = model.devices()[0].clone();
     let local = DataParallelTrainer::new(model, optimizer, vec![device.clone()])?;
-    let mut trainer = DistributedTrainer::new(mpi, local)?;
+    let mut trainer = DistributedTrainer::new(mpi.clone(), local)?;
     if sharded {
         trainer = trainer.with_sharded_optimizer()?;
     }
@@ -80,7 +80,7 @@ where
         x.narrow(0, start_row, end_row - start_row),
         y.narrow(0, start_row, end_row - start_row),
     );
-    let step = |trainer: &mut DistributedTrainer<'_, B, M, O>| -> anyhow::Result<f64> {
+    let step = |trainer: &mut DistributedTrainer<B, M, O>| -> anyhow::Result<f64> {
         let stats = trainer.step(W3_LR, (x.clone(), y.clone()), |m, (x, y)| m.loss(x, y))?;
         Ok(stats.replicas.iter().map(|r| r.compute.as_secs_f64()).sum())
     };

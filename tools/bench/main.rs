@@ -5,34 +5,26 @@
 //! printed as Markdown and saved as JSON.
 //!
 //! ```text
-//! cargo run --release --bin bench                                  # CPU, about two minutes
-//! cargo run --release --features burn-train --bin bench      # with burn-train beside
-//! cargo run --release --features blas --bin bench -- --json bench-blas.json
+//! cargo run --release -p dp-tools --bin bench                                  # CPU, about two minutes
+//! cargo run --release -p dp-tools --features burn-train --bin bench      # with burn-train beside
+//! cargo run --release -p dp-tools --features blas --bin bench -- --json bench-blas.json
 //! ```
 //!
 //! Every configuration runs in a child process of its own, because burn-ndarray's matrix
 //! multiply reads its thread count (`MATMUL_NUM_THREADS`) once per process.
 
-#[path = "../common/allocator.rs"]
-mod allocator;
-#[path = "../common/backend.rs"]
-mod backend;
 mod burn_train;
-#[path = "../common/exit.rs"]
-mod exit;
 mod mpi_ranks;
 mod report;
 mod spec;
-#[path = "../common/split.rs"]
-mod split;
 mod w5;
 mod workloads;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
+use dp_tools::split::Split;
 use spec::{Measurement, Runner, Spec, Workload};
-use split::Split;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -69,7 +61,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    exit::report(try_main())
+    dp_backend::report(try_main())
 }
 
 fn try_main() -> anyhow::Result<()> {
@@ -79,7 +71,7 @@ fn try_main() -> anyhow::Result<()> {
         if spec.over_mpi() {
             return mpi_ranks::measure(&spec);
         }
-        return backend::run_on_available(Some(spec.devices), Child(spec));
+        return dp_backend::run_on_available(Some(spec.devices), Child(spec));
     }
     let cuda = cfg!(feature = "cuda") && gpu_present();
     let specs = plan(&args, cuda)?;
@@ -268,7 +260,7 @@ fn run_child(spec: &Spec) -> anyhow::Result<Measurement> {
 
 struct Child(Spec);
 
-impl backend::Job for Child {
+impl dp_backend::Job for Child {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, _label: &str) -> anyhow::Result<()> {
         let measurement = match self.0.single_device_pool() {
             Some(threads) => rayon::ThreadPoolBuilder::new()

@@ -7,20 +7,10 @@
 //! if any fails. Used by `scripts/gpu-check.sh`.
 //!
 //! ```text
-//! cargo run --release --bin check -- --devices 4
+//! cargo run --release -p dp-tools --bin check -- --devices 4
 //! ```
 
 mod adaptive;
-#[path = "../common/allocator.rs"]
-mod allocator;
-#[path = "../common/backend.rs"]
-mod backend;
-#[path = "../common/batches.rs"]
-mod batches;
-#[path = "../common/compare.rs"]
-mod compare;
-#[path = "../common/exit.rs"]
-mod exit;
 mod placement;
 mod programs;
 mod zoo;
@@ -32,8 +22,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{DataParallel, DataParallelTrainer};
 use clap::Parser;
-use compare::{max_abs_diff, max_param_diff};
 use dp_model::{Classifier, Mlp, MlpConfig};
+use dp_tools::compare::{max_abs_diff, max_param_diff};
 
 /// Checks that data parallelism gives the single-device numbers on this machine's devices.
 #[derive(Debug, Parser)]
@@ -52,17 +42,17 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    exit::report(try_main())
+    dp_backend::report(try_main())
 }
 
 fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    backend::run_on_available(args.devices.map(|n| n as usize), Checks(args))
+    dp_backend::run_on_available(args.devices.map(|n| n as usize), Checks(args))
 }
 
 struct Checks(Args);
 
-impl backend::Job for Checks {
+impl dp_backend::Job for Checks {
     /// One CPU device would only be compared with itself.
     fn default_cpu_devices(&self) -> usize {
         4

@@ -13,10 +13,10 @@ use serde::Serialize;
 
 pub struct Job<'a> {
     pub args: Args,
-    pub mpi: &'a Mpi,
+    pub mpi: &'a std::rc::Rc<Mpi>,
 }
 
-impl crate::backend::Job for Job<'_> {
+impl dp_backend::Job for Job<'_> {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, _label: &str) -> anyhow::Result<()> {
         let Job { args, mpi } = self;
         // Seeded, so that a point's run repeats.
@@ -66,14 +66,14 @@ fn precision(p: Precision) -> GradientPrecision {
 
 /// A trainer over the ranks, summing in `p` (through MPI's host copies where `p` compresses),
 /// the optimizer state sharded if asked.
-fn trainer<'a, B, O>(
+fn trainer<B, O>(
     args: &Args,
-    mpi: &'a Mpi,
+    mpi: &std::rc::Rc<Mpi>,
     model: Mlp<B>,
     optimizer: O,
     devices: Vec<B::Device>,
     p: Precision,
-) -> anyhow::Result<DistributedTrainer<'a, B, Mlp<B>, O>>
+) -> anyhow::Result<DistributedTrainer<B, Mlp<B>, O>>
 where
     B: AutodiffBackend,
     O: Optimizer<Mlp<B>, B>,
@@ -84,7 +84,7 @@ where
         Precision::F32 => GradientTransport::Auto,
         _ => GradientTransport::Mpi,
     };
-    let trainer = DistributedTrainer::with_transport(mpi, local, transport)?
+    let trainer = DistributedTrainer::with_transport(mpi.clone(), local, transport)?
         .with_gradient_precision(precision(p))?;
     Ok(if args.shard_optimizer {
         trainer.with_sharded_optimizer()?
@@ -95,7 +95,7 @@ where
 
 fn run<B, O>(
     args: &Args,
-    mpi: &Mpi,
+    mpi: &std::rc::Rc<Mpi>,
     model: Mlp<B>,
     optimizer: O,
     devices: Vec<B::Device>,
@@ -109,7 +109,7 @@ where
         return drift(args, mpi, model, optimizer, devices, steps);
     }
     let mut trainer = trainer(args, mpi, model, optimizer, devices, args.precision)?;
-    let exchanged = |t: &DistributedTrainer<'_, B, Mlp<B>, O>| {
+    let exchanged = |t: &DistributedTrainer<B, Mlp<B>, O>| {
         let stats = t.exchange_stats();
         Exchanged {
             time: stats.time,
@@ -156,7 +156,7 @@ struct Drift {
 
 fn drift<B, O>(
     args: &Args,
-    mpi: &Mpi,
+    mpi: &std::rc::Rc<Mpi>,
     model: Mlp<B>,
     optimizer: O,
     devices: Vec<B::Device>,

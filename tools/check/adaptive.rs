@@ -3,13 +3,13 @@
 //! single-device training on the same batches.
 
 use crate::Outcome;
-use crate::compare::max_param_diff;
 use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{Adaptive, Chunk, DataParallelTrainer, SplitPolicy, current_replica};
 use dp_model::{Classifier, Mlp, MlpConfig};
+use dp_tools::compare::max_param_diff;
 use std::time::Duration;
 
 const ROWS: usize = 64;

@@ -2,10 +2,10 @@
 //! (and every MPI rank) by changing one line: the training strategy.
 //!
 //! ```text
-//! cargo run --release --bin learner -- --devices 2               # DataParallelStrategy
-//! cargo run --release --bin learner -- --strategy single         # burn-train's SingleDevice
-//! cargo run --release --bin learner -- --strategy burn-multi --devices 2   # burn-train's own
-//! cargo run --release --bin learner -- --resume 2 --epochs 4     # continue from epoch 2
+//! cargo run --release -p dp-tools --bin learner -- --devices 2               # DataParallelStrategy
+//! cargo run --release -p dp-tools --bin learner -- --strategy single         # burn-train's SingleDevice
+//! cargo run --release -p dp-tools --bin learner -- --strategy burn-multi --devices 2   # burn-train's own
+//! cargo run --release -p dp-tools --bin learner -- --resume 2 --epochs 4     # continue from epoch 2
 //! mpirun -n 2 target/release/learner --mpi                       # built with --features mpi
 //! ```
 //!
@@ -14,13 +14,6 @@
 //! schedule, a file checkpointer and early stopping. burn-train's renderer prints the progress
 //! (its plain one where there is no terminal). With `--summary`, rank 0 writes the trained
 //! parameters and the run's outcome as JSON.
-
-#[path = "common/allocator.rs"]
-mod allocator;
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/exit.rs"]
-mod exit;
 
 use anyhow::Context;
 use burn::data::dataloader::DataLoaderBuilder;
@@ -212,7 +205,7 @@ struct Program {
     mpi: Option<std::rc::Rc<burn_data_parallel::dist::Mpi>>,
 }
 
-impl backend::Job for Program {
+impl dp_backend::Job for Program {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
         train::<B>(self, devices, label)
     }
@@ -270,7 +263,7 @@ fn train<B: AutodiffBackend>(
     let strategy = DataParallelStrategy::<B>::new(devices.clone()).with_seed(args.seed);
     #[cfg(feature = "mpi")]
     let strategy = match &program.mpi {
-        Some(mpi) => strategy.with_mpi(mpi.clone()),
+        Some(mpi) => strategy.with_communicator(mpi.clone()),
         None => strategy,
     };
     // Kept to ask for its error; with the MPI job in it, it stays on this thread.
@@ -427,7 +420,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--mpi runs the data-parallel strategy only");
     }
     let requested = args.devices;
-    backend::run_on_available(
+    dp_backend::run_on_available(
         requested,
         Program {
             args,
@@ -439,5 +432,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    exit::report(run(Args::parse()))
+    dp_backend::report(run(Args::parse()))
 }

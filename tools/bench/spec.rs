@@ -2,7 +2,7 @@
 //! child process that runs it (each in its own process, because burn-ndarray's matrix-multiply
 //! thread count is read once per process from `MATMUL_NUM_THREADS`).
 
-use crate::split::Split;
+use dp_tools::split::Split;
 use serde::{Deserialize, Serialize};
 
 /// The fixed workloads.

@@ -1,4 +1,4 @@
-//! The examples' memory allocator (feature `mimalloc`, on by default).
+//! The programs' memory allocator (feature `mimalloc`, on by default).
 //!
 //! burn-ndarray allocates fresh buffers of several megabytes for every training step (the
 //! weight-sized gradients, the transposed weights its matrix product needs). glibc's malloc

@@ -4,23 +4,12 @@
 //! inject the faults the tests exercise.
 //!
 //! ```text
-//! cargo build --release --features mpi --bin dist_check
+//! cargo build --release -p dp-tools --features mpi --bin dist_check
 //! mpirun --allow-run-as-root --oversubscribe -n 2 target/release/dist_check
 //! ```
 //!
 //! Built with `--features cuda,mpi` on a machine with GPUs, each rank trains on its share of
 //! the GPUs (`Mpi::share_of`), and `--transport nccl` checks the NCCL path.
-
-#[path = "common/allocator.rs"]
-mod allocator;
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/batches.rs"]
-mod batches;
-#[path = "common/compare.rs"]
-mod compare;
-#[path = "common/exit.rs"]
-mod exit;
 
 use anyhow::Context;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
@@ -35,12 +24,12 @@ use burn_data_parallel::{
     TrainLoss, Trainer, WeightedMean,
 };
 use clap::Parser;
-use compare::max_param_diff;
 use dp_dataset::ShardedSampler;
 use dp_model::{
     BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifier, TextClassifierConfig,
     TiedEmbeddingsConfig,
 };
+use dp_tools::compare::max_param_diff;
 use std::sync::{Arc, Mutex};
 
 /// Trains on every rank's shard of seeded global batches and compares with single-process
@@ -343,23 +332,23 @@ impl From<Transport> for GradientTransport {
 }
 
 fn main() -> std::process::ExitCode {
-    exit::report(try_main())
+    dp_backend::report(try_main())
 }
 
 fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before MPI starts its threads.
-    backend::share_cpu_threads(Some(args.devices_per_rank));
-    let mpi = Mpi::init()?;
-    backend::run_on_available(Some(args.devices_per_rank), Check { args, mpi })
+    dp_backend::share_cpu_threads(Some(args.devices_per_rank));
+    let mpi = std::rc::Rc::new(Mpi::init()?);
+    dp_backend::run_on_available(Some(args.devices_per_rank), Check { args, mpi })
 }
 
 struct Check {
     args: Args,
-    mpi: Mpi,
+    mpi: std::rc::Rc<Mpi>,
 }
 
-impl backend::Job for Check {
+impl dp_backend::Job for Check {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, _: &str) -> anyhow::Result<()> {
         check::<B>(&self.args, &self.mpi, devices)
     }
@@ -387,7 +376,7 @@ const LENGTH: usize = 6;
 
 fn check<B: AutodiffBackend>(
     args: &Args,
-    mpi: &Mpi,
+    mpi: &std::rc::Rc<Mpi>,
     devices: Vec<B::Device>,
 ) -> anyhow::Result<()> {
     // Each rank starts from different weights: the broadcast must make them rank 0's.
@@ -515,7 +504,7 @@ where
     K: TensorKind<B> + TensorKind<B::InnerBackend>,
 {
     args: &'a Args,
-    mpi: &'a Mpi,
+    mpi: &'a std::rc::Rc<Mpi>,
     devices: Vec<B::Device>,
     /// Makes the model on a device.
     model: F,
@@ -647,7 +636,7 @@ where
             (true, Transport::Mpi) => GradientTransport::Auto,
             (true, _) => GradientTransport::Mpi,
         };
-        let mut trainer = DistributedTrainer::with_transport(mpi, local, transport)
+        let mut trainer = DistributedTrainer::with_transport(mpi.clone(), local, transport)
             .with_context(|| format!("rank {rank}: cannot start training"))?;
         if args.balance_ranks != (args.odd_balance_rank == Some(rank)) {
             trainer = trainer.with_rank_split(Adaptive::new());
@@ -986,7 +975,7 @@ fn rows<B: Backend, const F: usize>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    batches::uniform(seed(step), [rows, F], CLASSES, device)
+    dp_tools::batches::uniform(seed(step), [rows, F], CLASSES, device)
 }
 
 /// 6x6 one-channel images.
@@ -995,7 +984,7 @@ fn images<B: Backend>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    batches::uniform(seed(step), [rows, 1, 6, 6], CLASSES, device)
+    dp_tools::batches::uniform(seed(step), [rows, 1, 6, 6], CLASSES, device)
 }
 
 /// Token sequences of 1 to `LENGTH` tokens, padded with 0.
@@ -1004,5 +993,5 @@ fn tokens<B: Backend>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
-    batches::tokens(seed(step), rows, VOCAB, LENGTH, CLASSES, device)
+    dp_tools::batches::tokens(seed(step), rows, VOCAB, LENGTH, CLASSES, device)
 }

@@ -3,8 +3,6 @@
 //! single-device Burn on the first device (per-part normalization for batch norm).
 
 use crate::Outcome;
-use crate::batches;
-use crate::compare::{max_abs_diff, max_param_diff};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
@@ -16,6 +14,7 @@ use burn_data_parallel::{
 use dp_model::{
     BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
 };
+use dp_tools::compare::{max_abs_diff, max_param_diff};
 
 const CLASSES: usize = 4;
 const VOCAB: usize = 32;
@@ -45,7 +44,7 @@ impl Data for Rows {
         seed: u64,
         device: &Bk::Device,
     ) -> (Tensor<Bk, 2>, Tensor<Bk, 1, Int>) {
-        batches::uniform(seed, [rows, 16], CLASSES, device)
+        dp_tools::batches::uniform(seed, [rows, 16], CLASSES, device)
     }
 }
 
@@ -59,7 +58,7 @@ impl Data for Images {
         seed: u64,
         device: &Bk::Device,
     ) -> (Tensor<Bk, 4>, Tensor<Bk, 1, Int>) {
-        batches::uniform(seed, [rows, 3, 12, 12], CLASSES, device)
+        dp_tools::batches::uniform(seed, [rows, 3, 12, 12], CLASSES, device)
     }
 }
 
@@ -73,7 +72,7 @@ impl Data for Tokens {
         seed: u64,
         device: &Bk::Device,
     ) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 1, Int>) {
-        batches::tokens(seed, rows, VOCAB, LENGTH, CLASSES, device)
+        dp_tools::batches::tokens(seed, rows, VOCAB, LENGTH, CLASSES, device)
     }
 }
 

@@ -2,32 +2,24 @@
 //! devices.
 //!
 //! ```text
-//! cargo run --release --bin train -- --devices 2
-//! cargo run --release --bin train -- --data train.csv --test-data test.csv    # CSV rows, MLP
-//! cargo run --release --bin train -- --model cnn --data images/train --test-data images/test
-//! cargo run --release --bin train -- --model cnn --data mnist/     # MNIST's IDX files
-//! cargo run --release --bin train -- --devices 2 --model cnn --out runs/cnn
-//! cargo run --release --bin train -- --resume --epochs 8     # continue a run
-//! cargo run --release --bin train -- --accumulate 4            # 4 micro-batches per step
+//! cargo run --release -p dp-tools --bin train -- --devices 2
+//! cargo run --release -p dp-tools --bin train -- --data train.csv --test-data test.csv    # CSV rows, MLP
+//! cargo run --release -p dp-tools --bin train -- --model cnn --data images/train --test-data images/test
+//! cargo run --release -p dp-tools --bin train -- --model cnn --data mnist/     # MNIST's IDX files
+//! cargo run --release -p dp-tools --bin train -- --devices 2 --model cnn --out runs/cnn
+//! cargo run --release -p dp-tools --bin train -- --resume --epochs 8     # continue a run
+//! cargo run --release -p dp-tools --bin train -- --accumulate 4            # 4 micro-batches per step
 //! mpirun -n 2 target/release/train --mpi                      # built with --features mpi
 //! mpirun -n 2 target/release/train --mpi --shard-optimizer    # ZeRO stage 1
 //! mpirun -n 2 target/release/train --mpi --balance-ranks      # parts by the ranks' speeds
-//! cargo run --release --bin train -- --devices 2 --split adaptive --threads-per-device 2,1
+//! cargo run --release -p dp-tools --bin train -- --devices 2 --split adaptive --threads-per-device 2,1
 //! ```
 
-#[path = "../common/allocator.rs"]
-mod allocator;
-#[path = "../common/backend.rs"]
-mod backend;
 mod checkpoint;
 mod config;
 mod data;
-#[path = "../common/exit.rs"]
-mod exit;
 mod ranks;
 mod report;
-#[path = "../common/split.rs"]
-mod split;
 
 use anyhow::Context;
 use burn::data::dataloader::batcher::Batcher;
@@ -125,8 +117,8 @@ struct Args {
     shard_optimizer: bool,
     /// How each batch is split between this process's devices: `adaptive` gives each device
     /// rows in proportion to its measured speed. The training is the same whatever the split.
-    #[arg(long, value_enum, default_value_t = split::Split::Chunk)]
-    split: split::Split,
+    #[arg(long, value_enum, default_value_t = dp_tools::split::Split::Chunk)]
+    split: dp_tools::split::Split,
     /// Threads of each CPU device's replica, one count per device (e.g. `2,1`: devices of
     /// unequal speed); by default one each.
     #[arg(long, value_delimiter = ',')]
@@ -153,7 +145,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    exit::report(try_main())
+    dp_backend::report(try_main())
 }
 
 fn try_main() -> anyhow::Result<()> {
@@ -199,9 +191,9 @@ fn try_main() -> anyhow::Result<()> {
     config.validate()?;
     let devices = args.devices.map(|n| n as usize);
     // Before MPI starts its threads.
-    backend::share_cpu_threads(devices);
+    dp_backend::share_cpu_threads(devices);
     let ranks = ranks::Ranks::start(args.mpi, args.log_all_ranks)?;
-    backend::run_on_available(
+    dp_backend::run_on_available(
         devices,
         Training {
             args,
@@ -219,7 +211,7 @@ struct Training {
     source: Source,
 }
 
-impl backend::Job for Training {
+impl dp_backend::Job for Training {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, label: &str) -> anyhow::Result<()> {
         train::<B>(
             &self.args,
