@@ -1,7 +1,7 @@
 """PyTorch's figures for the bench's W3, to compare with `bench` on the same machine.
 
 W3 is one training step of an MLP (256 -> 1024 -> 1024 -> 10, ReLU, cross-entropy, plain
-SGD at rate 0.05) on a batch of 256 rows, as `examples/bench/workloads.rs` runs it. This
+SGD at rate 0.05) on a batch of 256 rows, as `tools/bench/workloads.rs` runs it. This
 script times it in PyTorch three ways, each in a fresh process (the thread count is fixed once
 per process), and prints one line per configuration plus a JSON report:
 

@@ -86,19 +86,14 @@ impl dp_backend::Job for Processes {
         Ok(())
     }
 
-    #[cfg(feature = "cuda")]
     fn announce(&self, line: std::fmt::Arguments) {
         if self.mpi.rank() == 0 {
             println!("{line}");
         }
     }
 
-    #[cfg(feature = "cuda")]
-    fn gpus(
-        &self,
-        all: Vec<burn::backend::cuda::CudaDevice>,
-    ) -> Vec<burn::backend::cuda::CudaDevice> {
-        self.mpi.share_of(&all)
+    fn machine_share(&self) -> (usize, usize) {
+        (self.mpi.local_rank(), self.mpi.local_size())
     }
 }
 

@@ -14,11 +14,24 @@ pub fn example(name: &str) -> Command {
         .and_then(|deps| deps.parent())
         .map(|profile| profile.join("examples").join(name))
         .expect("test binaries live in target/<profile>/deps");
+    let built = std::fs::metadata(&path).and_then(|m| m.modified());
+    let built = built.unwrap_or_else(|_| {
+        panic!(
+            "{} is not built: `cargo test --workspace` builds the examples before it runs the \
+             tests (a test run with `--test` alone does not; `cargo build --examples` first)",
+            path.display()
+        )
+    });
+    // A test run with `--test` alone would otherwise run an example older than its source.
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.rs"));
+    let written = std::fs::metadata(&source).and_then(|m| m.modified());
     assert!(
-        path.exists(),
-        "{} is not built: `cargo test --workspace` builds the examples before it runs the tests \
-         (a test run with `--test` alone does not; `cargo build --examples` first)",
-        path.display()
+        written.is_ok_and(|written| written <= built),
+        "{} is older than {}: `cargo build --examples` first",
+        path.display(),
+        source.display()
     );
     Command::new(path)
 }

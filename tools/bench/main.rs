@@ -38,8 +38,9 @@ struct Args {
     /// Device counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     devices: Vec<usize>,
-    /// Workloads to measure, among w1 to w5 (w5 writes 2048 small PNGs to the temporary
-    /// folder, and removes them).
+    /// Workloads to measure, among w1 (tutorial), w2 (inference), w3 (training), w4 (unequal)
+    /// and w5 (image-folder; it writes 2048 small PNGs to the temporary folder, and removes
+    /// them).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
     workloads: Vec<String>,
     /// Also run W3 with burn-train's multi-device training (needs `--features burn-train`).
@@ -139,14 +140,17 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
     };
     for name in &args.workloads {
         let workload = match name.to_ascii_lowercase().as_str() {
-            "w1" => Workload::W1,
-            "w2" => Workload::W2,
-            "w3" => Workload::W3,
-            "w4" => Workload::W4,
-            "w5" => Workload::W5,
-            other => anyhow::bail!("unknown workload {other} (w1, w2, w3, w4, w5)"),
+            "w1" | "tutorial" => Workload::Tutorial,
+            "w2" | "inference" => Workload::Inference,
+            "w3" | "training" => Workload::Training,
+            "w4" | "unequal" => Workload::UnequalReplicas,
+            "w5" | "image-folder" => Workload::ImageFolder,
+            other => anyhow::bail!(
+                "unknown workload {other} (w1 or tutorial, w2 or inference, w3 or training, \
+                 w4 or unequal, w5 or image-folder)"
+            ),
         };
-        if workload == Workload::W5 {
+        if workload == Workload::ImageFolder {
             // In memory and from disk, each read ahead or when asked, on 2 devices.
             for prefetch in [0, 2] {
                 specs.push(spec(workload, Runner::Preloaded { prefetch }, 2, one));
@@ -154,7 +158,7 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             }
             continue;
         }
-        if workload == Workload::W4 {
+        if workload == Workload::UnequalReplicas {
             // Each replica alone, then both under each split, all in this run.
             specs.push(spec(workload, Runner::ReplicaAlone(0), 1, one));
             specs.push(spec(workload, Runner::ReplicaAlone(1), 1, one));
@@ -168,11 +172,11 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             continue;
         }
         specs.push(spec(workload, Runner::Plain, 1, None));
-        if workload != Workload::W1 && !cuda {
+        if workload != Workload::Tutorial && !cuda {
             specs.push(spec(workload, Runner::Plain, 1, one));
         }
         for &devices in &args.devices {
-            if workload == Workload::W1 {
+            if workload == Workload::Tutorial {
                 let threads = if devices > 1 { one } else { None };
                 specs.push(spec(workload, Runner::DataParallel, devices, threads));
                 continue;
@@ -183,29 +187,29 @@ fn plan(args: &Args, cuda: bool) -> anyhow::Result<Vec<Spec>> {
             if !cuda || devices > 1 {
                 specs.push(spec(workload, Runner::DataParallel, devices, one));
             }
-            if workload == Workload::W3 && (!cuda || devices > 1) {
+            if workload == Workload::Training && (!cuda || devices > 1) {
                 specs.push(spec(workload, Runner::ForwardBackward, devices, one));
             }
-            if workload == Workload::W3 && devices > 1 {
+            if workload == Workload::Training && devices > 1 {
                 specs.push(spec(workload, Runner::Seeded, devices, one));
                 specs.push(spec(workload, Runner::Sharded, devices, one));
             }
-            if workload == Workload::W3 && (!cuda || devices > 1) {
+            if workload == Workload::Training && (!cuda || devices > 1) {
                 specs.push(spec(workload, Runner::Adam, devices, one));
             }
-            if workload == Workload::W3 && devices > 1 {
+            if workload == Workload::Training && devices > 1 {
                 specs.push(spec(workload, Runner::ShardedAdam, devices, one));
             }
-            if workload == Workload::W3 && args.burn_train {
+            if workload == Workload::Training && args.burn_train {
                 specs.push(spec(workload, Runner::BurnTrain, devices, one));
                 specs.push(spec(workload, Runner::BurnTrainStrategy, devices, one));
             }
             // One replica's share alone bounds the scaling only where each replica has a core.
-            if workload == Workload::W3 && devices > 1 && devices <= cpus && !cuda {
+            if workload == Workload::Training && devices > 1 && devices <= cpus && !cuda {
                 specs.push(spec(workload, Runner::Ceiling, devices, one));
             }
         }
-        if workload == Workload::W3 {
+        if workload == Workload::Training {
             for &ranks in &args.mpi_ranks {
                 specs.push(spec(workload, Runner::MpiRanks, ranks, Some(1)));
                 specs.push(spec(workload, Runner::MpiRanksFineTune, ranks, Some(1)));

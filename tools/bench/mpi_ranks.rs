@@ -73,9 +73,10 @@ where
         trainer = trainer.with_sharded_optimizer()?;
     }
     let (x, y) = w3_batch::<B>(&device);
-    let rows = W3_BATCH.div_ceil(mpi.size());
-    let start_row = (mpi.rank() * rows).min(W3_BATCH);
-    let end_row = (start_row + rows).min(W3_BATCH);
+    let std::ops::Range {
+        start: start_row,
+        end: end_row,
+    } = burn_data_parallel::rank_rows(W3_BATCH, mpi.rank(), mpi.size());
     let (x, y) = (
         x.narrow(0, start_row, end_row - start_row),
         y.narrow(0, start_row, end_row - start_row),

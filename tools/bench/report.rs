@@ -86,11 +86,11 @@ impl Report {
             },
         ));
         for workload in [
-            Workload::W1,
-            Workload::W2,
-            Workload::W3,
-            Workload::W4,
-            Workload::W5,
+            Workload::Tutorial,
+            Workload::Inference,
+            Workload::Training,
+            Workload::UnequalReplicas,
+            Workload::ImageFolder,
         ] {
             let rows: Vec<&Measurement> = self
                 .measurements
@@ -101,11 +101,16 @@ impl Report {
                 continue;
             }
             let (unit, per) = match workload {
-                Workload::W1 => ("µs per call", 1e6),
-                Workload::W2 => ("ms per batch of 1024", 1e3),
-                Workload::W3 | Workload::W4 | Workload::W5 => ("ms per step (median)", 1e3),
+                Workload::Tutorial => ("µs per call", 1e6),
+                Workload::Inference => ("ms per batch of 1024", 1e3),
+                Workload::Training | Workload::UnequalReplicas | Workload::ImageFolder => {
+                    ("ms per step (median)", 1e3)
+                }
             };
-            let rate = if matches!(workload, Workload::W3 | Workload::W4 | Workload::W5) {
+            let rate = if matches!(
+                workload,
+                Workload::Training | Workload::UnequalReplicas | Workload::ImageFolder
+            ) {
                 "samples/s"
             } else {
                 "rows/s"
@@ -219,13 +224,15 @@ fn phases_table(rows: &[&Measurement]) -> String {
 
 fn title(workload: Workload) -> &'static str {
     match workload {
-        Workload::W1 => "W1: the tutorial, Linear(5, 2) on a batch of 30 (per-call cost)",
-        Workload::W2 => "W2: inference, MLP 256-1024-1024-10, batch 1024",
-        Workload::W3 => "W3: training step, same MLP, global batch 256, cross-entropy, SGD 0.05",
-        Workload::W4 => {
+        Workload::Tutorial => "W1: the tutorial, Linear(5, 2) on a batch of 30 (per-call cost)",
+        Workload::Inference => "W2: inference, MLP 256-1024-1024-10, batch 1024",
+        Workload::Training => {
+            "W3: training step, same MLP, global batch 256, cross-entropy, SGD 0.05"
+        }
+        Workload::UnequalReplicas => {
             "W4: W3 on 2 replicas of unequal speed (replica 1 computes every row twice)"
         }
-        Workload::W5 => {
+        Workload::ImageFolder => {
             "W5: CNN with batch norm, 2048 28x28 PNGs, batch 64 on 2 devices: from disk or memory"
         }
     }
@@ -273,17 +280,17 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
             m.spec.threads,
         )
     };
-    let plain_w1 = find(ms, Workload::W1, Runner::Plain, 1, None);
+    let plain_w1 = find(ms, Workload::Tutorial, Runner::Plain, 1, None);
     // The plain call's matrix product is too small to be threaded: thread settings do not
     // change W1, so every data-parallel row is compared with the one plain row.
     for m in ms
         .iter()
-        .filter(|m| m.spec.workload == Workload::W1 && m.spec.runner == Runner::DataParallel)
+        .filter(|m| m.spec.workload == Workload::Tutorial && m.spec.runner == Runner::DataParallel)
     {
         if let Some(plain) = plain_w1 {
             let overhead = (m.median_seconds - plain.median_seconds) * 1e6;
             out.push(Ratio {
-                workload: Workload::W1,
+                workload: Workload::Tutorial,
                 what: format!(
                     "overhead of DataParallel x{} over the plain call, µs",
                     m.spec.devices
@@ -296,7 +303,7 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
     }
     out.extend(unequal_devices(ms));
     out.extend(images_from_disk(ms));
-    for w in [Workload::W2, Workload::W3] {
+    for w in [Workload::Inference, Workload::Training] {
         out.extend(ratio(
             w,
             "DataParallel x1 / plain (wrapper cost; 1.0 = free)".into(),
@@ -504,7 +511,7 @@ fn ratios(ms: &[Measurement]) -> Vec<Ratio> {
 /// W5: the images read from disk against the same images in memory, each with and without
 /// prefetch; and what prefetch gains on disk.
 fn images_from_disk(ms: &[Measurement]) -> Vec<Ratio> {
-    let w = Workload::W5;
+    let w = Workload::ImageFolder;
     let find = |runner: Runner| {
         ms.iter()
             .find(|m| m.spec.workload == w && m.spec.runner == runner)
@@ -547,7 +554,7 @@ fn images_from_disk(ms: &[Measurement]) -> Vec<Ratio> {
 /// W4: each split against the ideal (the two replicas' throughputs alone, added) and against
 /// the `torch.chunk` split.
 fn unequal_devices(ms: &[Measurement]) -> Vec<Ratio> {
-    let w = Workload::W4;
+    let w = Workload::UnequalReplicas;
     let alone: Vec<&Measurement> = (0..2)
         .filter_map(|i| {
             ms.iter()

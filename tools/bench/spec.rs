@@ -5,23 +5,29 @@
 use dp_tools::split::Split;
 use serde::{Deserialize, Serialize};
 
-/// The fixed workloads.
+/// The fixed workloads. Reports and `BENCHMARKS.md` call them W1 to W5 (the command line takes
+/// either name: `--workloads w3` or `--workloads training`), and so does their JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Workload {
-    /// The tutorial: `Linear(5, 2)` on a batch of 30, per-call cost.
-    W1,
-    /// Inference: MLP 256 -> 1024 -> 1024 -> 10 on a batch of 1024.
-    W2,
-    /// Training: the same MLP, global batch 256, cross-entropy, SGD lr 0.05, one full step.
-    W3,
-    /// W3 on 2 replicas of unequal speed: replica 1 runs forward and backward twice on its rows
-    /// (the second loss times 0, which leaves the gradient alone), so that each of its rows
-    /// costs twice a row of replica 0.
-    W4,
-    /// The CNN (widths 16, 32, batch norm) trained from 2048 28x28 grayscale PNGs, global
+    /// W1, the tutorial: `Linear(5, 2)` on a batch of 30, per-call cost.
+    #[serde(rename = "W1")]
+    Tutorial,
+    /// W2, inference: MLP 256 -> 1024 -> 1024 -> 10 on a batch of 1024.
+    #[serde(rename = "W2")]
+    Inference,
+    /// W3, training: the same MLP, global batch 256, cross-entropy, SGD lr 0.05, one full step.
+    #[serde(rename = "W3")]
+    Training,
+    /// W4, the W3 step on 2 replicas of unequal speed: replica 1 runs forward and backward
+    /// twice on its rows (the second loss times 0, which leaves the gradient alone), so that
+    /// each of its rows costs twice a row of replica 0.
+    #[serde(rename = "W4")]
+    UnequalReplicas,
+    /// W5, the CNN (widths 16, 32, batch norm) trained from 2048 28x28 grayscale PNGs, global
     /// batch 64 on 2 devices, SGD 0.05: read from an image folder (decoded every time) or
     /// preloaded in memory.
-    W5,
+    #[serde(rename = "W5")]
+    ImageFolder,
 }
 
 /// Who runs the workload.
@@ -229,7 +235,7 @@ impl Spec {
     pub fn label(&self) -> String {
         let runner = match self.runner {
             Runner::Plain => "plain model".to_owned(),
-            Runner::DataParallel if self.workload == Workload::W4 => format!(
+            Runner::DataParallel if self.workload == Workload::UnequalReplicas => format!(
                 "DataParallel x{}, {} split",
                 self.devices,
                 match self.split {

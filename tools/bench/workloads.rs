@@ -62,9 +62,9 @@ pub fn measure<B: AutodiffBackend>(
     let mut phases = None;
     let mut traffic = None;
     let (rows, samples) = match spec.workload {
-        Workload::W1 => (30, w1::<B::InnerBackend>(spec, devices)?),
-        Workload::W2 => (W2_BATCH, w2::<B::InnerBackend>(spec, devices)?),
-        Workload::W3 => match spec.runner {
+        Workload::Tutorial => (30, w1::<B::InnerBackend>(spec, devices)?),
+        Workload::Inference => (W2_BATCH, w2::<B::InnerBackend>(spec, devices)?),
+        Workload::Training => match spec.runner {
             Runner::BurnTrain => {
                 return crate::burn_train::measure::<B>(
                     spec,
@@ -91,12 +91,12 @@ pub fn measure<B: AutodiffBackend>(
             }
             _ => (W3_BATCH, w3::<B>(spec, devices)?),
         },
-        Workload::W4 => {
+        Workload::UnequalReplicas => {
             let (samples, rows) = w4::<B>(spec, devices)?;
             replica_rows = Some(rows);
             (W3_BATCH, samples)
         }
-        Workload::W5 => {
+        Workload::ImageFolder => {
             let (samples, load) = crate::w5::w5::<B>(spec, devices)?;
             load_seconds = Some(load);
             (crate::w5::W5_BATCH, samples)

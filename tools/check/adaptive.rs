@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{Adaptive, Chunk, DataParallelTrainer, SplitPolicy, current_replica};
 use dp_model::{Classifier, Mlp, MlpConfig};
-use dp_tools::compare::max_param_diff;
+use dp_zoo::compare::max_param_diff;
 use std::time::Duration;
 
 const ROWS: usize = 64;

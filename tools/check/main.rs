@@ -23,7 +23,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 use burn_data_parallel::{DataParallel, DataParallelTrainer};
 use clap::Parser;
 use dp_model::{Classifier, Mlp, MlpConfig};
-use dp_tools::compare::{max_abs_diff, max_param_diff};
+use dp_zoo::compare::{max_abs_diff, max_param_diff};
 
 /// Checks that data parallelism gives the single-device numbers on this machine's devices.
 #[derive(Debug, Parser)]

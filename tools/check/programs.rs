@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn_data_parallel::{DataParallelTrainer, WeightedMean};
 use dp_model::{Classifier, Cnn, CnnConfig, MlpConfig, TextClassifier, TextClassifierConfig};
-use dp_tools::compare::max_param_diff;
+use dp_zoo::compare::max_param_diff;
 
 pub fn checks<B: AutodiffBackend>(
     devices: &[B::Device],
@@ -53,12 +53,12 @@ fn ragged_statistics<B: AutodiffBackend>(
         devices.to_vec(),
     )?;
     for (i, &rows) in sizes.iter().enumerate() {
-        let batch = dp_tools::batches::uniform::<B, 4>(500 + i as u64, [rows, 1, 6, 6], 3, d);
+        let batch = dp_zoo::data::uniform_on::<B, 4>([rows, 1, 6, 6], 500 + i as u64, d);
         let _ = plain.logits(batch.0.clone());
         trainer.accumulate(batch, |m: &Cnn<B>, (x, y)| m.loss(x, y))?;
     }
     trainer.apply(0.1)?;
-    let diff = dp_tools::compare::max_abs_diff(first_mean(trainer.module()), first_mean(&plain));
+    let diff = dp_zoo::compare::max_abs_diff(first_mean(trainer.module()), first_mean(&plain));
     Ok(Outcome::new(
         format!("batch norm: micro-batches of {sizes:?} rows leave one device's running mean"),
         diff,
@@ -79,7 +79,7 @@ fn token_mean<B: AutodiffBackend>(
         .init::<B>(d)
         .fork(d);
     let rows = 3 * devices.len() + 1;
-    let (x, y) = dp_tools::batches::tokens::<B>(77, rows, 12, 6, 3, d);
+    let (x, y) = dp_zoo::data::tokens_on::<B>(rows, 77, d);
     let loss = |m: &TextClassifier<B>, (x, y)| {
         let (sum, count) = m.token_loss_sum(x, y);
         WeightedMean::new(sum, count)
@@ -116,8 +116,7 @@ fn seeded_dropout<B: AutodiffBackend>(
             DataParallelTrainer::new(module, SgdConfig::new().init(), devices.to_vec())?
                 .with_seed(21);
         for step in 0..3 {
-            let batch =
-                dp_tools::batches::uniform::<B, 2>(600 + step, [4 * devices.len() + 3, 8], 3, d);
+            let batch = dp_zoo::data::uniform_on::<B, 2>([4 * devices.len() + 3, 8], 600 + step, d);
             trainer.step(0.1, batch, |m: &dp_model::Mlp<B>, (x, y)| m.loss(x, y))?;
         }
         Ok(trainer.into_parts().0)
@@ -135,7 +134,7 @@ fn refused_batch<B: AutodiffBackend>(devices: &[B::Device]) -> anyhow::Result<Ou
     let mut trainer =
         DataParallelTrainer::new(cnn::<B>(d), SgdConfig::new().init(), devices.to_vec())?;
     let rows = 2 * devices.len();
-    let (x, y) = dp_tools::batches::uniform::<B, 4>(700, [rows, 1, 6, 6], 3, d);
+    let (x, y) = dp_zoo::data::uniform_on::<B, 4>([rows, 1, 6, 6], 700, d);
     let before = first_mean(trainer.module()).into_data();
     // A NaN in the input: the loss is NaN, the batch must leave no trace.
     let poisoned = x.clone().add_scalar(f32::NAN);

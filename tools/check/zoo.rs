@@ -11,156 +11,75 @@ use burn::tensor::{Int, Tensor};
 use burn_data_parallel::{
     Chunk, DataParallel, DataParallelTrainer, Replicate, Scatter, SplitPolicy,
 };
-use dp_model::{
-    BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifierConfig, TiedEmbeddingsConfig,
-};
-use dp_tools::compare::{max_abs_diff, max_param_diff};
+use dp_model::Classifier;
+use dp_zoo::compare::{max_abs_diff, max_param_diff};
+use dp_zoo::data::*;
+use dp_zoo::models::*;
+use dp_zoo::reference::reference_loss;
 
-const CLASSES: usize = 4;
-const VOCAB: usize = 32;
-const LENGTH: usize = 12;
 /// Adam divides by the root of the squared gradient (plus 1e-5), so rounding in a near-zero
 /// gradient moves a parameter by up to about `lr * 1e-4`: the rate keeps that under 1e-6.
 const ADAM_LR: f64 = 0.002;
 const SGD_LR: f64 = 0.1;
 
-/// Seeded batches of one kind of input, on any backend.
-pub trait Data {
-    type Input<Bk: Backend>: Scatter<Bk> + Clone + Send;
-    fn batch<Bk: Backend>(
-        rows: usize,
-        seed: u64,
-        device: &Bk::Device,
-    ) -> (Self::Input<Bk>, Tensor<Bk, 1, Int>);
-}
+/// A batch of `M`'s inputs and targets.
+type Batch<B, M> = (<M as Classifier<B>>::Input, Tensor<B, 1, Int>);
 
-/// Rows of 16 features.
-pub struct Rows;
-
-impl Data for Rows {
-    type Input<Bk: Backend> = Tensor<Bk, 2>;
-    fn batch<Bk: Backend>(
-        rows: usize,
-        seed: u64,
-        device: &Bk::Device,
-    ) -> (Tensor<Bk, 2>, Tensor<Bk, 1, Int>) {
-        dp_tools::batches::uniform(seed, [rows, 16], CLASSES, device)
-    }
-}
-
-/// 3-channel 12x12 images.
-pub struct Images;
-
-impl Data for Images {
-    type Input<Bk: Backend> = Tensor<Bk, 4>;
-    fn batch<Bk: Backend>(
-        rows: usize,
-        seed: u64,
-        device: &Bk::Device,
-    ) -> (Tensor<Bk, 4>, Tensor<Bk, 1, Int>) {
-        dp_tools::batches::uniform(seed, [rows, 3, 12, 12], CLASSES, device)
-    }
-}
-
-/// Token sequences of 1 to `LENGTH` tokens, padded with 0.
-pub struct Tokens;
-
-impl Data for Tokens {
-    type Input<Bk: Backend> = Tensor<Bk, 2, Int>;
-    fn batch<Bk: Backend>(
-        rows: usize,
-        seed: u64,
-        device: &Bk::Device,
-    ) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 1, Int>) {
-        dp_tools::batches::tokens(seed, rows, VOCAB, LENGTH, CLASSES, device)
-    }
-}
-
-/// Every model of the zoo through every entry point.
+/// Every model of the zoo (`dp_zoo::for_each_model!`) through every entry point, on
+/// `devices`, against single-device Burn on the first.
 pub fn checks<B: AutodiffBackend>(
     devices: &[B::Device],
     tolerance: f32,
 ) -> anyhow::Result<Vec<Outcome>> {
     let d = &devices[0];
     let mut out = Vec::new();
-    out.extend(model::<B, _, Rows>(
-        "MLP",
-        devices,
-        tolerance,
-        false,
-        || {
-            MlpConfig::new(16, vec![64, 64], CLASSES)
-                .init::<B>(d)
-                .fork(d)
-        },
-    )?);
-    out.extend(model::<B, _, Images>(
-        "CNN (batch norm)",
-        devices,
-        tolerance,
-        true,
-        || CnnConfig::new(3, CLASSES).init::<B>(d).fork(d),
-    )?);
+    macro_rules! check {
+        ($name:ident, $make:ident, $data:ident, ghost: $ghost:expr, buffers: $buffers:path) => {
+            out.extend(model(
+                stringify!($name),
+                devices,
+                tolerance,
+                $ghost,
+                || $make::<B>().fork(d),
+                |rows, seed| {
+                    let (x, y) = $data::<B>(rows, seed);
+                    (x.to_device(d), y.to_device(d))
+                },
+                |rows, seed| {
+                    let (x, y) = $data::<B::InnerBackend>(rows, seed);
+                    (x.to_device(d), y.to_device(d))
+                },
+            )?);
+        };
+    }
+    dp_zoo::for_each_model!(check);
     out.extend(sync_cnn::<B>(devices, tolerance)?);
-    let transformer = || {
-        TextClassifierConfig::new(VOCAB, LENGTH, CLASSES)
-            .with_d_model(16)
-            .init::<B>(d)
-            .fork(d)
-    };
-    out.extend(model::<B, _, Tokens>(
-        "transformer",
-        devices,
-        tolerance,
-        false,
-        transformer,
-    )?);
-    out.extend(model::<B, _, Tokens>(
-        "frozen encoder",
-        devices,
-        tolerance,
-        false,
-        || transformer().freeze_encoder(),
-    )?);
-    out.extend(model::<B, _, Tokens>(
-        "tied embeddings",
-        devices,
-        tolerance,
-        false,
-        || TiedEmbeddingsConfig::new(VOCAB).init::<B>(d).fork(d),
-    )?);
-    out.extend(model::<B, _, Rows>(
-        "branch",
-        devices,
-        tolerance,
-        false,
-        || BranchyConfig::new(16, 32, CLASSES).init::<B>(d).fork(d),
-    )?);
     Ok(out)
 }
 
 /// The checks of one model. `ghost`: it normalizes by batch statistics, so the single-device
 /// reference runs each part on its own and weights the parts' losses by rows.
-fn model<B, M, X>(
+fn model<B, M>(
     name: &str,
     devices: &[B::Device],
     tolerance: f32,
     ghost: bool,
     make: impl Fn() -> M,
+    batch: impl Fn(usize, u64) -> Batch<B, M>,
+    inner_batch: impl Fn(usize, u64) -> Batch<B::InnerBackend, M::InnerModule>,
 ) -> anyhow::Result<Vec<Outcome>>
 where
     B: AutodiffBackend,
-    X: Data,
-    M: Classifier<B, Input = X::Input<B>> + AutodiffModule<B> + Replicate<B> + Sync,
-    M::InnerModule: Classifier<B::InnerBackend, Input = X::Input<B::InnerBackend>>
-        + Replicate<B::InnerBackend>
-        + Sync,
+    M: Classifier<B> + AutodiffModule<B> + Replicate<B> + Sync,
+    M::Input: Scatter<B>,
+    M::InnerModule: Classifier<B::InnerBackend> + Replicate<B::InnerBackend> + Sync,
+    <M::InnerModule as Classifier<B::InnerBackend>>::Input: Scatter<B::InnerBackend>,
 {
     let d = &devices[0];
     let mut out = Vec::new();
     for rows in [30, 10, 257] {
         let model = make().valid();
-        let (x, _) = X::batch::<B::InnerBackend>(rows, rows as u64, d);
+        let (x, _) = inner_batch(rows, rows as u64);
         let mut dp = DataParallel::new(model.clone(), devices.to_vec())?;
         let found = dp.forward(x.clone(), |m, x| m.logits(x))?;
         let diff = max_abs_diff(found, model.logits(x));
@@ -172,10 +91,10 @@ where
     }
     for rows in [30, 10] {
         let start = make();
-        let (x, y) = X::batch::<B>(rows, 100 + rows as u64, d);
+        let (x, y) = batch(rows, 100 + rows as u64);
         let sizes = Chunk.sizes(rows, devices.len());
         let reference = M::from_inner(start.valid());
-        let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost, d);
+        let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost);
         let expected = GradientsParams::from_grads(loss.backward(), &reference);
         let expected = optimizer_free_step(reference, expected);
 
@@ -197,36 +116,37 @@ where
             tolerance,
         ));
     }
-    out.extend(optimizer_steps::<B, M, X>(
-        name, devices, tolerance, ghost, ADAM_LR, &make,
+    out.extend(optimizer_steps(
+        name, devices, tolerance, ghost, ADAM_LR, &make, &batch,
     )?);
     Ok(out)
 }
 
 /// Trainer steps with SGD and Adam (at `adam_lr`) on 30 and 10 rows, against single-device
 /// Burn.
-fn optimizer_steps<B, M, X>(
+fn optimizer_steps<B, M>(
     name: &str,
     devices: &[B::Device],
     tolerance: f32,
     ghost: bool,
     adam_lr: f64,
     make: &impl Fn() -> M,
+    batch: &impl Fn(usize, u64) -> Batch<B, M>,
 ) -> anyhow::Result<Vec<Outcome>>
 where
     B: AutodiffBackend,
-    X: Data,
-    M: Classifier<B, Input = X::Input<B>> + AutodiffModule<B> + Replicate<B> + Sync,
+    M: Classifier<B> + AutodiffModule<B> + Replicate<B> + Sync,
+    M::Input: Scatter<B>,
 {
     let mut out = Vec::new();
     for rows in [30, 10] {
         for (optimizer, adam) in [("SGD", false), ("Adam", true)] {
             let diff = if adam {
-                step::<B, M, X, _>(make, devices, rows, ghost, adam_lr, || {
+                step(make, batch, devices, rows, ghost, adam_lr, || {
                     AdamConfig::new().init()
                 })?
             } else {
-                step::<B, M, X, _>(make, devices, rows, ghost, SGD_LR, || {
+                step(make, batch, devices, rows, ghost, SGD_LR, || {
                     SgdConfig::new().init()
                 })?
             };
@@ -247,20 +167,19 @@ fn sync_cnn<B: AutodiffBackend>(
     tolerance: f32,
 ) -> anyhow::Result<Vec<Outcome>> {
     let d = &devices[0];
-    let make = || {
-        CnnConfig::new(3, CLASSES)
-            .with_sync_batch_norm(true)
-            .init::<B>(d)
-            .fork(d)
+    let make = || dp_zoo::models::sync_cnn::<B>().fork(d);
+    let batch = |rows, seed| {
+        let (x, y) = dp_zoo::data::images::<B>(rows, seed);
+        (x.to_device(d), y.to_device(d))
     };
     let name = "CNN (SyncBatchNorm)";
     // The convolutions' biases have a gradient of zero but for rounding (batch norm cancels
     // them), which Adam scales up to a step: measured up to 6e-6 at ADAM_LR, a tenth of that
     // rate keeps it well under the tolerance.
     let adam_lr = ADAM_LR / 10.0;
-    let mut out = optimizer_steps::<B, _, Images>(name, devices, tolerance, false, adam_lr, &make)?;
+    let mut out = optimizer_steps(name, devices, tolerance, false, adam_lr, &make, &batch)?;
     if devices.len() > 1 {
-        let (x, _) = Images::batch::<B>(10, 7, d);
+        let (x, _) = batch(10, 7);
         let mut dp = DataParallel::new(make(), devices.to_vec())?;
         let seen = match dp.forward(x, |m, x| m.logits(x)) {
             Err(err @ burn_data_parallel::DataParallelError::SyncBatchNorm { .. }) => {
@@ -287,32 +206,10 @@ fn optimizer_free_step<B: AutodiffBackend, M: AutodiffModule<B>>(
     SgdConfig::new().init::<B, M>().step(1.0, module, grads)
 }
 
-fn reference_loss<B: AutodiffBackend, M: Classifier<B>>(
-    model: &M,
-    batch: (M::Input, Tensor<B, 1, Int>),
-    sizes: &[usize],
-    ghost: bool,
-    device: &B::Device,
-) -> Tensor<B, 1>
-where
-    M::Input: Scatter<B>,
-{
-    if !ghost {
-        return model.loss(batch.0, batch.1);
-    }
-    let total: usize = sizes.iter().sum();
-    batch
-        .scatter(0, sizes, &vec![device.clone(); sizes.len()])
-        .into_iter()
-        .zip(sizes)
-        .map(|((x, y), &rows)| model.loss(x, y).mul_scalar(rows as f64 / total as f64))
-        .reduce(|a, b| a + b)
-        .expect("a batch has rows")
-}
-
 /// Largest parameter difference after one data-parallel and one single-device step.
-fn step<B, M, X, O>(
+fn step<B, M, O>(
     make: &impl Fn() -> M,
+    batch: &impl Fn(usize, u64) -> Batch<B, M>,
     devices: &[B::Device],
     rows: usize,
     ghost: bool,
@@ -321,16 +218,15 @@ fn step<B, M, X, O>(
 ) -> anyhow::Result<f32>
 where
     B: AutodiffBackend,
-    X: Data,
-    M: Classifier<B, Input = X::Input<B>> + AutodiffModule<B> + Replicate<B> + Sync,
+    M: Classifier<B> + AutodiffModule<B> + Replicate<B> + Sync,
+    M::Input: Scatter<B>,
     O: Optimizer<M, B>,
 {
-    let d = &devices[0];
     let start = make();
-    let (x, y) = X::batch::<B>(rows, 200 + rows as u64, d);
+    let (x, y) = batch(rows, 200 + rows as u64);
     let sizes = Chunk.sizes(rows, devices.len());
     let reference = M::from_inner(start.valid());
-    let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost, d);
+    let loss = reference_loss(&reference, (x.clone(), y.clone()), &sizes, ghost);
     let grads = GradientsParams::from_grads(loss.backward(), &reference);
     let reference = optimizer().step(lr, reference, grads);
     // A step that moved nothing would make the comparison pass whatever the trainer did.
@@ -349,8 +245,8 @@ where
 /// For batch norm, the running statistics follow their own documented rule (row-weighted over
 /// the parts; the placement checks look at them): the parameters alone are compared.
 fn without_buffers<B: AutodiffBackend, M: AutodiffModule<B>>(a: &M, b: &M) -> f32 {
-    // Parameters require a gradient unless frozen; buffers never do. Every parameter of the
-    // checked batch-norm model trains, so comparing those that require one compares them all.
+    // Parameters require a gradient unless frozen; buffers never do. Of a frozen model, the
+    // trained parameters are compared (the library's tests check that frozen ones stay).
     struct Trainable<B: Backend>(Vec<Tensor<B, 1>>);
     impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Trainable<B> {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {

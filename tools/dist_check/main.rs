@@ -29,7 +29,8 @@ use dp_model::{
     BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifier, TextClassifierConfig,
     TiedEmbeddingsConfig,
 };
-use dp_tools::compare::max_param_diff;
+use dp_zoo::compare::max_param_diff;
+use dp_zoo::{CLASSES, LENGTH, VOCAB};
 use std::sync::{Arc, Mutex};
 
 /// Trains on every rank's shard of seeded global batches and compares with single-process
@@ -353,26 +354,16 @@ impl dp_backend::Job for Check {
         check::<B>(&self.args, &self.mpi, devices)
     }
 
-    #[cfg(feature = "cuda")]
     fn announce(&self, line: std::fmt::Arguments) {
         if self.mpi.rank() == 0 {
             println!("[rank 0] {line}");
         }
     }
 
-    #[cfg(feature = "cuda")]
-    fn gpus(
-        &self,
-        all: Vec<burn::backend::cuda::CudaDevice>,
-    ) -> Vec<burn::backend::cuda::CudaDevice> {
-        self.mpi.share_of(&all)
+    fn machine_share(&self) -> (usize, usize) {
+        (self.mpi.local_rank(), self.mpi.local_size())
     }
 }
-
-/// Classes of every model; the tied model predicts one of its tokens.
-const CLASSES: usize = 3;
-const VOCAB: usize = 12;
-const LENGTH: usize = 6;
 
 fn check<B: AutodiffBackend>(
     args: &Args,
@@ -975,7 +966,7 @@ fn rows<B: Backend, const F: usize>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    dp_tools::batches::uniform(seed(step), [rows, F], CLASSES, device)
+    dp_zoo::data::uniform_on([rows, F], seed(step), device)
 }
 
 /// 6x6 one-channel images.
@@ -984,7 +975,7 @@ fn images<B: Backend>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    dp_tools::batches::uniform(seed(step), [rows, 1, 6, 6], CLASSES, device)
+    dp_zoo::data::uniform_on([rows, 1, 6, 6], seed(step), device)
 }
 
 /// Token sequences of 1 to `LENGTH` tokens, padded with 0.
@@ -993,5 +984,5 @@ fn tokens<B: Backend>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
-    dp_tools::batches::tokens(seed(step), rows, VOCAB, LENGTH, CLASSES, device)
+    dp_zoo::data::tokens_on(rows, seed(step), device)
 }

@@ -6,7 +6,7 @@
 //! cargo run --release -p dp-tools --bin learner -- --strategy single         # burn-train's SingleDevice
 //! cargo run --release -p dp-tools --bin learner -- --strategy burn-multi --devices 2   # burn-train's own
 //! cargo run --release -p dp-tools --bin learner -- --resume 2 --epochs 4     # continue from epoch 2
-//! mpirun -n 2 target/release/learner --mpi                       # built with --features mpi
+//! mpirun -n 2 target/release/learner --mpi                       # built with -p dp-tools --features mpi
 //! ```
 //!
 //! Everything else is what a burn-train user already has: a `Dataset` and a `Batcher`, a model
@@ -214,22 +214,18 @@ impl dp_backend::Job for Program {
         2
     }
 
-    #[cfg(feature = "cuda")]
     fn announce(&self, line: std::fmt::Arguments) {
         if self.rank == 0 {
             println!("{line}");
         }
     }
 
-    #[cfg(feature = "cuda")]
-    fn gpus(
-        &self,
-        all: Vec<burn::backend::cuda::CudaDevice>,
-    ) -> Vec<burn::backend::cuda::CudaDevice> {
-        match &self.mpi {
-            Some(mpi) => mpi.share_of(&all),
-            None => all,
+    fn machine_share(&self) -> (usize, usize) {
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = &self.mpi {
+            return (mpi.local_rank(), mpi.local_size());
         }
+        (0, 1)
     }
 }
 

@@ -1016,7 +1016,7 @@ fn the_train_example_accumulates_a_cnn_across_ranks_like_one_process() {
     );
 }
 
-/// `examples/learner.rs`, an ordinary burn-train program, on 2 ranks (of 1 and of 2 devices)
+/// `tools/learner`, an ordinary burn-train program, on 2 ranks (of 1 and of 2 devices)
 /// against the same program on burn-train's `SingleDevice`: parameters and every metric value
 /// rank 0 logged (training and validation).
 #[cfg(feature = "burn-train")]

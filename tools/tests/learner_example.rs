@@ -1,4 +1,4 @@
-//! `examples/learner.rs`, an ordinary burn-train program, run as a user runs it: on 2 CPU
+//! `tools/learner`, an ordinary burn-train program, run as a user runs it: on 2 CPU
 //! devices with `DataParallelStrategy` against the same program on burn-train's
 //! `SingleDevice`, and resumed from its checkpoint.
 #![cfg(feature = "burn-train")]

@@ -204,7 +204,7 @@ fn bad_data_is_explained_naming_the_file() {
 /// A measurement too long for every test run (figures in BENCHMARKS.md): `train --data` on an
 /// image folder of MNIST's size (28x28) at 1x and 10x its number of images, one epoch on 2
 /// devices; prints each run's peak resident memory and checks it stays flat. Run it optimized:
-/// `cargo test --release --test train_data -- --ignored --nocapture`.
+/// `cargo test --release -p dp-tools --test train_data -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn peak_memory_of_an_image_folder_run_at_1x_and_10x() {

@@ -9,7 +9,7 @@
 //! cargo run --release -p dp-tools --bin train -- --devices 2 --model cnn --out runs/cnn
 //! cargo run --release -p dp-tools --bin train -- --resume --epochs 8     # continue a run
 //! cargo run --release -p dp-tools --bin train -- --accumulate 4            # 4 micro-batches per step
-//! mpirun -n 2 target/release/train --mpi                      # built with --features mpi
+//! mpirun -n 2 target/release/train --mpi                      # built with -p dp-tools --features mpi
 //! mpirun -n 2 target/release/train --mpi --shard-optimizer    # ZeRO stage 1
 //! mpirun -n 2 target/release/train --mpi --balance-ranks      # parts by the ranks' speeds
 //! cargo run --release -p dp-tools --bin train -- --devices 2 --split adaptive --threads-per-device 2,1
@@ -223,17 +223,12 @@ impl dp_backend::Job for Training {
         )
     }
 
-    #[cfg(feature = "cuda")]
     fn announce(&self, line: std::fmt::Arguments) {
         self.ranks.say(line);
     }
 
-    #[cfg(feature = "cuda")]
-    fn gpus(
-        &self,
-        all: Vec<burn::backend::cuda::CudaDevice>,
-    ) -> Vec<burn::backend::cuda::CudaDevice> {
-        self.ranks.gpus(all)
+    fn machine_share(&self) -> (usize, usize) {
+        self.ranks.machine_share()
     }
 }
 

@@ -81,17 +81,14 @@ impl Ranks {
         outcome
     }
 
-    /// This rank's share of the machine's GPUs in a multi-process run, all of them otherwise.
-    #[cfg(feature = "cuda")]
-    pub fn gpus(
-        &self,
-        all: Vec<burn::backend::cuda::CudaDevice>,
-    ) -> Vec<burn::backend::cuda::CudaDevice> {
+    /// This rank's place among the ranks of its machine, which share its GPUs; `(0, 1)` in
+    /// one process.
+    pub fn machine_share(&self) -> (usize, usize) {
         #[cfg(feature = "mpi")]
         if let Some(mpi) = &self.mpi {
-            return mpi.share_of(&all);
+            return (mpi.local_rank(), mpi.local_size());
         }
-        all
+        (0, 1)
     }
 
     /// "[rank R] " in a multi-process run, to start printed lines with.

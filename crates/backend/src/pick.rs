@@ -15,19 +15,16 @@ pub trait Job {
     }
 
     /// Prints which backend was picked (a multi-process program prints from one rank).
-    #[cfg(feature = "cuda")]
     fn announce(&self, line: std::fmt::Arguments) {
         println!("{line}");
     }
 
-    /// The GPUs this process may use out of all of the machine's (all of them, unless several
-    /// processes share the machine).
-    #[cfg(feature = "cuda")]
-    fn gpus(
-        &self,
-        all: Vec<burn::backend::cuda::CudaDevice>,
-    ) -> Vec<burn::backend::cuda::CudaDevice> {
-        all
+    /// This process's place among the processes running on its machine, `(local rank, local
+    /// size)`: they share the machine's GPUs, each taking its block of them
+    /// ([`burn_data_parallel::machine_share`]). `(0, 1)`, all of them, by default; an MPI
+    /// program gives `(mpi.local_rank(), mpi.local_size())`.
+    fn machine_share(&self) -> (usize, usize) {
+        (0, 1)
     }
 }
 
@@ -39,7 +36,11 @@ pub fn run_on_available<J: Job>(requested: Option<usize>, job: J) -> anyhow::Res
     #[cfg(feature = "cuda")]
     {
         let gpus = match burn_data_parallel::cuda_availability() {
-            Ok(_) => job.gpus(burn_data_parallel::cuda_devices()),
+            Ok(_) => {
+                let (local_rank, local_size) = job.machine_share();
+                let all = burn_data_parallel::cuda_devices();
+                burn_data_parallel::machine_share(&all, local_rank, local_size)
+            }
             Err(why) => {
                 job.announce(format_args!("CUDA: {why}."));
                 Vec::new()

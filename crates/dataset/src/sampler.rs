@@ -157,12 +157,11 @@ impl ShardedSampler {
             .collect()
     }
 
-    /// This rank's contiguous part of `rows` (a global batch): `rows[rank * n / replicas ..
-    /// (rank + 1) * n / replicas]`, so that the ranks' parts cover every row once and differ in
+    /// This rank's contiguous part of `rows` (a global batch), by
+    /// [`burn_data_parallel::rank_rows`]: the ranks' parts cover every row once and differ in
     /// size by at most one.
     pub fn part<'a, T>(&self, rows: &'a [T]) -> &'a [T] {
-        let n = rows.len();
-        &rows[self.rank * n / self.num_replicas..(self.rank + 1) * n / self.num_replicas]
+        &rows[burn_data_parallel::rank_rows(rows.len(), self.rank, self.num_replicas)]
     }
 
     /// This rank's indices for the current epoch.

@@ -1,17 +1,11 @@
 //! Buffers: the state a module changes in its own forward pass instead of through gradients,
-//! BatchNorm's running mean and variance (Burn's `RunningState`).
-//!
-//! In a data-parallel training forward every replica starts from the module's values and
-//! updates its own copy from its part of the batch. Afterwards the module's buffers become the
-//! **row-weighted mean** of the replicas' (replica `k` weighing `rows_k / rows`); a kept replica
-//! receives the module's values again before it next runs, whether or not it ran this call.
-//! Each replica's update is `(1 - m) * old + m * mean_k`, and the row-weighted mean of the
-//! `mean_k` is the mean over the whole batch: a running mean equals single-device training's
-//! wherever the batch norm's input does not itself depend on batch statistics (a first batch
-//! norm; later ones see the outputs of per-part normalization), however many replicas each call
-//! uses. A running variance gets the row-weighted mean of the replicas' variances, which leaves
-//! out the spread between the parts' means (see the crate docs).
-//! PyTorch's `DataParallel` instead keeps replica 0's update alone.
+//! BatchNorm's running mean and variance (Burn's `RunningState`). The rule, and what it keeps
+//! exact, is the crate documentation's "Running statistics": after a training call the
+//! module's buffers become the row-weighted mean of the replicas'. Here is how: a kept replica
+//! receives the module's values before it runs ([`Buffers::refresh`]), each replica's update
+//! is read back on the thread that made it ([`Buffers::settle`]), the mean is taken
+//! ([`Buffers::combine`]), and a failed call puts the module's values back
+//! ([`Buffers::restore`]).
 
 use crate::by_id::ById;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};

@@ -4,6 +4,7 @@ use crate::buffers::Buffers;
 use crate::parallel_apply::{ReplicaTiming, parallel_apply};
 use crate::replicas::{Link, Replicas, Replicate, place_on, replica};
 use crate::split::{Borrowed, Chunk, SplitPolicy, checked_sizes};
+use crate::workers::Order;
 use crate::workers::{Threads, Workers};
 use crate::{DataParallelError, Gather, Result, Scatter, round_trip};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -25,6 +26,7 @@ pub struct Part<O> {
 
 /// The module is only missing after an update that panicked (until `set_module`).
 const LOST: &str = "the module was lost in an update that panicked; set a new one";
+const PREPARED: &str = "`prepare` finds how the module replicates";
 
 /// Runs a module over several devices: each call splits its input along `dim`, runs one replica
 /// per part concurrently, and concatenates the outputs on the output device.
@@ -122,7 +124,7 @@ pub struct DataParallel<B: Backend, M> {
     /// (and its parameters materialized) before it is copied again.
     placed: bool,
     /// What the module is made of, found when it is placed; `None` after it was replaced.
-    layout: Option<Layout>,
+    replication: Option<Replication>,
     /// `verified[k]`: tensors are known to make the round trip between the first device and
     /// device `k` (the output device is checked with the last index).
     verified: Vec<bool>,
@@ -132,14 +134,14 @@ pub struct DataParallel<B: Backend, M> {
 
 /// What decides how a module is replicated, found once per module.
 #[derive(Debug)]
-struct Layout {
+struct Replication {
     /// On an autodiff backend, and some parameter requires a gradient.
     trains: bool,
     /// The buffers replicas update in a training forward pass (found on autodiff backends only).
     buffers: Buffers,
 }
 
-impl Layout {
+impl Replication {
     fn of<B: Backend, M: Module<B>>(module: &M, device: &B::Device) -> Self {
         if !B::ad_enabled(device) {
             return Self {
@@ -179,7 +181,7 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             replicas: Replicas::default(),
             workers: Workers::new(Threads::Each(1)),
             placed: true,
-            layout: None,
+            replication: None,
             verified: Vec::new(),
             seed: None,
         })
@@ -335,7 +337,7 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     /// changed module, on the next call.
     pub fn module_mut(&mut self) -> &mut M {
         self.module_changes();
-        self.layout = None;
+        self.replication = None;
         self.module.as_mut().expect(LOST)
     }
 
@@ -343,7 +345,7 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
     /// are made again on the next call.
     pub fn set_module(&mut self, module: M) {
         self.module_changes();
-        self.layout = None;
+        self.replication = None;
         self.module = Some(module);
     }
 
@@ -572,8 +574,8 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         let first = &self.devices[0];
         let module = self.module.as_ref().expect(LOST);
         &self
-            .layout
-            .get_or_insert_with(|| Layout::of(module, first))
+            .replication
+            .get_or_insert_with(|| Replication::of(module, first))
             .buffers
     }
 
@@ -614,40 +616,28 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         F: Fn(&M, I) -> Result<O, E> + Sync,
         C: FnOnce(&[O], &[usize]) -> Result<()>,
     {
-        let dim = self.dim;
-        let rows = input
-            .rows(dim)?
-            .ok_or(DataParallelError::NothingToSplit { dim })?;
-        if rows == 0 {
-            return Err(DataParallelError::EmptyInput { dim });
-        }
-        let sizes = checked_sizes(self.policy.as_ref(), rows, self.devices.len())?;
-        self.verify_devices(sizes.len())?;
-
-        if !self.placed {
-            self.module = Some(place_on(self.module().clone(), &self.devices[0]));
-            self.placed = true;
-        }
+        let sizes = self.split_rows(&input)?;
+        self.prepare(sizes.len())?;
         let first = &self.devices[0];
         let module = self.module.as_ref().expect(LOST);
-        let layout = self.layout.get_or_insert_with(|| Layout::of(module, first));
-        self.workers.ensure(sizes.len())?;
-
-        let link = link.unwrap_or(if layout.trains {
+        let replication = self.replication.as_ref().expect(PREPARED);
+        let link = link.unwrap_or(if replication.trains {
             Link::Connected
         } else {
             Link::Detached
         });
-        // The module's statistics before the call: what kept copies start from, and what a
-        // failed call puts back.
-        let mut before = layout.buffers.snapshot(module);
+
+        // Replicate. The module's statistics before the call: what kept copies start from,
+        // and what a failed call puts back.
+        let buffers = &replication.buffers;
+        let mut before = buffers.snapshot(module);
         let connected: Vec<M>;
         let replicas = match link {
             Link::Detached => {
                 let kept = self
                     .replicas
                     .ensure::<B>(module, &self.devices, sizes.len());
-                layout.buffers.refresh::<B, M>(&mut before, &kept[1..]);
+                buffers.refresh::<B, M>(&mut before, &kept[1..]);
                 kept
             }
             Link::Connected => {
@@ -659,63 +649,74 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
             }
         };
 
-        let parts = input.scatter(dim, &sizes, &self.devices);
-        if parts.len() != sizes.len() {
-            return Err(DataParallelError::ScatterCount {
-                expected: sizes.len(),
-                found: parts.len(),
-            });
-        }
-        let call_seed = self.seed.as_mut().map(|(seed, calls)| {
-            *calls += 1;
-            crate::seed::derive(*seed, &[*calls - 1])
-        });
+        // Scatter, apply.
+        let parts = scatter(input, self.dim, &sizes, &self.devices)?;
+        let call_seed = next_call_seed(&mut self.seed);
+        // Connected replicas extend the module's autodiff graph, which Burn 0.21 cannot extend
+        // from several threads at once; seeded replicas draw from the backend's one generator.
+        let order = if link == Link::Connected || call_seed.is_some() {
+            Order::InTurn
+        } else {
+            Order::Concurrent
+        };
         let devices = &self.devices;
         let seeded = |replica: &M, part: I| {
-            if let Some(call_seed) = call_seed {
-                let index = crate::current_replica().map_or(0, |info| info.index);
-                B::seed(
-                    &devices[index],
-                    crate::seed::derive(call_seed, &[index as u64]),
-                );
-            }
+            seed_replica::<B>(devices, call_seed);
             f(replica, part)
         };
-        let in_turn = link == Link::Connected || call_seed.is_some();
         let outputs = parallel_apply(
             &self.workers,
             replicas.clone(),
             parts,
             &self.devices,
             &seeded,
-            in_turn,
+            order,
         );
         let outputs = outputs.and_then(|outputs| {
             let (outputs, busy): (Vec<O>, Vec<_>) = outputs.into_iter().unzip();
             check(&outputs, &sizes).map(|()| (outputs, busy))
         });
-        // Every call ends with each replica's update folded in, so that none is left pending
-        // on a worker's thread (where Burn would average it into a later update).
-        layout.buffers.settle(&replicas);
+
+        // The buffers: every call ends with each replica's update folded in, so that none is
+        // left pending on a worker's thread (where Burn would average it into a later update),
+        // then combined into the module's; a failed call puts the module's back.
+        buffers.settle(&replicas);
         if outputs.is_ok() {
-            layout.buffers.combine(&replicas, &sizes, first);
+            buffers.combine(&replicas, &sizes, first);
         } else {
-            // A failed call leaves the module's statistics as they were.
-            layout.buffers.restore(module, before);
+            buffers.restore(module, before);
         }
         let (outputs, busy) = outputs?;
-        let timings: Vec<ReplicaTiming> = sizes
-            .iter()
-            .zip(busy)
-            .enumerate()
-            .map(|(replica, (&rows, compute))| ReplicaTiming {
-                replica,
-                rows,
-                compute,
-            })
-            .collect();
+        let timings = timings(&sizes, busy);
         self.policy.observe(&timings);
         Ok((outputs, timings))
+    }
+
+    /// The rows of each part of `input`, by the split policy.
+    fn split_rows<I: Scatter<B>>(&self, input: &I) -> Result<Vec<usize>> {
+        let dim = self.dim;
+        let rows = input
+            .rows(dim)?
+            .ok_or(DataParallelError::NothingToSplit { dim })?;
+        if rows == 0 {
+            return Err(DataParallelError::EmptyInput { dim });
+        }
+        checked_sizes(self.policy.as_ref(), rows, self.devices.len())
+    }
+
+    /// Makes the first `parts` devices ready for a call: checked, the module placed on the
+    /// first, how it replicates found, one worker per part.
+    fn prepare(&mut self, parts: usize) -> Result<()> {
+        self.verify_devices(parts)?;
+        if !self.placed {
+            self.module = Some(place_on(self.module().clone(), &self.devices[0]));
+            self.placed = true;
+        }
+        let first = &self.devices[0];
+        let module = self.module.as_ref().expect(LOST);
+        self.replication
+            .get_or_insert_with(|| Replication::of(module, first));
+        self.workers.ensure(parts)
     }
 
     /// Checks, once per device, that tensors make the round trip between the first device and
@@ -737,6 +738,58 @@ impl<B: Backend, M: Replicate<B>> DataParallel<B, M> {
         }
         Ok(())
     }
+}
+
+/// `input` split into parts of `sizes` rows along `dim`, part `i` on `devices[i]`.
+fn scatter<B: Backend, I: Scatter<B>>(
+    input: I,
+    dim: usize,
+    sizes: &[usize],
+    devices: &[B::Device],
+) -> Result<Vec<I>> {
+    let parts = input.scatter(dim, sizes, devices);
+    if parts.len() != sizes.len() {
+        return Err(DataParallelError::ScatterCount {
+            expected: sizes.len(),
+            found: parts.len(),
+        });
+    }
+    Ok(parts)
+}
+
+/// This call's seed, derived from the run's seed and the calls before it (counted in `seed`);
+/// `None` unseeded.
+fn next_call_seed(seed: &mut Option<(u64, u64)>) -> Option<u64> {
+    seed.as_mut().map(|(seed, calls)| {
+        *calls += 1;
+        crate::seed::derive(*seed, &[*calls - 1])
+    })
+}
+
+/// Reseeds the backend for the calling replica from `call_seed` and its index, where the call
+/// is seeded.
+fn seed_replica<B: Backend>(devices: &[B::Device], call_seed: Option<u64>) {
+    if let Some(call_seed) = call_seed {
+        let index = crate::current_replica().map_or(0, |info| info.index);
+        B::seed(
+            &devices[index],
+            crate::seed::derive(call_seed, &[index as u64]),
+        );
+    }
+}
+
+/// Each replica's rows and busy time.
+fn timings(sizes: &[usize], busy: Vec<std::time::Duration>) -> Vec<ReplicaTiming> {
+    sizes
+        .iter()
+        .zip(busy)
+        .enumerate()
+        .map(|(replica, (&rows, compute))| ReplicaTiming {
+            replica,
+            rows,
+            compute,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@
 /// across ranks), the module it held is lost, and the accessors of the wrapper (`module`,
 /// `module_mut`, `into_inner`) panic until [`set_module`](crate::DataParallel::set_module)
 /// gives it a new one.
+///
+/// The variants from [`MpiAlreadyInitialized`](Self::MpiAlreadyInitialized) to
+/// [`OutputCannotTravel`](Self::OutputCannotTravel) arise across processes only: those found
+/// in a collective step are returned on every rank alike, rather than one rank failing while
+/// the others wait.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataParallelError {
@@ -271,6 +276,8 @@ pub enum DataParallelError {
     #[error("no gradient accumulated since the last optimizer step")]
     NothingAccumulated,
 
+    // ---- Errors across processes (`dist`, and `DataParallelStrategy` over a communicator),
+    // from here to `OutputCannotTravel`. ----
     /// `Mpi::init` was called a second time in this process (MPI starts once per process).
     #[error("MPI is already initialised in this process: call `Mpi::init` once")]
     MpiAlreadyInitialized,
@@ -498,6 +505,20 @@ pub enum DataParallelError {
         reason: String,
     },
 
+    /// A step's output cannot be sent to rank 0, which feeds every rank's outputs to the
+    /// metrics when a burn-train program trains across MPI ranks.
+    #[error(
+        "rank {rank} cannot send its step outputs ({output}) to rank 0: implement \
+         `StepOutput::into_data` and `StepOutput::from_data` for it"
+    )]
+    OutputCannotTravel {
+        /// The lowest rank that could not.
+        rank: usize,
+        /// The output's type.
+        output: &'static str,
+    },
+
+    // ---- End of the errors across processes. ----
     /// Tensors do not make the round trip between two of the devices intact: the backend cannot
     /// copy between them (Burn 0.21 copies between devices on CUDA and the CPU backends only).
     #[error(
@@ -513,19 +534,6 @@ pub enum DataParallelError {
         to: String,
         /// What went wrong.
         reason: String,
-    },
-
-    /// A step's output cannot be sent to rank 0, which feeds every rank's outputs to the
-    /// metrics when a burn-train program trains across MPI ranks.
-    #[error(
-        "rank {rank} cannot send its step outputs ({output}) to rank 0: implement \
-         `StepOutput::into_data` and `StepOutput::from_data` for it"
-    )]
-    OutputCannotTravel {
-        /// The lowest rank that could not.
-        rank: usize,
-        /// The output's type.
-        output: &'static str,
     },
 
     /// The replicas returned lists of different lengths.

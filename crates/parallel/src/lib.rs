@@ -49,8 +49,9 @@
 //! # Ok::<(), burn_data_parallel::DataParallelError>(())
 //! ```
 //!
-//! The same loop runs across processes and machines with `dist::DistributedTrainer` (feature
-//! `mpi`), which implements [`Trainer`] too.
+//! The same loop runs across processes and machines with [`dist::DistributedTrainer`], which
+//! implements [`Trainer`] too, over MPI (`dist::Mpi`, feature `mpi`) or any transport that
+//! implements [`dist::Communicator`].
 //!
 //! A burn-train program keeps its `SupervisedTraining` (metrics, checkpointer, scheduler,
 //! early stopping) and changes its training strategy to `DataParallelStrategy` (feature
@@ -72,19 +73,19 @@
 //! - parallel apply: one long-lived worker per device (none with a single device, which runs
 //!   on the caller's thread); panics caught and reported as [`DataParallelError`]s,
 //!   [`current_replica`] visible from inside the model;
-//! - [`DataParallel`]: the four steps together;
+//! - [`DataParallel`]: the steps together (split, replicate, scatter, apply, gather);
 //! - [`DataParallelTrainer`]: the training step, gradients combined weighted by rows, with
 //!   micro-batch accumulation and evaluation; the gradient sum and the optimizer step on the
 //!   first device, or spread over the replicas (`with_sharded_step`: the crate's
 //!   `train::owners` says which replica owns each tensor, `train::sharded_step` steps them);
 //! - [`Trainer`]: the interface a training loop is written against, implemented by
-//!   [`DataParallelTrainer`] and by `dist::DistributedTrainer`; behind it, one seam (the
+//!   [`DataParallelTrainer`] and by [`dist::DistributedTrainer`]; behind it, one seam (the
 //!   crate's `train::peers`) says what the other processes of a step contribute: nothing in
 //!   one process, collectives across ranks;
-//! - `dist` (feature `mpi`): the same step across MPI ranks, one gradient all-reduce per
-//!   optimizer step however many micro-batches (over MPI, or NCCL for CUDA ranks with feature
-//!   `cuda` too), or a reduce-scatter and an all-gather with the optimizer state sharded
-//!   (ZeRO stage 1);
+//! - [`dist`]: the same step across ranks, over a [`dist::Communicator`] (MPI's with feature
+//!   `mpi`, or your own transport): one gradient all-reduce per optimizer step however many
+//!   micro-batches (or NCCL for CUDA ranks with features `cuda` and `mpi`), or a
+//!   reduce-scatter and an all-gather with the optimizer state sharded (ZeRO stage 1);
 //! - `DataParallelStrategy` (feature `burn-train`, module `learner`): burn-train's epoch loop
 //!   on a trainer whose optimizer is burn-train's `Learner`, fused `TrainStep` steps run in
 //!   turns (the crate's `train::stepped`), outputs merged for the metrics (`StepOutput`
@@ -149,20 +150,8 @@
 //! without `finish` still leaves the others waiting, as in any MPI program).
 //!
 //! **Host round trips in a training step**: each replica reads its loss once, after its
-//! backward pass is queued (the non-finite check needs the value). Across ranks:
-//! - each micro-batch: two small MPI all-gathers (the call, its settings and the row counts;
-//!   failure, loss and weight, the time the rank spent on its rows, a fingerprint of how it
-//!   splits global batches between the ranks, the global batch it asked its part of, and its
-//!   running statistics, which every rank then averages);
-//! - each optimizer step: one small MPI all-gather (the call and row counts), then the gradient
-//!   exchange, the only collective that carries gradients (with their presence flags): one
-//!   all-reduce, or a reduce-scatter and an all-gather when sharded;
-//!   the presence flags are then read to the host;
-//! - over MPI, the exchanged buffer goes to the host and back around each gradient collective,
-//!   followed by one small all-gather that tells every rank whether any rank failed;
-//! - over NCCL, the buffer stays on the GPU; each gradient collective waits for Burn's queue to
-//!   finish, makes one small MPI all-gather before (every rank's buffer ready) and one after
-//!   (every rank's call succeeded), and synchronizes NCCL's stream.
+//! backward pass is queued (the non-finite check needs the value). Across ranks, the
+//! collectives of each micro-batch and step are the [`dist`] module's protocol.
 //!
 //! **Devices**: where the devices are not all the same, the first call that uses a device
 //! checks once that a tensor goes there, is computed on and comes back intact, and returns
@@ -206,8 +195,8 @@ mod learner;
 mod parallel_apply;
 mod replicas;
 mod round_trip;
+mod scatter;
 mod seed;
-mod shard;
 mod split;
 mod sync_norm;
 mod train;
@@ -230,8 +219,8 @@ pub use learner::{
 };
 pub use parallel_apply::{ReplicaInfo, ReplicaTiming, current_replica};
 pub use replicas::Replicate;
-pub use shard::{Gather, Scatter, ToDevice, Whole};
-pub use split::{Adaptive, Balanced, Chunk, SplitPolicy};
+pub use scatter::{Gather, Scatter, ToDevice, Whole};
+pub use split::{Adaptive, Balanced, Chunk, SplitPolicy, machine_share, rank_rows};
 pub use sync_norm::{SyncBatchNorm, SyncNormError};
 pub use train::{
     BatchStats, DataParallelTrainer, LossReduction, Metric, ShardableRecord, StepTraffic,

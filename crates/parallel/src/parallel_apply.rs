@@ -82,7 +82,7 @@ enum Outcome<O> {
     Panicked(String),
 }
 
-/// Runs `f(replicas[i], inputs[i])` for every `i`, concurrently unless `in_turn`; `devices[i]`
+/// Runs `f(replicas[i], inputs[i])` for every `i`, in `order`; `devices[i]`
 /// names replica `i`. `workers` must have a started worker for every replica when there are
 /// several.
 ///
@@ -94,7 +94,7 @@ pub(crate) fn parallel_apply<M, I, O, E, F, D>(
     inputs: Vec<I>,
     devices: &[D],
     f: &F,
-    in_turn: bool,
+    order: crate::workers::Order,
 ) -> Result<Vec<(O, Duration)>>
 where
     M: Sync,
@@ -114,7 +114,7 @@ where
         .map(|(i, ((replica, input), slot))| {
             move || *slot = Some(run_replica(replica_info(i, count), replica, input, f))
         });
-    workers.run(tasks, in_turn);
+    workers.run(tasks, order);
 
     // A replica that waited for a failed one reports that; the failed one's own error says why.
     let waited = |outcome: &Option<(Outcome<O>, Duration)>| {

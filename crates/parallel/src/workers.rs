@@ -72,10 +72,10 @@ impl Workers {
         Ok(())
     }
 
-    /// Runs task `i` on worker `i`, all at the same time unless `in_turn` (then each starts
-    /// once the one before has returned), and returns when all are done; a single task runs on
-    /// the caller's thread. Needs one started worker per task (see [`ensure`](Self::ensure)).
-    pub(crate) fn run<T>(&self, tasks: T, in_turn: bool)
+    /// Runs task `i` on worker `i`, in `order`, and returns when all are done; a single task
+    /// runs on the caller's thread. Needs one started worker per task (see
+    /// [`ensure`](Self::ensure)).
+    pub(crate) fn run<T>(&self, tasks: T, order: Order)
     where
         T: IntoIterator,
         T::Item: FnOnce() + Send,
@@ -86,14 +86,25 @@ impl Workers {
             return first();
         }
         let mut tasks = std::iter::once(first).chain(tasks);
-        if in_turn {
-            for (pool, task) in self.pools.iter().zip(tasks) {
-                pool.install(task);
+        match order {
+            Order::InTurn => {
+                for (pool, task) in self.pools.iter().zip(tasks) {
+                    pool.install(task);
+                }
             }
-        } else {
-            fan_out(&self.pools, &mut tasks);
+            Order::Concurrent => fan_out(&self.pools, &mut tasks),
         }
     }
+}
+
+/// How the workers run a call's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// All at the same time.
+    Concurrent,
+    /// Each once the one before has returned, still each on its own worker (where its
+    /// backend's rayon work stays).
+    InTurn,
 }
 
 /// Hands one task to each pool, nesting the scopes so that every task is spawned before any is

@@ -95,7 +95,7 @@ fn assert_stats(found: &[(Vec<f32>, Vec<f32>)], expected: &[(Vec<f32>, Vec<f32>)
 #[test]
 fn a_trainer_step_leaves_the_row_weighted_statistics() {
     for (devices, rows) in [(4, 30), (4, 10), (3, 5), (2, 7)] {
-        let start = cnn();
+        let start = cnn::<AB>();
         let (x, y) = images::<AB>(rows, rows as u64);
         let expected = expected_stats(&start, x.clone(), &Chunk.sizes(rows, devices));
         let first_mean = single_device_first_mean(&start, x.clone());
@@ -124,7 +124,7 @@ fn a_trainer_step_leaves_the_row_weighted_statistics() {
 
 #[test]
 fn a_forward_through_data_parallel_leaves_the_row_weighted_statistics() {
-    let start = cnn();
+    let start = cnn::<AB>();
     let (x, _) = images::<AB>(30, 1);
     let expected = expected_stats(&start, x.clone(), &Chunk.sizes(30, 4));
     let first_mean = single_device_first_mean(&start, x.clone());
@@ -137,7 +137,7 @@ fn a_forward_through_data_parallel_leaves_the_row_weighted_statistics() {
 
 #[test]
 fn the_first_running_mean_of_accumulated_micro_batches_is_single_device_training_s() {
-    let start = cnn();
+    let start = cnn::<AB>();
     let micro: Vec<_> = [(9, 1), (14, 2), (5, 3)]
         .into_iter()
         .map(|(rows, seed)| images::<AB>(rows, seed))
@@ -161,7 +161,8 @@ fn the_first_running_mean_of_accumulated_micro_batches_is_single_device_training
 
 #[test]
 fn evaluation_after_training_equals_the_plain_evaluation_of_the_trained_module() {
-    let mut trainer = DataParallelTrainer::new(cnn(), SgdConfig::new().init(), cpus(4)).unwrap();
+    let mut trainer =
+        DataParallelTrainer::new(cnn::<AB>(), SgdConfig::new().init(), cpus(4)).unwrap();
     for step in 0..3 {
         trainer
             .step(0.1, images::<AB>(30, 10 + step), |m: &Cnn<AB>, (x, y)| {
@@ -184,7 +185,7 @@ fn evaluation_after_training_equals_the_plain_evaluation_of_the_trained_module()
 fn replicas_do_not_share_the_module_s_statistics() {
     // Kept replicas for evaluation: updating a replica's statistics (as a training forward on
     // its thread would) must leave the module's alone.
-    let model = cnn().valid();
+    let model = cnn::<AB>().valid();
     let mut dp = DataParallel::new(model, cpus(3)).unwrap();
     let (x, _) = images::<B>(9, 5);
     let before = stats(dp.module());
@@ -258,7 +259,7 @@ fn ragged_cases() -> Vec<(Vec<usize>, Box<dyn SplitPolicy>, usize)> {
 fn micro_batches_that_use_fewer_replicas_leave_the_statistics_of_one_device() {
     for (sizes, policy, devices) in ragged_cases() {
         let what = format!("micro-batches {sizes:?} on {devices} devices by {policy:?}");
-        let start = cnn();
+        let start = cnn::<AB>();
         let micro: Vec<_> = sizes
             .iter()
             .enumerate()
@@ -295,7 +296,7 @@ fn forwards_that_use_fewer_replicas_leave_the_statistics_of_one_device() {
     // Recalibrating a frozen CNN's statistics in training mode, with a short call between.
     for (sizes, policy, devices) in ragged_cases() {
         let what = format!("forwards of {sizes:?} rows on {devices} devices by {policy:?}");
-        let start = frozen_cnn();
+        let start = frozen_cnn::<AB>();
         let xs: Vec<_> = sizes
             .iter()
             .enumerate()
@@ -329,7 +330,8 @@ fn poisoned(rows: usize, seed: u64) -> (Tensor<AB, 4>, Tensor<AB, 1, burn::tenso
 
 #[test]
 fn a_refused_batch_leaves_the_module_exactly_as_it_was() {
-    let mut trainer = DataParallelTrainer::new(cnn(), SgdConfig::new().init(), cpus(3)).unwrap();
+    let mut trainer =
+        DataParallelTrainer::new(cnn::<AB>(), SgdConfig::new().init(), cpus(3)).unwrap();
     let mut clean =
         DataParallelTrainer::new(copy(trainer.module()), SgdConfig::new().init(), cpus(3)).unwrap();
     // A NaN pixel makes the loss NaN (the pooling alone would skip it).
@@ -361,7 +363,7 @@ fn a_refused_batch_leaves_the_module_exactly_as_it_was() {
 
 #[test]
 fn a_forward_whose_replica_panics_leaves_the_statistics_as_they_were() {
-    let mut dp = DataParallel::new(frozen_cnn(), cpus(3)).unwrap();
+    let mut dp = DataParallel::new(frozen_cnn::<AB>(), cpus(3)).unwrap();
     dp.forward(images::<AB>(9, 1).0, |m, x| m.logits(x))
         .unwrap();
     let before = stats(dp.module());
@@ -384,7 +386,7 @@ fn a_forward_whose_replica_panics_leaves_the_statistics_as_they_were() {
 
 #[test]
 fn the_statistics_of_a_failed_or_refused_call_never_come_back() {
-    let start = frozen_cnn();
+    let start = frozen_cnn::<AB>();
     let xs: Vec<_> = (0..3).map(|i| images::<AB>(8, 80 + i).0).collect();
     let expected = expected_after_calls(&start, &[xs[0].clone(), xs[2].clone()], &Chunk, 2);
     let mut dp = DataParallel::new(start.unaliased(), cpus(2)).unwrap();

@@ -75,7 +75,7 @@ fn train<T: Trainer<AB, dp_model::Cnn<AB>>>(mut trainer: T) -> dp_model::Cnn<AB>
 
 #[test]
 fn a_user_transport_trains_exactly_as_the_local_trainer() {
-    let cnn = zoo::cnn();
+    let cnn = zoo::cnn::<AB>();
     let local = |cnn| DataParallelTrainer::new(cnn, AdamConfig::new().init(), cpus(2)).unwrap();
     let expected = train(local(zoo::copy(&cnn)));
 

@@ -13,7 +13,7 @@ use dp_model::{Classifier, Mlp};
 
 #[test]
 fn evaluation_is_exact() {
-    let model = mlp_with_dropout().valid();
+    let model = mlp_with_dropout::<AB>().valid();
     let (x, _) = rows::<B>(30, 1);
     let mut dp = DataParallel::new(model.clone(), cpus(4)).unwrap();
     let out = dp.forward(x.clone(), |m, x| m.logits(x)).unwrap();
@@ -24,7 +24,7 @@ fn evaluation_is_exact() {
 #[test]
 fn replicas_draw_masks_of_their_own() {
     // Every row is the same: any difference between the replicas' outputs is their masks'.
-    let model = mlp_with_dropout();
+    let model = mlp_with_dropout::<AB>();
     let x = Tensor::<AB, 2>::ones([8, 6], &cpu());
     let mut dp = DataParallel::new(model, cpus(2)).unwrap();
     let out = dp.forward(x, |m, x| m.logits(x)).unwrap();
@@ -51,7 +51,8 @@ fn training_with_dropout_learns() {
         .int()
         .squeeze_dim::<1>(1);
     let mut trainer =
-        DataParallelTrainer::new(mlp_with_dropout(), AdamConfig::new().init(), cpus(4)).unwrap();
+        DataParallelTrainer::new(mlp_with_dropout::<AB>(), AdamConfig::new().init(), cpus(4))
+            .unwrap();
     let step = |trainer: &mut DataParallelTrainer<AB, Mlp<AB>, _>| {
         trainer
             .step(0.01, (x.clone(), y.clone()), |m: &Mlp<AB>, (x, y)| {

@@ -40,43 +40,8 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A zoo model as a burn-train program sees it.
-macro_rules! program {
-    ($name:ident, $model:ident, $input:ty) => {
-        #[derive(Module, Debug)]
-        pub struct $name<B: Backend> {
-            pub model: $model<B>,
-        }
-
-        impl<B: Backend> $name<B> {
-            fn output(&self, (x, y): ($input, Tensor<B, 1, Int>)) -> ClassificationOutput<B> {
-                let logits = self.model.logits(x);
-                let loss = common::zoo::cross_entropy(logits.clone(), y.clone());
-                ClassificationOutput::new(loss, logits, y)
-            }
-        }
-
-        impl<B: AutodiffBackend> TrainStep for $name<B> {
-            type Input = ($input, Tensor<B, 1, Int>);
-            type Output = ClassificationOutput<B>;
-            fn step(&self, batch: Self::Input) -> TrainOutput<ClassificationOutput<B>> {
-                let item = self.output(batch);
-                TrainOutput::new(self, item.loss.backward(), item)
-            }
-        }
-
-        impl<B: Backend> InferenceStep for $name<B> {
-            type Input = ($input, Tensor<B, 1, Int>);
-            type Output = ClassificationOutput<B>;
-            fn step(&self, batch: Self::Input) -> ClassificationOutput<B> {
-                self.output(batch)
-            }
-        }
-    };
-}
-
-program!(MlpNet, Mlp, Tensor<B, 2>);
-program!(CnnNet, Cnn, Tensor<B, 4>);
+// The zoo's models are burn-train programs as they are: dp-model implements `TrainStep` and
+// `InferenceStep` for each (feature `burn-train`).
 
 /// One dataset row: its features (or tokens) and its class.
 #[derive(Clone, Debug)]
@@ -273,10 +238,8 @@ fn temp(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(name).tempdir().unwrap()
 }
 
-fn mlp() -> MlpNet<AB> {
-    MlpNet {
-        model: common::zoo::mlp(),
-    }
+fn mlp() -> Mlp<AB> {
+    common::zoo::mlp::<AB>()
 }
 
 #[test]
@@ -376,10 +339,8 @@ fn burn_trains_own_multi_device_strategy_ends_elsewhere() {
     assert!(diff > 1e-3, "{diff}");
 }
 
-fn cnn() -> CnnNet<AB> {
-    CnnNet {
-        model: common::zoo::cnn(),
-    }
+fn cnn() -> Cnn<AB> {
+    common::zoo::cnn::<AB>()
 }
 
 /// Batch norm normalizes each replica's part with the part's statistics: the strategy is
@@ -423,8 +384,8 @@ fn a_cnn_with_batch_norm_trains_as_the_trainer_on_the_same_parts() {
             let batch: (Tensor<AB, 4>, Tensor<AB, 1, Int>) =
                 Batcher::<AB, Row, _>::batch(&Stack([1, 6, 6]), chunk.to_vec(), &cpu());
             trainer
-                .step(lr, batch, |m: &CnnNet<AB>, (x, y)| {
-                    common::zoo::cross_entropy(m.model.logits(x), y)
+                .step(lr, batch, |m: &Cnn<AB>, (x, y)| {
+                    common::zoo::cross_entropy(m.logits(x), y)
                 })
                 .unwrap();
         }
@@ -443,12 +404,10 @@ fn a_cnn_with_batch_norm_trains_as_the_trainer_on_the_same_parts() {
 fn a_sync_batch_norm_is_refused_by_the_strategy() {
     let _generator = exclusive();
     let (rows, valid) = (dataset(16, &[1, 6, 6], 3), dataset(8, &[1, 6, 6], 4));
-    let model = CnnNet {
-        model: dp_model::CnnConfig::new(1, common::zoo::CLASSES)
-            .with_widths(vec![4])
-            .with_sync_batch_norm(true)
-            .init::<AB>(&cpu()),
-    };
+    let model = dp_model::CnnConfig::new(1, common::zoo::CLASSES)
+        .with_widths(vec![4])
+        .with_sync_batch_norm(true)
+        .init::<AB>(&cpu());
     let dir = temp("sync-bn");
     let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([1, 6, 6]))
         .batch_size(8)
@@ -868,7 +827,7 @@ fn a_transformer_with_a_token_mean_loss_trains_as_on_one_device() {
     let _generator = exclusive();
     let (rows, valid) = (token_rows(23, 10), token_rows(11, 11));
     let model = TextNet {
-        model: common::zoo::transformer(),
+        model: common::zoo::transformer::<AB>(),
     };
     let (single_dir, dir) = (temp("single"), temp("tokens"));
     let single = train_text(&model, (&rows, &valid), 7, 1, single_dir.path());
@@ -887,7 +846,7 @@ fn fewer_rows_than_devices_and_frozen_parameters_train_as_on_one_device() {
     let _generator = exclusive();
     let (rows, valid) = (token_rows(9, 18), token_rows(5, 19));
     let model = TextNet {
-        model: common::zoo::frozen_transformer(),
+        model: common::zoo::frozen_transformer::<AB>(),
     };
     let (single_dir, dir) = (temp("single"), temp("frozen"));
     let single = train_text(&model, (&rows, &valid), 2, 1, single_dir.path());
@@ -907,10 +866,8 @@ fn fewer_rows_than_devices_and_frozen_parameters_train_as_on_one_device() {
     assert!(metrics < 1e-5, "metrics off by {metrics}");
 }
 
-fn dropout_mlp() -> MlpNet<AB> {
-    MlpNet {
-        model: common::zoo::mlp_with_dropout(),
-    }
+fn dropout_mlp() -> Mlp<AB> {
+    common::zoo::mlp_with_dropout::<AB>()
 }
 
 /// With `with_seed`, a program with dropout repeats on several devices; another seed draws

@@ -103,7 +103,7 @@ fn batches_prepared_ahead_train_a_cnn_exactly_as_batches_read_when_asked() {
     let items: Vec<_> = images.train.iter().collect();
     write_image_folder(dir.path(), &items, [1, 8, 8], [-3.0, 3.0]).unwrap();
 
-    let cnn = zoo::cnn();
+    let cnn = zoo::cnn::<AB>();
     let plain = train_from_folder(&cnn, dir.path(), 0, 1);
     let ahead = train_from_folder(&cnn, dir.path(), 3, 2);
     let moved = zoo::param_diff(&plain.valid(), &cnn.valid(), &Default::default());
@@ -147,7 +147,7 @@ fn loaded_parts_train_an_mlp_as_one_device_on_the_whole_batch() {
             .with_micro_batches(2)
             .with_prefetch(prefetch)
     };
-    let mlp = zoo::mlp();
+    let mlp = zoo::mlp::<AB>();
     let lr = 0.1;
 
     // One device, plain Burn: each step's micro-batches weighted by their rows.

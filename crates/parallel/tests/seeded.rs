@@ -58,7 +58,7 @@ fn train(
 #[test]
 fn a_seeded_run_repeats_on_several_devices() {
     let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
-    let start = mlp_with_dropout();
+    let start = mlp_with_dropout::<AB>();
     for devices in [1, 2, 3] {
         let first = train(&start, None, devices, 7, 0, 4);
         let again = train(&start, None, devices, 7, 0, 4);
@@ -80,7 +80,7 @@ fn a_seeded_run_repeats_on_several_devices() {
 #[test]
 fn a_resumed_seeded_run_draws_what_the_uninterrupted_one_drew() {
     let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
-    let start = mlp_with_dropout();
+    let start = mlp_with_dropout::<AB>();
     let whole = train(&start, None, 3, 11, 0, 4);
     let (module, optimizer) = train(&start, None, 3, 11, 0, 2).into_parts();
     let resumed = train(&module, Some(optimizer.to_record()), 3, 11, 2, 2);
@@ -91,7 +91,7 @@ fn a_resumed_seeded_run_draws_what_the_uninterrupted_one_drew() {
 #[test]
 fn seeded_forwards_through_data_parallel_repeat() {
     let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
-    let model = mlp_with_dropout();
+    let model = mlp_with_dropout::<AB>();
     let x = Tensor::<AB, 2>::ones([10, 6], &cpu());
     let run = || {
         let mut dp = DataParallel::new(copy(&model), cpus(3))
@@ -156,7 +156,7 @@ fn a_seeded_transformer_with_dropout_repeats_on_three_devices() {
 #[test]
 fn a_seeded_run_with_the_sharded_step_trains_as_the_step_on_the_first_device() {
     let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
-    let start = mlp_with_dropout();
+    let start = mlp_with_dropout::<AB>();
     let plain = train(&start, None, 3, 7, 0, 4);
     let optimizer = AdamConfig::new().init::<AB, Mlp<AB>>();
     let mut sharded = DataParallelTrainer::new(copy(&start), optimizer, cpus(3))

@@ -55,7 +55,7 @@ fn a_token_mean_is_exact_across_devices_and_micro_batches() {
     let cases: [(usize, &[usize]); 4] = [(3, &[10]), (4, &[7, 2, 5]), (2, &[1, 9]), (3, &[2, 1])];
     for (devices, sizes) in cases {
         let what = format!("micro-batches {sizes:?} on {devices} devices");
-        let start = transformer();
+        let start = transformer::<AB>();
         let mut trainer =
             DataParallelTrainer::new(copy(&start), SgdConfig::new().init(), cpus(devices)).unwrap();
         let mut reference = copy(&start);
@@ -91,7 +91,7 @@ fn a_token_mean_is_exact_across_devices_and_micro_batches() {
 fn the_same_loss_as_a_mean_per_part_is_not_the_token_mean() {
     // What the trainer would do without the stated denominator: each part's own token mean,
     // weighted by rows. The test above would catch it.
-    let start = transformer();
+    let start = transformer::<AB>();
     let mut trainer =
         DataParallelTrainer::new(copy(&start), SgdConfig::new().init(), cpus(3)).unwrap();
     let batches = micro_batches(&[10], 1);
@@ -111,7 +111,7 @@ fn the_same_loss_as_a_mean_per_part_is_not_the_token_mean() {
 
 #[test]
 fn evaluation_weights_means_by_their_own_weights() {
-    let model = transformer();
+    let model = transformer::<AB>();
     let trainer = DataParallelTrainer::new(model, SgdConfig::new().init(), cpus(3)).unwrap();
     let (x, y) = tokens::<B>(11, 5);
     let [token_mean, row_mean, rows] = trainer
@@ -149,7 +149,7 @@ fn evaluation_weights_means_by_their_own_weights() {
 #[test]
 fn a_step_mixing_kinds_of_loss_or_without_weight_is_refused() {
     let mut trainer =
-        DataParallelTrainer::new(transformer(), SgdConfig::new().init(), cpus(2)).unwrap();
+        DataParallelTrainer::new(transformer::<AB>(), SgdConfig::new().init(), cpus(2)).unwrap();
     let batches = micro_batches(&[4, 4], 3);
     trainer.accumulate(batches[0].clone(), token_mean).unwrap();
     let err = trainer

@@ -39,16 +39,9 @@ where
         let mut dp = DataParallel::new(model.clone(), cpus(devices)).unwrap();
         let out = dp.forward(x.clone(), |m, x| m.logits(x)).unwrap();
         let plain = model.logits(x);
-        let diff = param_free_diff(out, plain);
+        let diff = relative_diff(out, plain);
         assert!(diff <= TOLERANCE, "{rows} rows on {devices}: {diff}");
     }
-}
-
-fn param_free_diff(a: Tensor<B, 2>, b: Tensor<B, 2>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let size: f32 = b.clone().abs().max().into_scalar();
-    let diff: f32 = (a - b).abs().max().into_scalar();
-    diff / size.max(1.0)
 }
 
 /// `dp.forward`, the loss on the gathered output, `backward()` and `from_grads(dp.module())`
@@ -318,30 +311,26 @@ fn adam<M: AutodiffModule<AB>>() -> impl Optimizer<M, AB> {
     AdamConfig::new().init::<AB, M>()
 }
 
-fn no_buffers<M>(_: &M) -> HashSet<ParamId> {
-    HashSet::new()
-}
-
 /// The tests of one zoo model.
 macro_rules! zoo {
-    ($name:ident, $make:expr, $batch:ident, ghost: $ghost:expr, buffers: $buffers:expr) => {
+    ($name:ident, $make:ident, $batch:ident, ghost: $ghost:expr, buffers: $buffers:path) => {
         mod $name {
             use super::*;
 
             #[test]
             fn eval_forward_equals_plain() {
-                eval_forward(&$make().valid(), |r, s| $batch::<B>(r, s));
+                eval_forward(&$make::<AB>().valid(), |r, s| $batch::<B>(r, s));
             }
 
             #[test]
             fn backward_through_data_parallel_equals_single_device() {
-                backward_through_data_parallel($make, |r, s| $batch::<AB>(r, s), $ghost);
+                backward_through_data_parallel($make::<AB>, |r, s| $batch::<AB>(r, s), $ghost);
             }
 
             #[test]
             fn sgd_step_equals_single_device() {
                 trainer_step(
-                    $make,
+                    $make::<AB>,
                     |r, s| $batch::<AB>(r, s),
                     $ghost,
                     $buffers,
@@ -353,7 +342,7 @@ macro_rules! zoo {
             #[test]
             fn adam_step_equals_single_device() {
                 trainer_step(
-                    $make,
+                    $make::<AB>,
                     |r, s| $batch::<AB>(r, s),
                     $ghost,
                     $buffers,
@@ -365,7 +354,7 @@ macro_rules! zoo {
             #[test]
             fn accumulation_equals_one_step_on_the_union() {
                 accumulation(
-                    $make,
+                    $make::<AB>,
                     |r, s| $batch::<AB>(r, s),
                     $ghost,
                     $buffers,
@@ -373,7 +362,7 @@ macro_rules! zoo {
                     SGD_LR,
                 );
                 accumulation(
-                    $make,
+                    $make::<AB>,
                     |r, s| $batch::<AB>(r, s),
                     $ghost,
                     $buffers,
@@ -384,24 +373,18 @@ macro_rules! zoo {
 
             #[test]
             fn sharded_step_equals_the_step_on_the_first_device() {
-                sharded_step($make, |r, s| $batch::<AB>(r, s));
+                sharded_step($make::<AB>, |r, s| $batch::<AB>(r, s));
             }
 
             #[test]
             fn resumed_training_continues_the_same() {
-                resume($make, |r, s| $batch::<AB>(r, s), adam, ADAM_LR);
+                resume($make::<AB>, |r, s| $batch::<AB>(r, s), adam, ADAM_LR);
             }
         }
     };
 }
 
-zoo!(mlp, mlp, rows, ghost: false, buffers: no_buffers);
-zoo!(cnn, cnn, images, ghost: true, buffers: cnn_buffers);
-zoo!(transformer, transformer, tokens, ghost: false, buffers: no_buffers);
-zoo!(finetune_transformer, frozen_transformer, tokens, ghost: false, buffers: no_buffers);
-zoo!(finetune_cnn, frozen_cnn, images, ghost: true, buffers: cnn_buffers);
-zoo!(tied, tied, tokens, ghost: false, buffers: no_buffers);
-zoo!(branchy, branchy, branch_rows, ghost: false, buffers: no_buffers);
+for_each_model!(zoo);
 
 /// Fine-tuning: frozen parameters stay exactly as they were after data-parallel steps, weight
 /// decay included, while the head trains as on one device.
@@ -443,7 +426,7 @@ mod frozen {
 
     #[test]
     fn a_frozen_encoder_stays_frozen_under_weight_decay() {
-        let model = frozen_transformer();
+        let model = frozen_transformer::<AB>();
         backbone_untouched(
             model,
             |m| ids::<AB, _>(&m.encoder),
@@ -462,7 +445,7 @@ mod frozen {
 
     #[test]
     fn frozen_convolutions_stay_frozen_under_weight_decay() {
-        let model = frozen_cnn();
+        let model = frozen_cnn::<AB>();
         let buffers = cnn_buffers(&model);
         backbone_untouched(model, |m| ids::<AB, _>(&m.blocks), images::<AB>, buffers);
         trainer_step(

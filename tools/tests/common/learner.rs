@@ -1,5 +1,5 @@
 #![allow(dead_code)] // each test binary uses some of these
-//! Running `examples/learner.rs` and comparing its runs: parameters and burn-train's logged
+//! Running `tools/learner` and comparing its runs: parameters and burn-train's logged
 //! metric values.
 
 use std::path::Path;

@@ -207,7 +207,13 @@ impl Exchange {
         let (out, host_time) = self.engine.run(group, flat, collective, precision)?;
         self.stats.time += start.elapsed();
         self.stats.host_time += host_time;
-        self.stats.bytes += values * precision.bytes();
+        // A transport without 16-bit sums of its own widens them to f32 (the trait's default).
+        let bytes = if precision == GradientPrecision::F32 || group.sums_in_16_bits() {
+            precision.bytes()
+        } else {
+            GradientPrecision::F32.bytes()
+        };
+        self.stats.bytes += values * bytes;
         match collective {
             Collective::AllReduce => self.stats.all_reduces += 1,
             Collective::ReduceScatter(_) => self.stats.reduce_scatters += 1,

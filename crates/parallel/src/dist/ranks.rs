@@ -20,7 +20,7 @@ use std::time::Duration;
 const UNREADABLE: u64 = u64::MAX;
 
 /// This rank among the others, for the life of a trainer.
-pub(crate) struct Ranks {
+pub(crate) struct RankPeers {
     pub(crate) comm: std::rc::Rc<dyn Communicator>,
     pub(crate) exchange: Exchange,
     pub(crate) layout: Layout,
@@ -44,13 +44,13 @@ pub(crate) struct Ranks {
 /// No part asked for.
 pub(crate) const NOT_ASKED: u64 = u64::MAX;
 
-impl Ranks {
+impl RankPeers {
     /// This rank's rows of a global batch of `rows` rows.
     pub(crate) fn part(&self, rows: usize) -> Result<Range<usize>> {
         let (rank, ranks) = (self.comm.rank(), self.comm.size());
         self.asked.store(rows as u64, Ordering::Relaxed);
         let Some(policy) = &self.split else {
-            return Ok(rank * rows / ranks..(rank + 1) * rows / ranks);
+            return Ok(crate::rank_rows(rows, rank, ranks));
         };
         if rows == 0 {
             return Ok(0..0);
@@ -60,13 +60,10 @@ impl Ranks {
         Ok(start..start + sizes.get(rank).copied().unwrap_or(0))
     }
 
-    /// What ranks compare to know they split global batches alike: the split policy's `Debug`
-    /// form, which holds what it has learnt (the same on every rank, since every rank shows it
-    /// the same timings).
+    /// What ranks compare to know they split global batches alike (see
+    /// [`SplitPolicy::fingerprint`]).
     fn split_fingerprint(&self) -> u64 {
-        self.split.as_ref().map_or(0, |policy| {
-            super::agree::fingerprint(format!("{policy:?}").as_bytes())
-        })
+        self.split.as_ref().map_or(0, |policy| policy.fingerprint())
     }
 
     /// The error of a call that `rank` (the lowest failing one) could not make: this rank's
@@ -138,7 +135,7 @@ impl Ranks {
     }
 }
 
-impl<B, M, O> Peers<B, M, O> for Ranks
+impl<B, M, O> Peers<B, M, O> for RankPeers
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,

@@ -3,7 +3,7 @@
 use super::agree::{Call, Phase, agree};
 use super::exchange::{Exchange, ExchangeStats, GradientTransport};
 use super::flat::Layout;
-use super::ranks::Ranks;
+use super::ranks::RankPeers;
 use super::{Communicator, GradientPrecision};
 use crate::train::{BatchStats, DataParallelTrainer, ShardableRecord, Trainer, record};
 use crate::{DataParallelError, Metric, Replicate, Result, Scatter, SplitPolicy, TrainLoss};
@@ -48,15 +48,18 @@ type GatherShards<B, M, O> = fn(
 /// use burn::nn::LinearConfig;
 /// use burn::optim::AdamConfig;
 /// use burn::tensor::{Distribution, Tensor};
-/// use burn_data_parallel::dist::{DistributedTrainer, Mpi};
+/// use burn_data_parallel::dist::{Communicator, DistributedTrainer};
 /// use burn_data_parallel::{DataParallelTrainer, Trainer};
+/// use std::rc::Rc;
+/// # fn group() -> Rc<dyn Communicator> { unimplemented!() }
 ///
 /// type B = Autodiff<NdArray>;
-/// let mpi = std::rc::Rc::new(Mpi::init()?); // started by `mpirun -n 2 ...`
+/// // With feature `mpi`, in a program started by `mpirun -n 2 ...`: `Rc::new(Mpi::init()?)`.
+/// let comm: Rc<dyn Communicator> = group();
 /// let device = Default::default();
 /// let model = LinearConfig::new(4, 1).init::<B>(&device);
 /// let local = DataParallelTrainer::new(model, AdamConfig::new().init(), vec![device])?;
-/// let mut trainer = DistributedTrainer::new(mpi.clone(), local)?.with_sharded_optimizer()?;
+/// let mut trainer = DistributedTrainer::new(comm, local)?.with_sharded_optimizer()?;
 /// for _ in 0..2 {
 ///     // This rank's rows of the global micro-batch.
 ///     let x = Tensor::<B, 2>::random([8, 4], Distribution::Default, &device);
@@ -70,7 +73,7 @@ type GatherShards<B, M, O> = fn(
 /// ```
 pub struct DistributedTrainer<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> {
     local: DataParallelTrainer<B, M, O>,
-    ranks: Ranks,
+    ranks: RankPeers,
     gather: Option<GatherShards<B, M, O>>,
 }
 
@@ -139,7 +142,7 @@ where
         });
         Ok(Self {
             local,
-            ranks: Ranks {
+            ranks: RankPeers {
                 comm,
                 exchange,
                 layout,
@@ -219,14 +222,16 @@ where
     /// # use burn::backend::{Autodiff, NdArray};
     /// # use burn::nn::LinearConfig;
     /// # use burn::optim::SgdConfig;
-    /// use burn_data_parallel::dist::{DistributedTrainer, GradientPrecision, GradientTransport, Mpi};
+    /// use burn_data_parallel::dist::{DistributedTrainer, GradientPrecision, GradientTransport};
     /// # use burn_data_parallel::DataParallelTrainer;
+    /// # use burn_data_parallel::dist::Communicator;
+    /// # fn group() -> std::rc::Rc<dyn Communicator> { unimplemented!() }
     /// # type B = Autodiff<NdArray>;
-    /// # let mpi = std::rc::Rc::new(Mpi::init()?);
+    /// # let comm = group();
     /// # let device = Default::default();
     /// # let model = LinearConfig::new(4, 1).init::<B>(&device);
     /// # let local = DataParallelTrainer::new(model, SgdConfig::new().init(), vec![device])?;
-    /// let trainer = DistributedTrainer::with_transport(mpi, local, GradientTransport::Mpi)?
+    /// let trainer = DistributedTrainer::with_transport(comm, local, GradientTransport::Mpi)?
     ///     .with_gradient_precision(GradientPrecision::Bf16)?;
     /// # Ok::<(), burn_data_parallel::DataParallelError>(())
     /// ```
@@ -281,7 +286,7 @@ where
     /// The trainer of this rank's devices and the ranks it steps with, apart (for a loop
     /// that calls them itself: burn-train's strategy).
     #[cfg(feature = "burn-train")]
-    pub(crate) fn into_parts(self) -> (DataParallelTrainer<B, M, O>, Ranks) {
+    pub(crate) fn into_parts(self) -> (DataParallelTrainer<B, M, O>, RankPeers) {
         (self.local, self.ranks)
     }
 

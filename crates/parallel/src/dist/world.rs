@@ -102,7 +102,7 @@ impl Mpi {
     /// `mpirun -n 8` on a machine with 8 GPUs gives each rank one GPU; `mpirun -n 2` gives each
     /// rank 4, which it drives in-process.
     pub fn share_of<D: Clone>(&self, all: &[D]) -> Vec<D> {
-        share_of(all, self.local_rank, self.local_size)
+        crate::machine_share(all, self.local_rank, self.local_size)
     }
 
     /// Checks that every rank holds the same `value` (a configuration, serialised), before
@@ -270,6 +270,10 @@ impl Communicator for Mpi {
             .broadcast_into(values);
     }
 
+    fn sums_in_16_bits(&self) -> bool {
+        true
+    }
+
     fn thread_collectives(&self) -> Option<Box<dyn ThreadCollectives>> {
         self.serialized
             .then(|| Box::new(WorldFromAnyThread) as Box<dyn ThreadCollectives>)
@@ -297,21 +301,9 @@ fn block_of(counts: &[usize], r: usize) -> (usize, usize) {
     (counts[..r].iter().sum(), counts[r])
 }
 
-fn share_of<D: Clone>(all: &[D], local_rank: usize, local_size: usize) -> Vec<D> {
-    if all.is_empty() {
-        return Vec::new();
-    }
-    if all.len() < local_size {
-        return vec![all[local_rank % all.len()].clone()];
-    }
-    let start = local_rank * all.len() / local_size;
-    let end = (local_rank + 1) * all.len() / local_size;
-    all[start..end].to_vec()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::share_of;
+    use crate::machine_share as share_of;
 
     #[test]
     fn every_device_goes_to_exactly_one_rank_when_there_are_enough() {

@@ -4,7 +4,7 @@
 
 use super::StepOutput;
 use super::participants::Participants;
-use crate::dist::Ranks;
+use crate::dist::RankPeers;
 use crate::{DataParallelError, Result, Scatter};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, TensorData};
@@ -16,7 +16,7 @@ const FAILED: u64 = 2;
 /// Sent in place of its output by a rank whose batch failed (no encoded output is one byte).
 const FAILED_MARK: u8 = 0xff;
 
-impl Participants for Ranks {
+impl Participants for RankPeers {
     fn part_of<B: Backend, I: Scatter<B>>(
         &self,
         batch: I,

@@ -190,7 +190,7 @@ impl<B: AutodiffBackend> DataParallelStrategy<B> {
         self
     }
 
-    /// Trains across the ranks of `comm` (an [`Mpi`](crate::dist::Mpi) job, feature `mpi`, or
+    /// Trains across the ranks of `comm` (an `Mpi` job, feature `mpi`, or
     /// any [`Communicator`](crate::dist::Communicator)): every rank runs the same program
     /// (its loaders give every rank every batch, in the same order), runs its equal share
     /// of each batch's rows on its own devices, and every rank takes the step one process
@@ -268,8 +268,9 @@ impl<LC: ParallelComponents> SupervisedLearningStrategy<LC> for DataParallelStra
 impl<LC: ParallelComponents + 'static> From<DataParallelStrategy<LC::Backend>>
     for TrainingStrategy<LC>
 {
-    // burn-train shares a strategy through an `Arc` but runs it on the launching thread; one
-    // holding the MPI job (feature `mpi`) is neither `Send` nor `Sync`.
+    // burn-train shares a strategy through an `Arc` but runs it on the launching thread; the
+    // strategy holds its communicator in an `Rc` (an MPI job stays on its thread), so it is
+    // neither `Send` nor `Sync`.
     #[allow(clippy::arc_with_non_send_sync)]
     fn from(strategy: DataParallelStrategy<LC::Backend>) -> Self {
         TrainingStrategy::Custom(Arc::new(strategy))

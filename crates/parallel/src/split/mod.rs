@@ -57,6 +57,17 @@ pub trait SplitPolicy: Debug + Send + Sync {
     fn shares(&self) -> Option<Vec<f64>> {
         None
     }
+
+    /// What processes compare to know that they split global batches alike, before each
+    /// micro-batch they split with this policy
+    /// ([`DistributedTrainer::with_rank_split`](crate::dist::DistributedTrainer::with_rank_split)):
+    /// two policies with the same fingerprint must give the same sizes for the same rows and
+    /// devices. The default hashes the policy's `Debug` form, which must then show everything
+    /// its sizes depend on, what it has learnt included (as [`Adaptive`](crate::Adaptive)'s
+    /// does; every rank shows it the same timings, so every rank learns the same).
+    fn fingerprint(&self) -> u64 {
+        crate::dist::fingerprint(format!("{self:?}").as_bytes())
+    }
 }
 
 /// A policy chosen at run time (from a command line, a config).
@@ -176,6 +187,46 @@ impl SplitPolicy for Balanced {
 }
 
 /// Checks a policy's answer, so that a faulty custom policy is an error rather than lost rows.
+/// Rank `rank`'s rows of `rows` rows split between `ranks` processes (or `rows` devices
+/// between `ranks` local processes): `rank * rows / ranks .. (rank + 1) * rows / ranks`, so
+/// that the parts cover every row once, in order, and differ in size by at most one. The rule
+/// every process applies when nothing else splits a global batch between them.
+///
+/// ```
+/// use burn_data_parallel::rank_rows;
+///
+/// let parts: Vec<_> = (0..3).map(|rank| rank_rows(10, rank, 3)).collect();
+/// assert_eq!(parts, [0..3, 3..6, 6..10]);
+/// assert!(rank_rows(2, 0, 3).is_empty()); // fewer rows than ranks: some get none
+/// ```
+pub fn rank_rows(rows: usize, rank: usize, ranks: usize) -> std::ops::Range<usize> {
+    let ranks = ranks.max(1);
+    rank * rows / ranks..(rank + 1) * rows / ranks
+}
+
+/// Local rank `local_rank`'s share of its machine's `devices` (its GPUs, say), among
+/// `local_size` processes on the machine, so that they do not all crowd onto the first: the
+/// devices are dealt out in contiguous blocks by [`rank_rows`]'s rule, and where there are
+/// fewer devices than processes, processes share them in turn (local rank `l` gets device
+/// `l % devices.len()`).
+///
+/// ```
+/// use burn_data_parallel::machine_share;
+///
+/// let gpus: Vec<usize> = (0..8).collect();
+/// assert_eq!(machine_share(&gpus, 1, 2), [4, 5, 6, 7]); // `mpirun -n 2`: 4 GPUs each
+/// assert_eq!(machine_share(&gpus[..2], 2, 3), [0]); // 3 processes, 2 GPUs
+/// ```
+pub fn machine_share<D: Clone>(devices: &[D], local_rank: usize, local_size: usize) -> Vec<D> {
+    if devices.is_empty() {
+        return Vec::new();
+    }
+    if devices.len() < local_size {
+        return vec![devices[local_rank % devices.len()].clone()];
+    }
+    devices[rank_rows(devices.len(), local_rank, local_size)].to_vec()
+}
+
 pub(crate) fn checked_sizes(
     policy: &dyn SplitPolicy,
     rows: usize,

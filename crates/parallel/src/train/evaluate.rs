@@ -61,7 +61,7 @@ pub(crate) fn part_of<B: Backend, I: Scatter<B>>(
     devices: &[B::Device],
 ) -> Result<Option<I>> {
     let rows = set.rows(dim)?.unwrap_or(0);
-    let (start, end) = (rank * rows / ranks, (rank + 1) * rows / ranks);
+    let std::ops::Range { start, end } = crate::rank_rows(rows, rank, ranks);
     if start == end {
         return Ok(None);
     }

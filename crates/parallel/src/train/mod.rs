@@ -3,6 +3,7 @@
 //! replicas with the step sharded: `owners`, `sharded_step`; across ranks through the [`peers`]
 //! seam), and one optimizer step is taken.
 
+mod data_parallel_trainer;
 mod evaluate;
 mod loss;
 mod metric;
@@ -11,11 +12,11 @@ mod peers;
 pub(crate) mod record;
 mod reduce;
 mod sharded_step;
-mod step;
 #[cfg(feature = "burn-train")]
 mod stepped;
 mod trainer;
 
+pub use data_parallel_trainer::{BatchStats, DataParallelTrainer};
 pub(crate) use evaluate::part_of;
 pub(crate) use loss::describe_loss_kind;
 pub use loss::{LossReduction, TrainLoss, WeightedMean};
@@ -26,5 +27,4 @@ pub use owners::StepTraffic;
 pub(crate) use peers::Alone;
 pub(crate) use peers::{Accumulated, Contribution, MicroBatch, Outcome, Peers, Rows};
 pub use record::ShardableRecord;
-pub use step::{BatchStats, DataParallelTrainer};
 pub use trainer::Trainer;

@@ -133,7 +133,7 @@ impl GradientSum {
                 .map(|((sum, parts), device)| {
                     move || add::<B, M>(module, sum, parts, rescale, scale, device)
                 }),
-            false,
+            crate::workers::Order::Concurrent,
         );
     }
 

@@ -109,7 +109,7 @@ where
             .map(|(((optimizer, module), grads), out)| {
                 move || *out = Some(optimizer.step(lr, module, grads))
             }),
-        false,
+        crate::workers::Order::Concurrent,
     );
     let stepped: Vec<M> = stepped
         .into_iter()
