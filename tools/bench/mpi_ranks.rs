@@ -1,5 +1,5 @@
 //! W3 over MPI ranks (feature `mpi`): each rank, one process under `mpirun`, trains on its
-//! `256 / ranks` rows of the global batch with one CPU device, and the gradients are summed by
+//! part of the global batch of 256 rows (`rank_rows`: 128 each on 2 ranks, 85, 85 and 86 on 3) with one CPU device, and the gradients are summed by
 //! one all-reduce per step (or reduce-scattered, and the parameters all-gathered, with the
 //! optimizer state sharded). Every rank runs the same fixed number of steps (a step is
 //! collective); rank 0 reports, with the largest optimizer state of any rank.

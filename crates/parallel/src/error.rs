@@ -276,6 +276,14 @@ pub enum DataParallelError {
     #[error("no gradient accumulated since the last optimizer step")]
     NothingAccumulated,
 
+    /// An optimizer record could not be written to bytes or read back (measuring the state, or
+    /// gathering a sharded one from the ranks).
+    #[error("cannot write the optimizer state to bytes or read it back: {reason}")]
+    OptimizerRecord {
+        /// Burn's recorder error.
+        reason: String,
+    },
+
     // ---- Errors across processes (`dist`, and `DataParallelStrategy` over a communicator),
     // from here to `OutputCannotTravel`. ----
     /// `Mpi::init` was called a second time in this process (MPI starts once per process).
@@ -449,14 +457,6 @@ pub enum DataParallelError {
         expected: String,
         /// What that rank does.
         found: String,
-    },
-
-    /// An optimizer record could not be written to bytes or read back (gathering a sharded
-    /// optimizer state).
-    #[error("cannot move the optimizer state between ranks: {reason}")]
-    OptimizerRecord {
-        /// Burn's recorder error.
-        reason: String,
     },
 
     /// A rank finished training while others still take steps (uneven data).

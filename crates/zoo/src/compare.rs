@@ -1,6 +1,6 @@
 //! How far apart two results are: tensors, modules' parameters, gradients. Every measure is
-//! infinite where the two cannot be compared (other shapes, other parameters), so that nothing
-//! compares equal by accident.
+//! infinite where the two cannot be compared (other shapes, other parameters, a value that is
+//! not a number), so that nothing compares equal by accident.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -32,13 +32,20 @@ pub fn relative_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
 
 /// The largest absolute difference between the float parameters (and buffers) of two modules.
 pub fn max_param_diff<B: Backend, M: Module<B>>(a: &M, b: &M) -> f32 {
+    max_param_diff_except(a, b, &HashSet::new())
+}
+
+/// [`max_param_diff`] over the float tensors not in `skip` (a model's running statistics, which
+/// follow their own rule).
+pub fn max_param_diff_except<B: Backend, M: Module<B>>(
+    a: &M,
+    b: &M,
+    skip: &HashSet<ParamId>,
+) -> f32 {
     // A buffer (BatchNorm's running statistics) keeps each thread's last update apart until it
     // is saved or read back on that thread: saving a clone folds them in.
     let _ = (a.clone().into_record(), b.clone().into_record());
-    let (a, b) = (
-        values::<B, M>(a, &HashSet::new()),
-        values::<B, M>(b, &HashSet::new()),
-    );
+    let (a, b) = (values::<B, M>(a, skip), values::<B, M>(b, skip));
     if a.len() != b.len() {
         return f32::INFINITY;
     }
@@ -48,10 +55,16 @@ pub fn max_param_diff<B: Backend, M: Module<B>>(a: &M, b: &M) -> f32 {
             return f32::INFINITY;
         }
         for (x, y) in va.iter().zip(vb) {
-            diff = diff.max((x - y).abs());
+            diff = diff.max(gap(*x, *y));
         }
     }
     diff
+}
+
+/// `|x - y|`, infinite where either is not a number (`f32::max` would drop a NaN).
+fn gap(x: f32, y: f32) -> f32 {
+    let gap = (x - y).abs();
+    if gap.is_nan() { f32::INFINITY } else { gap }
 }
 
 /// The largest difference between the float tensors of two modules that are not in `skip`,
@@ -68,7 +81,7 @@ pub fn param_diff<B: Backend, M: Module<B>>(a: &M, b: &M, skip: &HashSet<ParamId
             return f32::INFINITY;
         }
         for (x, y) in va.iter().zip(vb) {
-            diff = diff.max((x - y).abs());
+            diff = diff.max(gap(*x, *y));
             size = size.max(y.abs());
         }
     }
@@ -87,7 +100,8 @@ pub fn values<B: Backend, M: Module<B>>(
                 return;
             }
             let data = param.val().into_data().convert::<f32>();
-            self.1.push((param.id, data.to_vec().unwrap_or_default()));
+            let values = data.to_vec().expect("a float tensor reads as f32 values");
+            self.1.push((param.id, values));
         }
     }
     let mut collect = Collect(skip, Vec::new());

@@ -1,5 +1,7 @@
-//! The model zoo every exactness check runs on: the library's tests (`crates/parallel/tests`),
-//! the `check` and `dist_check` tools, on the CPU, on GPUs and across MPI ranks.
+//! The model zoo the exactness checks run on: the library's tests (`crates/parallel/tests`)
+//! and the `check` tool, on the CPU and on GPUs; `dist_check` takes its seeded data and its
+//! comparisons from here (its models stay its own: it builds deliberately mismatched ones on
+//! some ranks).
 //!
 //! One place says, for each model of `dp-model` (a kind of model people train):
 //! - its tiny configuration ([`models`]), parameters created once so that copies share them;
@@ -9,8 +11,9 @@
 //!   batch" training on the same parts, their mean losses weighted by rows;
 //! - how results are compared ([`compare`]).
 //!
-//! [`for_each_model!`] lists them: adding a model is its file in `dp-model` and one line there,
-//! which every suite that iterates over the zoo then runs.
+//! [`for_each_model!`] lists them: adding a model is its file in `dp-model`, its tiny
+//! constructor in [`models`] and one line in the macro, which every suite that iterates over
+//! the zoo then runs.
 
 pub mod compare;
 pub mod data;

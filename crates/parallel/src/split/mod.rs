@@ -93,6 +93,10 @@ impl<P: SplitPolicy + ?Sized> SplitPolicy for Box<P> {
     fn shares(&self) -> Option<Vec<f64>> {
         (**self).shares()
     }
+
+    fn fingerprint(&self) -> u64 {
+        (**self).fingerprint()
+    }
 }
 
 /// A policy shared with the caller, who keeps a handle on it (for
@@ -122,6 +126,10 @@ impl<P: SplitPolicy + ?Sized> SplitPolicy for std::sync::Arc<P> {
 
     fn shares(&self) -> Option<Vec<f64>> {
         (**self).shares()
+    }
+
+    fn fingerprint(&self) -> u64 {
+        (**self).fingerprint()
     }
 }
 
@@ -186,7 +194,6 @@ impl SplitPolicy for Balanced {
     }
 }
 
-/// Checks a policy's answer, so that a faulty custom policy is an error rather than lost rows.
 /// Rank `rank`'s rows of `rows` rows split between `ranks` processes (or `rows` devices
 /// between `ranks` local processes): `rank * rows / ranks .. (rank + 1) * rows / ranks`, so
 /// that the parts cover every row once, in order, and differ in size by at most one. The rule
@@ -227,6 +234,7 @@ pub fn machine_share<D: Clone>(devices: &[D], local_rank: usize, local_size: usi
     devices[rank_rows(devices.len(), local_rank, local_size)].to_vec()
 }
 
+/// Checks a policy's answer, so that a faulty custom policy is an error rather than lost rows.
 pub(crate) fn checked_sizes(
     policy: &dyn SplitPolicy,
     rows: usize,
@@ -252,6 +260,41 @@ pub(crate) fn checked_sizes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A policy that says how it agrees: its `Debug` text differs from rank to rank.
+    #[derive(Debug)]
+    struct OwnFingerprint {
+        #[expect(
+            dead_code,
+            reason = "shown by `Debug` only: it makes the ranks' texts differ"
+        )]
+        rank: usize,
+    }
+
+    impl SplitPolicy for OwnFingerprint {
+        fn sizes(&self, rows: usize, devices: usize) -> Vec<usize> {
+            Chunk.sizes(rows, devices)
+        }
+
+        fn fingerprint(&self) -> u64 {
+            7
+        }
+    }
+
+    #[test]
+    fn a_policy_s_own_fingerprint_survives_boxes_and_arcs() {
+        let boxed: Box<dyn SplitPolicy> = Box::new(OwnFingerprint { rank: 1 });
+        let shared = std::sync::Arc::new(OwnFingerprint { rank: 2 });
+        assert_eq!(boxed.fingerprint(), 7);
+        assert_eq!(Box::new(shared).fingerprint(), 7);
+        // The default: the `Debug` text, which tells policies apart.
+        assert_ne!(Chunk.fingerprint(), Balanced.fingerprint());
+        assert_eq!(Box::new(Chunk).fingerprint(), Chunk.fingerprint());
+        assert_ne!(
+            format!("{:?}", OwnFingerprint { rank: 1 }),
+            format!("{:?}", OwnFingerprint { rank: 2 })
+        );
+    }
 
     /// `torch.chunk` sizes, checked against PyTorch 2.15 (see the reference table).
     #[test]

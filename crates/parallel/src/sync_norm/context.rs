@@ -34,7 +34,7 @@ thread_local! {
 
 enum Context {
     Member(Member),
-    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    #[cfg(feature = "burn-train")]
     Refused(&'static str),
 }
 
@@ -192,6 +192,7 @@ impl Drop for Joined {
 /// it. Asked before the layer computes anything, so that a plain batch norm does no extra work.
 pub(crate) fn synchronized() -> Result<bool, SyncNormError> {
     CURRENT.with(|c| match c.borrow().as_ref() {
+        #[cfg(feature = "burn-train")]
         Some(Context::Refused(call)) => Err(SyncNormError::NotSynchronized { call }),
         Some(Context::Member(member)) => Ok(!member.group.alone()),
         None => match crate::current_replica() {

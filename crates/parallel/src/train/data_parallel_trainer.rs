@@ -328,7 +328,7 @@ where
         &self.optimizer
     }
 
-    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    #[cfg(feature = "burn-train")]
     pub(crate) fn optimizer_mut(&mut self) -> &mut O {
         &mut self.optimizer
     }
@@ -336,7 +336,7 @@ where
     /// Seeds the steps that run their own backward pass (`stepped`) from here on: their draws
     /// come from `seed` and their position counted from this step, whatever steps came before
     /// (a run resumed at an epoch draws what the uninterrupted run drew in it).
-    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    #[cfg(feature = "burn-train")]
     pub(crate) fn reseed_from_here(&mut self, seed: u64) {
         self.seed = Some(seed);
         self.seed_base = self.steps;
@@ -344,7 +344,7 @@ where
 
     /// Drops the gradients accumulated since the last [`apply`](Self::apply), returning how
     /// many micro-batches they came from.
-    #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+    #[cfg(feature = "burn-train")]
     pub(crate) fn discard_pending(&mut self) -> usize {
         let micro_batches = self.pending.micro_batches();
         // Taking an accumulator of weightless losses is an error; it is emptied all the same.

@@ -126,6 +126,9 @@ pub(crate) enum Denominator {
     /// Each micro-batch's own mean over its rows, the micro-batches' gradients added up (a
     /// step that runs its own backward pass, as burn-train's `TrainStep` and its gradient
     /// accumulation do).
+    //
+    // Made by burn-train's steps only; the reduction and the loss's recombination match on
+    // them in every build, so they stay (without burn-train, nothing makes them).
     #[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
     StepRows = 4,
     /// Each micro-batch's own mean over its stated weights, added up likewise.

@@ -257,7 +257,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Add<'_, B> {
 }
 
 /// `grads` multiplied by `scale` (a replica's share of its micro-batch).
-#[cfg_attr(not(feature = "burn-train"), allow(dead_code))]
+#[cfg(feature = "burn-train")]
 pub(crate) fn scaled<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     mut grads: GradientsParams,
