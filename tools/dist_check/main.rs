@@ -25,12 +25,8 @@ use burn_data_parallel::{
 };
 use clap::Parser;
 use dp_dataset::ShardedSampler;
-use dp_model::{
-    BranchyConfig, Classifier, CnnConfig, MlpConfig, TextClassifier, TextClassifierConfig,
-    TiedEmbeddingsConfig,
-};
+use dp_model::{Classifier, TextClassifier};
 use dp_zoo::compare::max_param_diff;
-use dp_zoo::{CLASSES, LENGTH, VOCAB};
 use std::sync::{Arc, Mutex};
 
 /// Trains on every rank's shard of seeded global batches and compares with single-process
@@ -375,30 +371,39 @@ fn check<B: AutodiffBackend>(
     let odd = args.mismatch_rank == Some(mpi.rank());
     match args.model {
         Model::Mlp => {
-            let hidden = if odd { 17 } else { 16 };
+            let mlp = dp_zoo::models::mlp_config();
+            let hidden = if odd {
+                vec![17]
+            } else {
+                mlp.hidden_sizes.clone()
+            };
             let dropout = args.dropout.unwrap_or(0.0);
             let model = |d: &B::Device| {
-                MlpConfig::new(8, vec![hidden], CLASSES)
-                    .with_dropout(dropout)
-                    .init::<B>(d)
+                dp_model::MlpConfig {
+                    hidden_sizes: hidden.clone(),
+                    ..mlp.clone()
+                }
+                .with_dropout(dropout)
+                .init::<B>(d)
             };
             Case {
                 args,
                 mpi,
                 devices,
                 model,
-                batch: rows::<B, 8>,
-                held_out: rows::<B::InnerBackend, 8>,
+                batch: rows::<B>,
+                held_out: rows::<B::InnerBackend>,
                 ghost: false,
                 tokens: None,
             }
             .run()
         }
         Model::Cnn | Model::SyncCnn => {
-            let widths = if odd { vec![4, 7] } else { vec![4, 6] };
+            let cnn = dp_zoo::models::cnn_config();
+            let widths = if odd { vec![4, 7] } else { cnn.widths.clone() };
             let sync = args.model == Model::SyncCnn;
             let model = |d: &B::Device| {
-                CnnConfig::new(1, CLASSES)
+                cnn.clone()
                     .with_widths(widths.clone())
                     .with_sync_batch_norm(sync)
                     .init::<B>(d)
@@ -418,12 +423,9 @@ fn check<B: AutodiffBackend>(
         Model::Transformer | Model::Finetune => {
             let frozen = args.model == Model::Finetune;
             let model = |d: &B::Device| {
-                let model = TextClassifierConfig::new(VOCAB, LENGTH, CLASSES)
-                    .with_d_model(if odd { 12 } else { 8 })
-                    .with_heads(2)
-                    .with_layers(1)
-                    .with_d_ff(16)
-                    .init::<B>(d);
+                let config = dp_zoo::models::transformer_config();
+                let d_model = if odd { 12 } else { config.d_model };
+                let model = config.with_d_model(d_model).init::<B>(d);
                 if frozen {
                     model.freeze_encoder()
                 } else {
@@ -444,9 +446,9 @@ fn check<B: AutodiffBackend>(
         }
         Model::Tied => {
             let model = |d: &B::Device| {
-                TiedEmbeddingsConfig::new(VOCAB)
-                    .with_d_model(if odd { 9 } else { 8 })
-                    .init::<B>(d)
+                let config = dp_zoo::models::tied_config();
+                let d_model = if odd { 9 } else { config.d_model };
+                config.with_d_model(d_model).init::<B>(d)
             };
             Case {
                 args,
@@ -463,17 +465,19 @@ fn check<B: AutodiffBackend>(
         Model::Branchy => {
             // Few rows exceed 1.8 in their first feature: some steps have none on any rank.
             let model = |d: &B::Device| {
-                BranchyConfig::new(8, if odd { 9 } else { 8 }, CLASSES)
-                    .with_threshold(1.8)
-                    .init::<B>(d)
+                let mut config = dp_zoo::models::branchy_config();
+                if odd {
+                    config.hidden += 1;
+                }
+                config.init::<B>(d)
             };
             Case {
                 args,
                 mpi,
                 devices,
                 model,
-                batch: rows::<B, 8>,
-                held_out: rows::<B::InnerBackend, 8>,
+                batch: rows::<B>,
+                held_out: rows::<B::InnerBackend>,
                 ghost: false,
                 tokens: None,
             }
@@ -960,13 +964,13 @@ fn seed(step: usize) -> u64 {
     1000 + step as u64
 }
 
-/// Rows of `F` features.
-fn rows<B: Backend, const F: usize>(
+/// Rows of the zoo's features.
+fn rows<B: Backend>(
     step: usize,
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    dp_zoo::data::uniform_on([rows, F], seed(step), device)
+    dp_zoo::data::rows_on(rows, seed(step), device)
 }
 
 /// 6x6 one-channel images.
@@ -975,7 +979,7 @@ fn images<B: Backend>(
     rows: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    dp_zoo::data::uniform_on([rows, 1, 6, 6], seed(step), device)
+    dp_zoo::data::images_on(rows, seed(step), device)
 }
 
 /// Token sequences of 1 to `LENGTH` tokens, padded with 0.

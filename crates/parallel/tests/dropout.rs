@@ -7,7 +7,7 @@ use burn::module::AutodiffModule;
 use burn::optim::AdamConfig;
 use burn::tensor::Tensor;
 use burn_data_parallel::{DataParallel, DataParallelTrainer};
-use common::zoo::{AB, mlp_with_dropout, rows};
+use common::zoo::{AB, FEATURES, mlp_with_dropout, rows};
 use common::{B, cpu, cpus};
 use dp_model::{Classifier, Mlp};
 
@@ -25,7 +25,7 @@ fn evaluation_is_exact() {
 fn replicas_draw_masks_of_their_own() {
     // Every row is the same: any difference between the replicas' outputs is their masks'.
     let model = mlp_with_dropout::<AB>();
-    let x = Tensor::<AB, 2>::ones([8, 6], &cpu());
+    let x = Tensor::<AB, 2>::ones([8, FEATURES], &cpu());
     let mut dp = DataParallel::new(model, cpus(2)).unwrap();
     let out = dp.forward(x, |m, x| m.logits(x)).unwrap();
     let first = out.clone().narrow(0, 0, 4);

@@ -25,7 +25,7 @@ use burn::train::{
     TrainingStrategy,
 };
 use burn_data_parallel::{Chunk, DataParallelStrategy, DataParallelTrainer};
-use common::zoo::{AB, param_diff};
+use common::zoo::{AB, FEATURES, param_diff};
 use common::{B, cpu, cpus};
 use dp_model::{Classifier, Cnn, Mlp};
 use std::collections::HashSet;
@@ -246,7 +246,7 @@ fn mlp() -> Mlp<AB> {
 fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices_whatever_the_split() {
     let _generator = exclusive();
     // 45 rows in batches of 8: a last batch of 5; with accumulation, an odd batch out.
-    let (rows, valid) = (dataset(45, &[6], 1), dataset(19, &[6], 2));
+    let (rows, valid) = (dataset(45, &[FEATURES], 1), dataset(19, &[FEATURES], 2));
     for accumulation in [None, Some(2)] {
         let setup = Setup {
             epochs: 2,
@@ -259,7 +259,7 @@ fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices_whatever_the_split(
         let single_dir = temp("single");
         let (single, _) = train(
             model.clone(),
-            [6],
+            [FEATURES],
             rows.clone(),
             valid.clone(),
             Run::Single,
@@ -276,7 +276,7 @@ fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices_whatever_the_split(
             let dir = temp("parallel");
             let (parallel, error) = train(
                 model.clone(),
-                [6],
+                [FEATURES],
                 rows.clone(),
                 valid.clone(),
                 run,
@@ -305,7 +305,7 @@ fn an_mlp_program_trains_as_on_one_device_on_2_and_3_devices_whatever_the_split(
 #[test]
 fn burn_trains_own_multi_device_strategy_ends_elsewhere() {
     let _generator = exclusive();
-    let (rows, valid) = (dataset(48, &[6], 1), dataset(16, &[6], 2));
+    let (rows, valid) = (dataset(48, &[FEATURES], 1), dataset(16, &[FEATURES], 2));
     let setup = Setup {
         epochs: 2,
         batch: 8,
@@ -317,7 +317,7 @@ fn burn_trains_own_multi_device_strategy_ends_elsewhere() {
     let (single_dir, multi_dir) = (temp("single"), temp("multi"));
     let (single, _) = train(
         model.clone(),
-        [6],
+        [FEATURES],
         rows.clone(),
         valid.clone(),
         Run::Single,
@@ -326,7 +326,7 @@ fn burn_trains_own_multi_device_strategy_ends_elsewhere() {
     );
     let (multi, _) = train(
         model.clone(),
-        [6],
+        [FEATURES],
         rows,
         valid,
         Run::BurnMulti(2),
@@ -446,7 +446,7 @@ fn a_sync_batch_norm_is_refused_by_the_strategy() {
 #[test]
 fn a_run_resumed_from_a_checkpoint_continues_exactly() {
     let _generator = exclusive();
-    let (rows, valid) = (dataset(27, &[6], 5), dataset(8, &[6], 6));
+    let (rows, valid) = (dataset(27, &[FEATURES], 5), dataset(8, &[FEATURES], 6));
     let model = mlp();
     let setup = |epochs, checkpoint| Setup {
         epochs,
@@ -458,7 +458,7 @@ fn a_run_resumed_from_a_checkpoint_continues_exactly() {
     let (single_dir, whole_dir, resumed_dir) = (temp("single"), temp("whole"), temp("resumed"));
     let (single, _) = train(
         model.clone(),
-        [6],
+        [FEATURES],
         rows.clone(),
         valid.clone(),
         Run::Single,
@@ -467,7 +467,7 @@ fn a_run_resumed_from_a_checkpoint_continues_exactly() {
     );
     let (whole, _) = train(
         model.clone(),
-        [6],
+        [FEATURES],
         rows.clone(),
         valid.clone(),
         Run::Parallel(2),
@@ -476,7 +476,7 @@ fn a_run_resumed_from_a_checkpoint_continues_exactly() {
     );
     let (first, error) = train(
         model.clone(),
-        [6],
+        [FEATURES],
         rows.clone(),
         valid.clone(),
         Run::Parallel(2),
@@ -488,7 +488,7 @@ fn a_run_resumed_from_a_checkpoint_continues_exactly() {
     // A fresh model: everything comes from the checkpoint of epoch 1.
     let (resumed, error) = train(
         mlp(),
-        [6],
+        [FEATURES],
         rows,
         valid,
         Run::Parallel(2),
@@ -505,7 +505,7 @@ fn a_run_resumed_from_a_checkpoint_continues_exactly() {
 #[test]
 fn early_stopping_stops_the_run_after_the_epoch_it_says() {
     let _generator = exclusive();
-    let (rows, valid) = (dataset(16, &[6], 7), dataset(8, &[6], 8));
+    let (rows, valid) = (dataset(16, &[FEATURES], 7), dataset(8, &[FEATURES], 8));
     let model = mlp();
     let setup = Setup {
         epochs: 5,
@@ -517,7 +517,7 @@ fn early_stopping_stops_the_run_after_the_epoch_it_says() {
     let (single_dir, dir) = (temp("single"), temp("parallel"));
     let (single, _) = train(
         model.clone(),
-        [6],
+        [FEATURES],
         rows.clone(),
         valid.clone(),
         Run::Single,
@@ -526,7 +526,7 @@ fn early_stopping_stops_the_run_after_the_epoch_it_says() {
     );
     let (parallel, error) = train(
         model.clone(),
-        [6],
+        [FEATURES],
         rows.clone(),
         valid.clone(),
         Run::Parallel(3),
@@ -875,13 +875,13 @@ fn dropout_mlp() -> Mlp<AB> {
 #[test]
 fn a_seeded_run_with_dropout_repeats() {
     let _generator = exclusive();
-    let (rows, valid) = (dataset(30, &[6], 12), dataset(8, &[6], 13));
+    let (rows, valid) = (dataset(30, &[FEATURES], 12), dataset(8, &[FEATURES], 13));
     let model = dropout_mlp();
     let run = |seed: u64| {
-        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([6]))
+        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([FEATURES]))
             .batch_size(8)
             .build(InMemDataset::new(rows.clone()));
-        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([6]))
+        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([FEATURES]))
             .batch_size(8)
             .build(InMemDataset::new(valid.clone()));
         let dir = temp("seeded");
@@ -942,11 +942,11 @@ impl burn::train::logger::MetricLogger for StopOnFirstItem {
 #[test]
 fn the_interrupter_stops_the_run() {
     let _generator = exclusive();
-    let (rows, valid) = (dataset(64, &[6], 14), dataset(8, &[6], 15));
-    let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([6]))
+    let (rows, valid) = (dataset(64, &[FEATURES], 14), dataset(8, &[FEATURES], 15));
+    let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([FEATURES]))
         .batch_size(8)
         .build(InMemDataset::new(rows));
-    let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([6]))
+    let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([FEATURES]))
         .batch_size(8)
         .build(InMemDataset::new(valid));
     let dir = temp("interrupted");
@@ -975,13 +975,13 @@ fn the_interrupter_stops_the_run() {
 #[test]
 fn a_seeded_run_with_dropout_resumes_exactly() {
     let _generator = exclusive();
-    let (rows, valid) = (dataset(30, &[6], 16), dataset(8, &[6], 17));
+    let (rows, valid) = (dataset(30, &[FEATURES], 16), dataset(8, &[FEATURES], 17));
     let model = dropout_mlp();
     let run = |dir: &Path, epochs: usize, resume: Option<usize>| {
-        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([6]))
+        let dl_train: Arc<dyn DataLoader<AB, _>> = DataLoaderBuilder::new(Stack([FEATURES]))
             .batch_size(8)
             .build(InMemDataset::new(rows.clone()));
-        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([6]))
+        let dl_valid: Arc<dyn DataLoader<B, _>> = DataLoaderBuilder::new(Stack([FEATURES]))
             .batch_size(8)
             .build(InMemDataset::new(valid.clone()));
         let mut training = SupervisedTraining::new(dir, dl_train, dl_valid)

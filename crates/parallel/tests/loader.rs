@@ -126,7 +126,7 @@ impl<B: Backend> Batcher<B, ClassificationItem, (Tensor<B, 2>, Tensor<B, 1, Int>
         let labels: Vec<i64> = items.iter().map(|i| i.label as i64).collect();
         let values: Vec<f32> = items.into_iter().flat_map(|i| i.features).collect();
         (
-            Tensor::from_data(TensorData::new(values, [rows, 6]), device),
+            Tensor::from_data(TensorData::new(values, [rows, zoo::FEATURES]), device),
             Tensor::from_data(TensorData::new(labels, [rows]), device),
         )
     }
@@ -136,7 +136,7 @@ impl<B: Backend> Batcher<B, ClassificationItem, (Tensor<B, 2>, Tensor<B, 1, Int>
 fn loaded_parts_train_an_mlp_as_one_device_on_the_whole_batch() {
     let data = SyntheticClassification::new(
         &SyntheticConfig::new()
-            .with_features(6)
+            .with_features(zoo::FEATURES)
             .with_classes(CLASSES)
             .with_train_size(50),
     );

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::Tensor;
 use burn_data_parallel::{Chunk, DataParallel, DataParallelTrainer};
-use common::zoo::{AB, copy, mlp_with_dropout, rows};
+use common::zoo::{AB, FEATURES, copy, mlp_with_dropout, rows};
 use common::{cpu, cpus, max_param_diff};
 use dp_model::{Classifier, Mlp};
 use std::sync::Mutex;
@@ -92,7 +92,7 @@ fn a_resumed_seeded_run_draws_what_the_uninterrupted_one_drew() {
 fn seeded_forwards_through_data_parallel_repeat() {
     let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let model = mlp_with_dropout::<AB>();
-    let x = Tensor::<AB, 2>::ones([10, 6], &cpu());
+    let x = Tensor::<AB, 2>::ones([10, FEATURES], &cpu());
     let run = || {
         let mut dp = DataParallel::new(copy(&model), cpus(3))
             .unwrap()

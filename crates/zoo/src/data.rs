@@ -34,14 +34,15 @@ pub fn uniform_on<B: Backend, const D: usize>(
     (x, targets(shape[0], &mut rng, device))
 }
 
-/// Rows of 6 features ([`mlp`](crate::models::mlp)).
+/// Rows of [`FEATURES`](crate::FEATURES) features ([`mlp`](crate::models::mlp),
+/// [`branchy`](crate::models::branchy)).
 pub fn rows<B: Backend>(rows: usize, seed: u64) -> Batch<B, Tensor<B, 2>> {
-    uniform_on([rows, 6], seed, &Default::default())
+    rows_on(rows, seed, &Default::default())
 }
 
-/// Rows of 5 features ([`branchy`](crate::models::branchy)).
-pub fn branch_rows<B: Backend>(rows: usize, seed: u64) -> Batch<B, Tensor<B, 2>> {
-    uniform_on([rows, 5], seed, &Default::default())
+/// [`rows`] on `device`.
+pub fn rows_on<B: Backend>(rows: usize, seed: u64, device: &B::Device) -> Batch<B, Tensor<B, 2>> {
+    uniform_on([rows, crate::FEATURES], seed, device)
 }
 
 /// 1x6x6 images ([`cnn`](crate::models::cnn)).

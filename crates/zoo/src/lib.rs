@@ -1,7 +1,8 @@
 //! The model zoo the exactness checks run on: the library's tests (`crates/parallel/tests`)
-//! and the `check` tool, on the CPU and on GPUs; `dist_check` takes its seeded data and its
-//! comparisons from here (its models stay its own: it builds deliberately mismatched ones on
-//! some ranks).
+//! and the `check` tool, on the CPU and on GPUs; `dist_check` across MPI ranks takes its
+//! models' configurations, its seeded data and its comparisons from here (it builds its models
+//! itself, deliberately mismatched ones on
+//! some ranks, from the zoo's configurations).
 //!
 //! One place says, for each model of `dp-model` (a kind of model people train):
 //! - its tiny configuration ([`models`]), parameters created once so that copies share them;
@@ -20,6 +21,8 @@ pub mod data;
 pub mod models;
 pub mod reference;
 
+/// Features of the rows the MLP and the branch model take.
+pub const FEATURES: usize = 8;
 /// Classes of every zoo model (the tied model predicts one of [`VOCAB`] tokens).
 pub const CLASSES: usize = 3;
 /// Tokens of the sequence models' vocabulary (0 is padding).
@@ -57,6 +60,6 @@ macro_rules! for_each_model {
         $callback!(finetune_transformer, frozen_transformer, tokens, ghost: false, buffers: no_buffers);
         $callback!(finetune_cnn, frozen_cnn, images, ghost: true, buffers: cnn_buffers);
         $callback!(tied, tied, tokens, ghost: false, buffers: no_buffers);
-        $callback!(branchy, branchy, branch_rows, ghost: false, buffers: no_buffers);
+        $callback!(branchy, branchy, rows, ghost: false, buffers: no_buffers);
     };
 }

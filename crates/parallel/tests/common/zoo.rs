@@ -4,10 +4,10 @@
 #![allow(unused_imports)]
 
 pub use dp_zoo::compare::{grad_diff, ids, param_diff, relative_diff, values};
-pub use dp_zoo::data::{branch_rows, images, rows, tokens};
+pub use dp_zoo::data::{images, rows, tokens};
 pub use dp_zoo::models::*;
 pub use dp_zoo::reference::{cross_entropy, reference_loss};
-pub use dp_zoo::{CLASSES, for_each_model};
+pub use dp_zoo::{CLASSES, FEATURES, for_each_model};
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
